@@ -1,0 +1,129 @@
+"""The ``qfm-iqm`` command line: train, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from qfm_iqm.data.records import DatasetError, IQADataset
+from qfm_iqm.data.registry import load_dataset
+from qfm_iqm.training.config import TrainConfig
+
+def _dataset_from_args(args: argparse.Namespace) -> IQADataset:
+    return load_dataset(args.dataset, args.data_root)
+
+
+def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    overrides = list(args.set or [])
+    for option in ("mode", "epochs", "batch_size", "device", "backbone_weights"):
+        value = getattr(args, option)
+        if value is not None:
+            overrides.append(f"{option}={value}")
+    return config.with_overrides(overrides)
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML or JSON file of training options")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an option (repeatable)")
+    parser.add_argument("--mode", choices=["qfm", "deiqt"], help="qfm (full method) or deiqt (baseline)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", dest="batch_size", type=int)
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--backbone-weights", dest="backbone_weights", help="local file of backbone weights")
+
+
+def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="livec", help="registered dataset name (default: livec)")
+    parser.add_argument("--data-root", dest="data_root", type=Path, help="unpacked official download")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from qfm_iqm.data.splits import load_splits, make_split
+    from qfm_iqm.evaluation.protocol import fit_model
+
+    config = _config_from_args(args)
+    dataset = _dataset_from_args(args)
+    if args.all:
+        indices, split_seed = tuple(range(len(dataset))), None
+    else:
+        split = load_splits(args.split_file, dataset)[0] if args.split_file else make_split(dataset, args.split_seed)
+        indices, split_seed = split.train, split.seed
+    metadata = {"dataset": dataset.name, "split_seed": split_seed, "train_size": len(indices), "command": args.command_line}
+    records = [dataset.records[i] for i in indices]
+    fit_model(config, records, args.output, metadata=metadata, progress=not args.quiet, resume=not args.restart)
+    print(f"model written to {args.output}/model.safetensors (+ model.json)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    dataset = _dataset_from_args(args)
+    if args.checkpoint:
+        from qfm_iqm.data.splits import load_splits
+        from qfm_iqm.evaluation.predict import predict_records
+        from qfm_iqm.evaluation.protocol import metrics_on
+        from qfm_iqm.models.qfm import load_trained_model
+
+        model = load_trained_model(args.checkpoint)
+        indices = load_splits(args.split_file, dataset)[0].test if args.split_file else tuple(range(len(dataset)))
+        predictions = predict_records(model, [dataset.records[i] for i in indices], args.grid, progress=not args.quiet)
+        result = {"checkpoint": str(args.checkpoint), "dataset": dataset.name, "images": len(indices),
+                  "metrics": metrics_on(dataset, indices, predictions)}
+    else:
+        from qfm_iqm.evaluation.protocol import run_protocol
+
+        seeds = args.seeds or list(range(args.repeats))
+        output = args.output or Path("runs") / f"{dataset.name}-{_config_from_args(args).mode}"
+        result = run_protocol(_config_from_args(args), dataset, seeds, output, args.command_line, not args.quiet)
+        result = {"output": str(output), "summary": result["summary"]}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qfm-iqm", description="QFM-IQM no-reference image quality assessment")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="name", required=True)
+
+    train = commands.add_parser("train", help="train a model on a dataset (one split's training part, or all)")
+    _add_dataset_options(train)
+    _add_training_options(train)
+    which = train.add_mutually_exclusive_group()
+    which.add_argument("--split-seed", dest="split_seed", type=int, default=0, help="seed of the 80/20 split")
+    which.add_argument("--split-file", dest="split_file", type=Path, help="splits JSON (its first split is used)")
+    which.add_argument("--all", action="store_true", help="train on every image (a release model)")
+    train.add_argument("--output", type=Path, required=True, help="folder for the checkpoint")
+    train.add_argument("--restart", action="store_true", help="ignore a saved state in --output; start over")
+    train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a checkpoint, or run the protocol (train+test over seeded splits)"
+    )
+    _add_dataset_options(evaluate)
+    _add_training_options(evaluate)
+    evaluate.add_argument("--checkpoint", type=Path, help="evaluate this trained model instead of training")
+    evaluate.add_argument("--split-file", dest="split_file", type=Path, help="test part of its first split only")
+    evaluate.add_argument("--grid", type=int, default=3, help="test crops per side (checkpoint mode)")
+    evaluate.add_argument("--repeats", type=int, default=10, help="number of splits, seeds 0..N-1")
+    evaluate.add_argument("--seeds", type=int, nargs="+", help="explicit split seeds")
+    evaluate.add_argument("--output", type=Path, help="protocol results folder")
+    evaluate.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    args.command_line = "qfm-iqm " + shlex.join(argv)
+    try:
+        return args.func(args)
+    except (DatasetError, FileNotFoundError, ValueError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""torch ``Dataset`` wrappers yielding training crops and deterministic test-crop grids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from qfm_iqm.data.images import load_image
+from qfm_iqm.data.records import ImageRecord
+from qfm_iqm.data.transforms import Preprocessing, TrainTransform, grid_crops
+
+
+class _RecordImages:
+    """Decodes record images, optionally keeping them in memory (per process: each DataLoader
+    worker holds its own cache)."""
+
+    def __init__(self, records: Sequence[ImageRecord], cache: bool) -> None:
+        self.records = list(records)
+        self._cache: dict[int, Image.Image] | None = {} if cache else None
+
+    def get(self, index: int) -> Image.Image:
+        if self._cache is None:
+            return load_image(self.records[index].path)
+        img = self._cache.get(index)
+        if img is None:
+            img = self._cache[index] = load_image(self.records[index].path)
+        return img
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed determined only by (seed, epoch, index)."""
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class TrainCrops(Dataset):
+    """Random training crops: item ``i`` -> (crop (3, S, S), label float32 scalar, i).
+
+    The crop of item ``i`` depends only on (seed, epoch, i), never on worker count or sampling order.
+    Call ``set_epoch`` before each epoch; with DataLoader workers keep ``persistent_workers=False`` so
+    the workers see the new epoch.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        transform: TrainTransform,
+        seed: int = 0,
+        cache: bool = False,
+    ) -> None:
+        self.images = _RecordImages(records, cache)
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose crops ``__getitem__`` produces."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        gen = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index))
+        x = self.transform(self.images.get(index), gen)
+        y = torch.tensor(self.images.records[index].label, dtype=torch.float32)
+        return x, y, index
+
+
+class EvalCrops(Dataset):
+    """Deterministic test crops: item ``i`` -> (crops (grid*grid, 3, S, S), label float32 scalar, i)."""
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        pre: Preprocessing,
+        grid: int = 3,
+        cache: bool = False,
+    ) -> None:
+        self.images = _RecordImages(records, cache)
+        self.pre = pre
+        self.grid = grid
+
+    def __len__(self) -> int:
+        return len(self.images.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        x = grid_crops(self.images.get(index), self.pre, self.grid)
+        y = torch.tensor(self.images.records[index].label, dtype=torch.float32)
+        return x, y, index

@@ -1,0 +1,98 @@
+"""Crop-based preprocessing: random training crops and a deterministic grid of test crops.
+
+Small-image rule (both train and test): an image whose shorter side is below the crop size ``S`` is
+first upscaled with bicubic resampling, keeping its aspect ratio, so that its shorter side equals ``S``.
+Images at least ``S`` on both sides are never resized; crops are taken at native resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from qfm_iqm.data.images import to_rgb
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Crop size and per-channel normalisation of a backbone's input."""
+
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.input_size <= 0:
+            raise ValueError(f"input_size must be positive, got {self.input_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"need 3 means and 3 positive stds, got mean={self.mean}, std={self.std}")
+
+    def to_tensor_normalized(self, img: Image.Image) -> torch.Tensor:
+        """PIL image -> float32 tensor (3, H, W), scaled to [0, 1] then normalised with mean/std."""
+        arr = np.asarray(to_rgb(img), dtype=np.uint8)
+        x = torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return x.sub_(mean).div_(std)
+
+
+def ensure_min_side(img: Image.Image, size: int) -> Image.Image:
+    """Apply the small-image rule: bicubic upscale so the shorter side is ``size`` (no-op if already >=)."""
+    w, h = img.size
+    short = min(w, h)
+    if short >= size:
+        return img
+    scale = size / short
+    new_w = size if w == short else max(size, round(w * scale))
+    new_h = size if h == short else max(size, round(h * scale))
+    return img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+
+
+class TrainTransform:
+    """Training augmentation: a uniformly random ``S x S`` crop and a horizontal flip with p = 0.5.
+
+    Images with a side shorter than ``S`` are first bicubic-upscaled so the shorter side equals ``S``.
+    All randomness comes from ``generator`` (torch's global generator when ``None``), so the same
+    generator state always gives the same crop.
+    """
+
+    def __init__(self, pre: Preprocessing) -> None:
+        self.pre = pre
+
+    def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        s = self.pre.input_size
+        img = ensure_min_side(to_rgb(img), s)
+        w, h = img.size
+        top = int(torch.randint(0, h - s + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - s + 1, (1,), generator=generator))
+        flip = bool(torch.rand(1, generator=generator) < 0.5)
+        x = self.pre.to_tensor_normalized(img.crop((left, top, left + s, top + s)))
+        return torch.flip(x, dims=(2,)) if flip else x
+
+
+def grid_offsets(length: int, size: int, grid: int) -> list[int]:
+    """``grid`` crop offsets evenly spaced from 0 to ``length - size`` inclusive (both ends covered)."""
+    if grid == 1:
+        return [(length - size) // 2]
+    return [int(v) for v in np.rint(np.linspace(0, length - size, grid))]
+
+
+def grid_crops(img: Image.Image, pre: Preprocessing, grid: int = 3) -> torch.Tensor:
+    """Deterministic ``grid x grid`` crops of size ``S`` covering the image, corners included.
+
+    Returns a float32 tensor (grid*grid, 3, S, S), rows top to bottom, each row left to right. The
+    small-image rule applies first; ``grid == 1`` gives a single centre crop.
+    """
+    if grid < 1:
+        raise ValueError(f"grid must be >= 1, got {grid}")
+    s = pre.input_size
+    x = pre.to_tensor_normalized(ensure_min_side(to_rgb(img), s))
+    _, h, w = x.shape
+    tops, lefts = grid_offsets(h, s, grid), grid_offsets(w, s, grid)
+    return torch.stack([x[:, t : t + s, l : l + s] for t in tops for l in lefts])

@@ -1,0 +1,59 @@
+"""Deterministic prediction: each image is scored as the mean over a fixed grid of crops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from qfm_iqm.data.records import ImageRecord
+from qfm_iqm.data.torch_datasets import EvalCrops
+from qfm_iqm.data.transforms import Preprocessing
+from qfm_iqm.models.qfm import QFMIQM
+
+
+@dataclass
+class Predictions:
+    """Normalised scores ([0, 1], higher is better) and panel spreads, in input order."""
+
+    scores: np.ndarray
+    spreads: np.ndarray
+
+
+def model_preprocessing(model: QFMIQM) -> Preprocessing:
+    """The preprocessing a model was trained with (stored in its config)."""
+    pre = model.config.preprocessing
+    return Preprocessing(input_size=pre["input_size"], mean=tuple(pre["mean"]), std=tuple(pre["std"]))
+
+
+@torch.no_grad()
+def score_crops(model: QFMIQM, crops: torch.Tensor) -> tuple[float, float]:
+    """Score one image from its crop stack (n, 3, S, S): mean score and mean panel spread.
+
+    One forward pass per image keeps results independent of batch size and order.
+    """
+    output = model(crops)
+    return output.score.float().mean().item(), output.spread.float().mean().item()
+
+
+@torch.no_grad()
+def predict_records(
+    model: QFMIQM,
+    records: list[ImageRecord],
+    grid: int = 3,
+    device: torch.device | str = "cpu",
+    num_workers: int = 0,
+    progress: bool = False,
+) -> Predictions:
+    """Score labelled records with the model in eval mode."""
+    model.eval()
+    dataset = EvalCrops(records, model_preprocessing(model), grid)
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers)
+    scores = np.empty(len(records))
+    spreads = np.empty(len(records))
+    for crops, _, index in tqdm(loader, total=len(records), desc="scoring", disable=not progress, leave=False):
+        scores[index], spreads[index] = score_crops(model, crops.to(device))
+    return Predictions(scores, spreads)

@@ -1,0 +1,142 @@
+"""The standard protocol: seeded 80/20 splits, train on one part, test on the other, medians."""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import resource
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from qfm_iqm import __version__
+from qfm_iqm.data.records import IQADataset, ImageRecord
+from qfm_iqm.data.splits import Split, make_splits, save_splits
+from qfm_iqm.evaluation.metrics import compute_metrics, summarize
+from qfm_iqm.evaluation.predict import Predictions, predict_records
+from qfm_iqm.models.qfm import QFMIQM
+from qfm_iqm.training.config import TrainConfig
+from qfm_iqm.training.trainer import Trainer, resolve_device
+from qfm_iqm.utils.checkpoint import atomic_write_json, atomic_write_text
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fit_model(
+    config: TrainConfig,
+    records: list[ImageRecord],
+    output_dir: Path,
+    extra_records: list[ImageRecord] | None = None,
+    metadata: dict | None = None,
+    progress: bool = True,
+    resume: bool = True,
+) -> tuple[QFMIQM, list[dict]]:
+    """Train a model (and first its ``pretrained`` teacher, in ``deiqt`` mode, when configured)."""
+    teacher = None
+    if config.distill and config.teacher == "pretrained":
+        teacher_config = replace(config, mode="deiqt")
+        teacher, _ = fit_model(teacher_config, records, output_dir / "teacher", None, metadata, progress, resume)
+    trainer = Trainer(config, records, output_dir, extra_records, metadata, progress, teacher)
+    history = trainer.fit(resume=resume)
+    return trainer.model, history.epochs
+
+
+def metrics_on(dataset: IQADataset, indices: tuple[int, ...], predictions: Predictions) -> dict[str, float]:
+    """Correlations against the normalised labels; RMSE on the raw scale after the logistic fit."""
+    labels = dataset.labels()[list(indices)]
+    metrics = compute_metrics(predictions.scores, labels)
+    metrics["rmse"] *= dataset.scale.high - dataset.scale.low
+    return metrics
+
+
+def write_predictions(path: Path, dataset: IQADataset, indices: tuple[int, ...], predictions: Predictions) -> None:
+    rows = [["path", "raw_label", "label", "score", "uncertainty"]]
+    for i, score, spread in zip(indices, predictions.scores, predictions.spreads):
+        record = dataset.records[i]
+        rows.append([str(record.path), record.raw_label, record.label, f"{score:.6f}", f"{spread:.6f}"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".tmp"), "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    path.with_suffix(".tmp").replace(path)
+
+
+def run_split(
+    config: TrainConfig, dataset: IQADataset, split: Split, run_dir: Path, progress: bool = True
+) -> dict:
+    """Train on ``split.train``, test the last-epoch model on ``split.test``; resumable."""
+    result_file = run_dir / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    start = time.perf_counter()
+    metadata = {"dataset": dataset.name, "split_seed": split.seed, "train_size": len(split.train)}
+    train_records = [dataset.records[i] for i in split.train]
+    model, history = fit_model(replace(config, seed=split.seed), train_records, run_dir, None, metadata, progress)
+    train_seconds = time.perf_counter() - start
+    test_records = [dataset.records[i] for i in split.test]
+    predictions = predict_records(model, test_records, config.eval_grid, resolve_device(config.device), progress=progress)
+    write_predictions(run_dir / "predictions.csv", dataset, split.test, predictions)
+    result = {
+        "seed": split.seed,
+        "metrics": metrics_on(dataset, split.test, predictions),
+        "train_size": len(split.train),
+        "test_size": len(split.test),
+        "epochs": config.epochs,
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.perf_counter() - start, 1),
+        "train_crops_per_second": round(sum(e["crops_per_second"] for e in history) / len(history), 2),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "history": history,
+    }
+    atomic_write_json(result_file, result)
+    return result
+
+
+def environment() -> dict:
+    """Code version and machine, recorded with every result."""
+    return {
+        "code_version": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def run_protocol(
+    config: TrainConfig,
+    dataset: IQADataset,
+    seeds: list[int],
+    output_dir: str | Path,
+    command: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run the protocol over ``seeds`` and write ``splits.json`` and ``results.json`` to ``output_dir``.
+
+    Splits already finished (their ``result.json`` exists) are not trained again.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    splits = make_splits(dataset, seeds)
+    save_splits(output_dir / "splits.json", splits, dataset.name, len(dataset))
+    runs = [run_split(config, dataset, split, output_dir / f"split_{split.seed}", progress) for split in splits]
+    summary = {
+        "dataset": dataset.name,
+        "mode": config.mode,
+        "seeds": seeds,
+        "summary": summarize([run["metrics"] for run in runs]),
+        "runs": [{k: v for k, v in run.items() if k != "history"} for run in runs],
+        "config": config.to_dict(),
+        "command": command,
+        "environment": environment(),
+    }
+    atomic_write_json(output_dir / "results.json", summary)
+    atomic_write_text(output_dir / "command.txt", (command or "") + "\n")
+    return summary

@@ -1,0 +1,126 @@
+"""The QFM-IQM network: a timm backbone, a projection to the decoder width, the attention panel."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qfm_iqm.models.backbones import Backbone, create_backbone
+from qfm_iqm.models.decoder import AttentionPanelDecoder, PanelOutput
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a QFM-IQM network (stored beside every checkpoint)."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    dim: int = 384
+    panel_size: int = 6
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    token_gate: bool = False
+    preprocessing: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass
+class Encoded:
+    """Decoder inputs of a batch: semantic descriptor, decoder-width global vector and tokens."""
+
+    semantic: Tensor  # (B, C) L2-normalised backbone global vector, detached
+    c: Tensor  # (B, d)
+    tokens: Tensor  # (B, N, d)
+
+
+class QFMIQM(nn.Module):
+    """Backbone + attention-panel decoder. At inference it is a plain forward pass (no noise)."""
+
+    def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        width = backbone.num_features
+        self.proj = nn.Identity() if width == config.dim else nn.Linear(width, config.dim)
+        self.gate = nn.Linear(config.dim, config.dim) if config.token_gate else None
+        self.decoder = AttentionPanelDecoder(config.dim, config.panel_size, config.num_heads, config.mlp_ratio)
+        if not config.preprocessing:
+            config.preprocessing = {
+                "input_size": backbone.pretrained_cfg["input_size"],
+                "mean": list(backbone.pretrained_cfg["mean"]),
+                "std": list(backbone.pretrained_cfg["std"]),
+            }
+
+    def encode(self, images: Tensor) -> Encoded:
+        c, tokens = self.backbone(images)
+        semantic = F.normalize(c.detach().float(), dim=-1)
+        return Encoded(semantic, self.proj(c), self.proj(tokens))
+
+    def decode(self, c: Tensor, tokens: Tensor, need_attention: bool = False) -> PanelOutput:
+        """Score decoder inputs; ``tokens`` may carry semantic noise during training."""
+        if self.gate is not None:
+            tokens = tokens * torch.sigmoid(self.gate(c)).unsqueeze(1)
+        return self.decoder(c, tokens, need_attention)
+
+    def forward(self, images: Tensor, need_attention: bool = False) -> PanelOutput:
+        encoded = self.encode(images)
+        return self.decode(encoded.c, encoded.tokens, need_attention)
+
+
+_ARCHITECTURES: dict[str, dict] = {}
+
+
+def register_architecture(name: str, **defaults) -> None:
+    """Register a named QFM-IQM architecture (``ModelConfig`` defaults)."""
+    _ARCHITECTURES[name] = defaults
+
+
+register_architecture("qfm_iqm_lite0", backbone="tf_efficientnet_lite0")
+register_architecture("qfm_iqm_vit_s16", backbone="deit3_small_patch16_224")
+
+
+def list_architectures() -> list[str]:
+    return sorted(_ARCHITECTURES)
+
+
+def build_model(
+    config: ModelConfig, pretrained_backbone: bool = True, backbone_weights: str | Path | None = None
+) -> QFMIQM:
+    """Build a network from a :class:`ModelConfig` (backbone weights as asked, head fresh)."""
+    backbone = create_backbone(config.backbone, pretrained=pretrained_backbone, weights_path=backbone_weights)
+    return QFMIQM(config, backbone)
+
+
+def create_model(
+    name: str = "qfm_iqm_lite0",
+    pretrained_backbone: bool = True,
+    backbone_weights: str | Path | None = None,
+    **overrides,
+) -> QFMIQM:
+    """Create a QFM-IQM network by architecture name, e.g. ``create_model("qfm_iqm_lite0")``."""
+    if name not in _ARCHITECTURES:
+        raise KeyError(f"unknown architecture {name!r}; available: {', '.join(list_architectures())}")
+    config = ModelConfig(**{**_ARCHITECTURES[name], **overrides})
+    return build_model(config, pretrained_backbone, backbone_weights)
+
+
+def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> QFMIQM:
+    """Load a trained model from a checkpoint folder or its ``.safetensors``/``.json`` file (no network)."""
+    from qfm_iqm.utils.checkpoint import load_checkpoint
+
+    path = Path(path)
+    directory, name = (path.parent, path.stem) if path.suffix in (".safetensors", ".json") else (path, "model")
+    tensors, config = load_checkpoint(directory, name)
+    model = build_model(ModelConfig.from_dict(config["model"]), pretrained_backbone=False)
+    model.load_state_dict(tensors)
+    return model.to(device).eval()

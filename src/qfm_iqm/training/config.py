@@ -1,0 +1,113 @@
+"""Training configuration: every constant of the method is an option with the spec's default."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qfm_iqm.models.qfm import ModelConfig
+
+MODES = ("qfm", "deiqt")
+TEACHERS = ("ema", "pretrained", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run. ``mode="deiqt"`` turns semantic noise and distillation off."""
+
+    mode: str = "qfm"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    backbone_weights: str | None = None
+    # optimisation (DEIQT recipe)
+    epochs: int = 9
+    batch_size: int = 16
+    lr: float = 2e-4
+    head_lr_scale: float = 1.0
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    schedule: str = "step"  # "step" or "cosine"
+    step_epochs: int = 3
+    step_gamma: float = 0.1
+    grad_clip: float | None = 1.0
+    amp: str = "auto"  # "auto" (bf16 on CUDA), "bf16", "off"
+    # semantic noisy matching
+    noise: bool = True
+    memory_factor: int = 8  # memory capacity = memory_factor * batch_size
+    quality_tolerance: float = 0.05
+    noise_strength: float = 0.3
+    noise_weight: float = 1.0
+    # distillation
+    teacher: str = "ema"
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    kd_weight: float = 1.0
+    kd_views: int = 8  # extra teacher-labelled views per step
+    unlabeled_dir: str | None = None
+    # data and evaluation
+    eval_grid: int = 3
+    cache_images: bool = True
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig.from_dict(self.model)
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"teacher must be one of {TEACHERS}, got {self.teacher!r}")
+        if self.schedule not in ("step", "cosine"):
+            raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
+
+    @property
+    def use_noise(self) -> bool:
+        """Semantic noisy matching is on (never in ``deiqt`` mode)."""
+        return self.mode == "qfm" and self.noise and self.noise_weight > 0
+
+    @property
+    def distill(self) -> bool:
+        """The distillation framework is on (never in ``deiqt`` mode)."""
+        return self.mode == "qfm" and self.teacher != "none" and self.kd_weight > 0 and self.kd_views > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of options, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def with_overrides(self, assignments: list[str]) -> "TrainConfig":
+        """Apply ``key=value`` overrides (values parsed as YAML; ``model.x=...`` reaches the model)."""
+        data = self.to_dict()
+        for assignment in assignments:
+            key, sep, raw = assignment.partition("=")
+            if not sep:
+                raise ValueError(f"override {assignment!r} is not of the form key=value")
+            target = data
+            *parents, leaf = key.strip().split(".")
+            for parent in parents:
+                if not isinstance(target.get(parent), dict):
+                    raise ValueError(f"override {assignment!r}: {parent!r} is not a group of options")
+                target = target[parent]
+            if leaf not in target:
+                raise ValueError(f"override {assignment!r}: unknown option {key!r}")
+            target[leaf] = yaml.safe_load(raw)
+        return TrainConfig.from_dict(data)

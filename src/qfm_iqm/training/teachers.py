@@ -1,0 +1,44 @@
+"""Teachers of the distillation framework: a mean-teacher copy of the student, or a frozen model."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+
+class Teacher(nn.Module):
+    """A frozen copy of a network that labels extra data; ``update`` follows the student (EMA only)."""
+
+    def __init__(self, network: nn.Module, ema_decay: float | None = None, ema_warmup: bool = True) -> None:
+        super().__init__()
+        self.network = copy.deepcopy(network).eval().requires_grad_(False)
+        self.ema_decay = ema_decay
+        self.ema_warmup = ema_warmup
+        self.updates = 0
+
+    def train(self, mode: bool = True) -> "Teacher":
+        """A teacher always stays in eval mode."""
+        return super().train(False)
+
+    def decay_at(self, step: int) -> float:
+        """EMA keep-rate; with warm-up it ramps as (1+t)/(10+t) up to ``ema_decay``."""
+        assert self.ema_decay is not None
+        return min(self.ema_decay, (1 + step) / (10 + step)) if self.ema_warmup else self.ema_decay
+
+    @torch.no_grad()
+    def update(self, student: nn.Module) -> None:
+        """Move an EMA teacher towards the student; a pretrained teacher stays fixed."""
+        if self.ema_decay is None:
+            return
+        decay = self.decay_at(self.updates)
+        for mine, theirs in zip(self.network.parameters(), student.parameters()):
+            mine.lerp_(theirs.detach(), 1.0 - decay)
+        for mine, theirs in zip(self.network.buffers(), student.buffers()):
+            mine.copy_(theirs)
+        self.updates += 1
+
+    @torch.no_grad()
+    def pseudo_labels(self, images: Tensor) -> Tensor:
+        return self.network(images).score.float()

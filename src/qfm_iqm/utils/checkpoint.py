@@ -1,0 +1,253 @@
+"""Pickle-free checkpoints: tensors in safetensors, everything else in JSON, written atomically.
+
+A checkpoint ``<name>`` is the pair ``<name>.safetensors`` + ``<name>.json``. Each file is written to
+a temporary file in the same directory, fsynced and moved into place with ``os.replace``; the
+weights are written first, and their safetensors metadata records the SHA-256 of the JSON text, so
+:func:`load_checkpoint` detects a pair left mismatched by an interrupted save.
+
+Nested training state (model, AdamW, scheduler, RNG states, extra buffers) is split by
+:func:`flatten_state` into dotted-key tensors and a JSON skeleton that keeps dict key types
+(e.g. the int parameter ids of optimizer states), tuples and numpy arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+__all__ = [
+    "atomic_write_json",
+    "atomic_write_text",
+    "flatten_state",
+    "load_checkpoint",
+    "load_training_state",
+    "save_checkpoint",
+    "save_training_state",
+    "unflatten_state",
+]
+
+TRAINING_STATE_NAME = "training_state"
+TRAINING_STATE_FORMAT = "qfm-iqm-training-state/1"
+_CONFIG_HASH_KEY = "config_sha256"
+_TENSOR, _NDARRAY, _TUPLE, _DICT = "__tensor__", "__ndarray__", "__tuple__", "__dict__"
+_MARKERS = frozenset({_TENSOR, _NDARRAY, _TUPLE, _DICT})
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it, then ``os.replace`` it onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename (best effort: not every platform can open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    _atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as JSON (indent=2, keys in insertion order) to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _prepare_tensors(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Detach, move to CPU, make contiguous and clone tensors that share storage with an earlier one."""
+    out: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for key, value in tensors.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"checkpoint tensor {key!r} is a {type(value).__name__}, not a Tensor")
+        tensor = value.detach().cpu().contiguous()
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr in seen:
+            tensor = tensor.clone()
+        elif ptr != 0:
+            seen.add(ptr)
+        out[key] = tensor
+    return out
+
+
+def save_checkpoint(
+    directory: str | Path, tensors: Mapping[str, Tensor], config: Any, name: str = "model"
+) -> Path:
+    """Write ``<name>.safetensors`` then ``<name>.json`` into ``directory``; return the weights path.
+
+    ``config`` must be JSON-serialisable; it is serialised before anything is written.
+    """
+    directory = Path(directory)
+    config_text = json.dumps(config, indent=2, sort_keys=False) + "\n"
+    metadata = {_CONFIG_HASH_KEY: hashlib.sha256(config_text.encode("utf-8")).hexdigest()}
+    prepared = _prepare_tensors(tensors)
+    weights_path = directory / f"{name}.safetensors"
+    _atomic_write(weights_path, lambda tmp: save_file(prepared, str(tmp), metadata=metadata))
+    atomic_write_text(directory / f"{name}.json", config_text)
+    return weights_path
+
+
+def _checkpoint_paths(directory_or_file: str | Path, name: str) -> tuple[Path, Path]:
+    path = Path(directory_or_file)
+    if path.suffix in (".safetensors", ".json"):
+        return path.with_suffix(".safetensors"), path.with_suffix(".json")
+    return path / f"{name}.safetensors", path / f"{name}.json"
+
+
+def load_checkpoint(directory_or_file: str | Path, name: str = "model") -> tuple[dict[str, Tensor], Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, given its directory or either file.
+
+    Returns ``(tensors, config)`` with tensors on CPU.
+
+    Raises:
+        FileNotFoundError: a file of the pair is missing (the message names it).
+        ValueError: a file is corrupt, or the JSON does not belong to the weights.
+    """
+    weights_path, config_path = _checkpoint_paths(directory_or_file, name)
+    for path in (weights_path, config_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(weights_path), device="cpu")
+    except SafetensorError as exc:
+        raise ValueError(f"corrupt checkpoint file {weights_path}: {exc}") from exc
+    config_bytes = config_path.read_bytes()
+    expected = metadata.get(_CONFIG_HASH_KEY)
+    if expected is not None and hashlib.sha256(config_bytes).hexdigest() != expected:
+        raise ValueError(
+            f"checkpoint file {config_path} does not belong to {weights_path} "
+            "(interrupted save or edited JSON)"
+        )
+    try:
+        config = json.loads(config_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"corrupt checkpoint file {config_path}: {exc}") from exc
+    return tensors, config
+
+
+def flatten_state(obj: Any, prefix: str = "") -> tuple[dict[str, Tensor], Any]:
+    """Split a nested state into ``(tensors, skeleton)``.
+
+    Tensors (and numpy arrays) go to ``tensors`` under dotted keys (``prefix.path.to.leaf``); the
+    JSON-able ``skeleton`` mirrors ``obj`` with markers in their place. Dicts with non-string keys
+    (int, bool, float, None) and tuples are tagged so :func:`unflatten_state` restores their types.
+    Supported leaves: tensors, numpy arrays and scalars, str, int, float, bool, None.
+    """
+    tensors: dict[str, Tensor] = {}
+
+    def put(key: str, tensor: Tensor) -> str:
+        if key in tensors:
+            raise ValueError(f"two tensors flatten to the same key {key!r}")
+        tensors[key] = tensor
+        return key
+
+    def encode(value: Any, path: str) -> Any:
+        if isinstance(value, Tensor):
+            return {_TENSOR: put(path, value)}
+        if isinstance(value, np.ndarray):
+            return {_NDARRAY: put(path, torch.from_numpy(np.ascontiguousarray(value)))}
+        if isinstance(value, np.generic):
+            return value.item()
+        if value is None or isinstance(value, (str, int, float)):
+            return value
+        if isinstance(value, (list, tuple)):
+            items = [encode(v, _join(path, str(i))) for i, v in enumerate(value)]
+            return {_TUPLE: items} if isinstance(value, tuple) else items
+        if isinstance(value, Mapping):
+            if all(isinstance(k, str) for k in value) and not _MARKERS & set(value):
+                return {k: encode(v, _join(path, k)) for k, v in value.items()}
+            pairs = []
+            for k, v in value.items():
+                if k is not None and not isinstance(k, (str, int, float)):
+                    raise TypeError(f"cannot store dict key {k!r} of type {type(k).__name__} at {path!r}")
+                pairs.append([k, encode(v, _join(path, str(k)))])
+            return {_DICT: pairs}
+        raise TypeError(f"cannot store {type(value).__name__} at {path!r} in a checkpoint")
+
+    skeleton = encode(obj, prefix)
+    return tensors, skeleton
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def unflatten_state(skeleton: Any, tensors: Mapping[str, Tensor]) -> Any:
+    """Inverse of :func:`flatten_state`."""
+
+    def decode(value: Any) -> Any:
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1:
+            ((marker, payload),) = value.items()
+            if marker == _TENSOR:
+                return _lookup(tensors, payload)
+            if marker == _NDARRAY:
+                return _lookup(tensors, payload).numpy()
+            if marker == _TUPLE:
+                return tuple(decode(v) for v in payload)
+            if marker == _DICT:
+                return {k: decode(v) for k, v in payload}
+        return {k: decode(v) for k, v in value.items()}
+
+    return decode(skeleton)
+
+
+def _lookup(tensors: Mapping[str, Tensor], key: str) -> Tensor:
+    if key not in tensors:
+        raise ValueError(f"checkpoint skeleton refers to missing tensor {key!r}")
+    return tensors[key]
+
+
+def save_training_state(directory: str | Path, state: Mapping[str, Any]) -> Path:
+    """Save a nested training state (no pickle) as ``training_state.{safetensors,json}``."""
+    tensors, skeleton = flatten_state(dict(state))
+    config = {"format": TRAINING_STATE_FORMAT, "state": skeleton}
+    return save_checkpoint(directory, tensors, config, name=TRAINING_STATE_NAME)
+
+
+def load_training_state(directory: str | Path) -> dict[str, Any]:
+    """Load a state written by :func:`save_training_state` (tensors on CPU)."""
+    tensors, config = load_checkpoint(directory, name=TRAINING_STATE_NAME)
+    if not isinstance(config, dict) or config.get("format") != TRAINING_STATE_FORMAT:
+        raise ValueError(f"{directory} does not hold a {TRAINING_STATE_FORMAT} checkpoint")
+    return unflatten_state(config["state"], tensors)

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny generated image sets and the real LIVE Challenge copy when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from qfm_iqm.data.records import ImageRecord
+from qfm_iqm.training.config import TrainConfig
+
+
+@pytest.fixture(scope="session")
+def livec_root() -> Path:
+    from qfm_iqm.data.livec import find_livec_root
+
+    root = find_livec_root()
+    if root is None:
+        pytest.skip("real LIVE Challenge copy not found: set QFM_IQM_LIVEC_ROOT or place it at ../shared/datasets/livec")
+    return root
+
+
+@pytest.fixture(scope="session")
+def blur_records(tmp_path_factory) -> list[ImageRecord]:
+    """16 generated 72x72 images whose label falls with the blur applied to them."""
+    folder = tmp_path_factory.mktemp("blur")
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(16):
+        pixels = rng.integers(0, 256, size=(72, 72, 3), dtype=np.uint8)
+        radius = (i % 8) * 0.6
+        image = Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(radius))
+        path = folder / f"img{i:02d}.png"
+        image.save(path)
+        label = 1.0 - radius / 5.0
+        records.append(ImageRecord(path=path, label=label, raw_label=100 * label))
+    return records
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """A fast configuration: 64-px crops, small batches, few epochs."""
+    options = dict(
+        epochs=2,
+        batch_size=4,
+        kd_views=2,
+        lr=1e-3,
+        warmup_epochs=0.0,
+        model={"preprocessing": {"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}, "dim": 64, "num_heads": 4},
+        eval_grid=2,
+        device="cpu",
+    )
+    options.update(overrides)
+    return TrainConfig.from_dict(options)

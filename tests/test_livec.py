@@ -1,0 +1,137 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from qfm_iqm.data.images import load_image
+from qfm_iqm.data.livec import DEFAULT_LIVEC_ROOT_ENV, find_livec_root, load_livec
+from qfm_iqm.data.records import DatasetError
+from qfm_iqm.data.registry import load_dataset
+
+N_TEST = 6
+
+
+def _cell(names: list[str]) -> np.ndarray:
+    cell = np.empty((len(names), 1), dtype=object)
+    for i, n in enumerate(names):
+        cell[i, 0] = np.array([n])
+    return cell
+
+
+def make_livec(
+    root: Path,
+    names: list[str] | None = None,
+    mos: list[float] | None = None,
+    std: list[float] | None = None,
+    skip_files: tuple[str, ...] = (),
+) -> Path:
+    """Miniature LIVEC in the official layout: 7 training entries t1..t7 first, then test images."""
+    train = [f"t{i}.bmp" for i in range(1, 8)]
+    test = [f"{100 + i}.bmp" for i in range(N_TEST)]
+    names = names if names is not None else train + test
+    mos = mos if mos is not None else [10.0 * (i % 10) + 5 for i in range(len(names))]
+    std = std if std is not None else [15.0 + i for i in range(len(names))]
+    (root / "Data").mkdir(parents=True)
+    (root / "Images" / "trainingImages").mkdir(parents=True)
+    scipy.io.savemat(root / "Data" / "AllImages_release.mat", {"AllImages_release": _cell(names)})
+    scipy.io.savemat(root / "Data" / "AllMOS_release.mat", {"AllMOS_release": np.array([mos], dtype=np.float64)})
+    scipy.io.savemat(root / "Data" / "AllStdDev_release.mat", {"AllStdDev_release": np.array([std], dtype=np.float64)})
+    for k, n in enumerate(dict.fromkeys(names)):
+        if n in skip_files:
+            continue
+        folder = root / "Images" / ("trainingImages" if n.startswith("t") else "")
+        Image.new("RGB", (6, 5), (k * 10, 50, 100)).save(folder / n, format="BMP")
+    return root
+
+
+def test_official_format_roundtrip(tmp_path: Path) -> None:
+    root = make_livec(tmp_path / "livec")
+    raw = scipy.io.loadmat(root / "Data" / "AllImages_release.mat")["AllImages_release"]
+    assert raw.shape == (13, 1) and raw.dtype == object  # what the official file looks like
+    ds = load_livec(root)
+    assert ds.name == "LIVEC" and not ds.synthetic and len(ds) == N_TEST
+    assert [r.path.name for r in ds.records] == [f"{100 + i}.bmp" for i in range(N_TEST)]
+    assert all(r.path.parent == root / "Images" and r.ref_id is None for r in ds.records)
+    expected_mos = [10.0 * (i % 10) + 5 for i in range(7, 13)]
+    np.testing.assert_allclose(ds.raw_labels(), expected_mos)
+    np.testing.assert_allclose(ds.labels(), np.array(expected_mos) / 100)
+    assert [r.raw_std for r in ds.records] == [15.0 + i for i in range(7, 13)]
+    assert ds.scale.higher_is_better and ds.scale.denormalize(ds.records[0].label) == pytest.approx(75.0)
+    assert load_image(ds.records[0].path).size == (6, 5)
+
+
+def test_image_in_training_folder_and_case_fallback(tmp_path: Path) -> None:
+    root = make_livec(tmp_path / "livec")
+    (root / "Images" / "101.bmp").rename(root / "Images" / "trainingImages" / "101.bmp")
+    (root / "Images" / "102.bmp").rename(root / "Images" / "102.BMP")
+    ds = load_livec(root)
+    assert ds.records[1].path == root / "Images" / "trainingImages" / "101.bmp"
+    assert ds.records[2].path == root / "Images" / "102.BMP"
+
+
+def test_missing_image_named(tmp_path: Path) -> None:
+    root = make_livec(tmp_path / "livec", skip_files=("103.bmp", "105.bmp"))
+    with pytest.raises(DatasetError, match=r"\(2 in total\): 103\.bmp, 105\.bmp"):
+        load_livec(root)
+
+
+def test_dropped_training_images_need_not_exist(tmp_path: Path) -> None:
+    root = make_livec(tmp_path / "livec", skip_files=tuple(f"t{i}.bmp" for i in range(1, 8)))
+    assert len(load_livec(root)) == N_TEST
+
+
+def test_nan_mos(tmp_path: Path) -> None:
+    mos = [50.0] * 13
+    mos[9] = float("nan")
+    with pytest.raises(DatasetError, match=r"AllMOS_release\.mat.*102\.bmp \(nan\)"):
+        load_livec(make_livec(tmp_path / "livec", mos=mos))
+
+
+def test_length_mismatch(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="13 names, 12 MOS, 13 std"):
+        load_livec(make_livec(tmp_path / "livec", mos=[50.0] * 12))
+
+
+def test_duplicate_names(tmp_path: Path) -> None:
+    names = [f"t{i}.bmp" for i in range(1, 8)] + ["100.bmp", "101.bmp", "100.bmp"]
+    with pytest.raises(DatasetError, match=r"duplicate image names \(1 in total\): 100\.bmp"):
+        load_livec(make_livec(tmp_path / "livec", names=names))
+
+
+def test_missing_data_file(tmp_path: Path) -> None:
+    root = make_livec(tmp_path / "livec")
+    (root / "Data" / "AllStdDev_release.mat").unlink()
+    with pytest.raises(DatasetError, match="AllStdDev_release.mat"):
+        load_livec(root)
+    with pytest.raises(DatasetError, match="root folder not found"):
+        load_livec(tmp_path / "nowhere")
+
+
+def test_wrong_variable_name(tmp_path: Path) -> None:
+    root = make_livec(tmp_path / "livec")
+    scipy.io.savemat(root / "Data" / "AllMOS_release.mat", {"mos": np.zeros((1, 13))})
+    with pytest.raises(DatasetError, match="no variable 'AllMOS_release'"):
+        load_livec(root)
+
+
+def test_find_livec_root_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(DEFAULT_LIVEC_ROOT_ENV, str(tmp_path))
+    assert find_livec_root() == tmp_path
+
+
+def test_registered_for_load_dataset(tmp_path: Path) -> None:
+    root = make_livec(tmp_path / "livec")
+    assert len(load_dataset("livec", root)) == N_TEST
+
+
+@pytest.mark.livec
+def test_real_livec_copy(livec_root: Path) -> None:  # fixture skips when find_livec_root() is None
+    ds = load_livec(livec_root)
+    assert len(ds) in (930, 1162)  # project copy (232 withheld) or full official release
+    raw = ds.raw_labels()
+    assert raw.min() >= 0 and raw.max() <= 100
+    assert all(r.path.is_file() for r in ds.records)
+    assert not any(r.path.name.startswith("t") for r in ds.records)
+    assert len({r.path for r in ds.records}) == len(ds)
