@@ -1,4 +1,4 @@
-"""The ``qfm-iqm`` command line: train, evaluate."""
+"""The ``qfm-iqm`` command line: score, train, evaluate."""
 
 from __future__ import annotations
 
@@ -8,12 +8,66 @@ import shlex
 import sys
 from pathlib import Path
 
+from qfm_iqm.cli.datasets_cmd import add_dataset_option_argument, add_datasets_command, parse_dataset_options
 from qfm_iqm.data.records import DatasetError, IQADataset
 from qfm_iqm.data.registry import load_dataset
+from qfm_iqm.models.pretrained import DEFAULT_MODEL
 from qfm_iqm.training.config import TrainConfig
 
+SCORE_HELP = """Score images with a trained model (default: the released model).
+
+Inputs are files, folders (searched recursively for .jpg .jpeg .png .bmp .tif .tiff .webp .gif,
+any case) and glob patterns (expanded here too, for shells that do not; ** spans folders).
+Each image is decoded to 8-bit RGB (EXIF orientation applied, first frame of animations, alpha
+composited onto white, 16-bit rescaled) and scored as the mean over a fixed 3x3 grid of crops, so
+scores do not depend on batch size, order or workers. Images whose shorter side is below the crop
+size (224 px for the released model) are first upscaled (bicubic, aspect kept) until it equals it.
+
+Output: a table on stdout, or -o FILE as .csv (path,score,uncertainty,error), .json or .jsonl.
+Inputs that cannot be scored are listed on stderr and written with an empty score and the error.
+Exit status: 0 all scored, 1 some inputs failed (the others are still written), 2 usage error."""
+
+
+def _score(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from qfm_iqm.api import load_model
+    from qfm_iqm.data.images import set_max_image_pixels
+    from qfm_iqm.scoring import auto_workers, find_images, format_table, output_format, score_files, write_results
+
+    if args.output is not None:
+        output_format(args.output)
+    if args.batch_size < 1 or (args.workers is not None and args.workers < 0):
+        raise ValueError("--batch-size must be >= 1 and --workers >= 0")
+    files, warnings = find_images(args.paths, args.recursive)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if all(file.error is not None for file in files):
+        print(f"error: no images found in {' '.join(args.paths)}", file=sys.stderr)
+        return 2
+    previous_limit = Image.MAX_IMAGE_PIXELS
+    if args.max_pixels is not None:
+        set_max_image_pixels(args.max_pixels or None)
+    try:
+        scorer = load_model(args.model, args.device)
+        workers = auto_workers(len(files), args.batch_size) if args.workers is None else args.workers
+        results = score_files(scorer, files, args.batch_size, workers, not args.quiet, args.map)
+    finally:
+        set_max_image_pixels(previous_limit)
+    failed = [r for r in results if r.error is not None]
+    for result in failed:
+        print(f"failed: {result.path}: {result.error}", file=sys.stderr)
+    if args.output is None:
+        print(format_table(results))
+    else:
+        write_results(results, args.output)
+    if failed:
+        print(f"{len(failed)} of {len(results)} inputs failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _dataset_from_args(args: argparse.Namespace) -> IQADataset:
-    return load_dataset(args.dataset, args.data_root)
+    return load_dataset(args.dataset, args.data_root, **parse_dataset_options(args.dataset_options))
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -39,11 +93,12 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="livec", help="registered dataset name (default: livec)")
     parser.add_argument("--data-root", dest="data_root", type=Path, help="unpacked official download")
+    add_dataset_option_argument(parser)
 
 
 def _train(args: argparse.Namespace) -> int:
     from qfm_iqm.data.splits import load_splits, make_split
-    from qfm_iqm.evaluation.protocol import fit_model
+    from qfm_iqm.evaluation.protocol import fit_model, training_metadata
 
     config = _config_from_args(args)
     dataset = _dataset_from_args(args)
@@ -52,7 +107,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         split = load_splits(args.split_file, dataset)[0] if args.split_file else make_split(dataset, args.split_seed)
         indices, split_seed = split.train, split.seed
-    metadata = {"dataset": dataset.name, "split_seed": split_seed, "train_size": len(indices), "command": args.command_line}
+    metadata = training_metadata(dataset, split_seed, len(indices), args.command_line)
     records = [dataset.records[i] for i in indices]
     fit_model(config, records, args.output, metadata=metadata, progress=not args.quiet, resume=not args.restart)
     print(f"model written to {args.output}/model.safetensors (+ model.json)")
@@ -72,6 +127,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         predictions = predict_records(model, [dataset.records[i] for i in indices], args.grid, progress=not args.quiet)
         result = {"checkpoint": str(args.checkpoint), "dataset": dataset.name, "images": len(indices),
                   "metrics": metrics_on(dataset, indices, predictions)}
+    elif args.baseline == "ridge":
+        from qfm_iqm.evaluation.baselines import run_ridge_protocol
+
+        seeds = args.seeds or list(range(args.repeats))
+        output = args.output or Path("runs") / f"{dataset.name}-ridge"
+        result = run_ridge_protocol(dataset, seeds, output, command=args.command_line)
+        result = {"output": str(output), "summary": result["summary"]}
     else:
         from qfm_iqm.evaluation.protocol import run_protocol
 
@@ -87,6 +149,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qfm-iqm", description="QFM-IQM no-reference image quality assessment")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="name", required=True)
+
+    score = commands.add_parser(
+        "score",
+        help="score image files, folders or patterns",
+        description=SCORE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    score.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder or glob pattern")
+    score.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_PATH",
+                       help="released model name or checkpoint folder/file (default: %(default)s)")
+    score.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    score.add_argument("--batch-size", dest="batch_size", type=int, default=16, metavar="N",
+                       help="images per loading batch (default: 16)")
+    score.add_argument("--workers", type=int, metavar="N",
+                       help="decoding processes (default: 0 for a single batch, else min(4, CPU count))")
+    score.add_argument("-o", "--output", type=Path, metavar="FILE", help="write results to FILE (.csv, .json, .jsonl)")
+    score.add_argument("--map", type=Path, metavar="OUT_DIR", help="write <stem>_map.png quality-map overlays here")
+    score.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
+                       help="search folders recursively (default: yes)")
+    score.add_argument("--max-pixels", dest="max_pixels", type=int, metavar="N",
+                       help="decompression-bomb limit in pixels (default: Pillow's, about 89.5 million; 0: no limit)")
+    score.set_defaults(func=_score)
+
+    add_datasets_command(commands)
 
     train = commands.add_parser("train", help="train a model on a dataset (one split's training part, or all)")
     _add_dataset_options(train)
@@ -110,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--repeats", type=int, default=10, help="number of splits, seeds 0..N-1")
     evaluate.add_argument("--seeds", type=int, nargs="+", help="explicit split seeds")
     evaluate.add_argument("--output", type=Path, help="protocol results folder")
+    evaluate.add_argument("--baseline", choices=["ridge"],
+                          help="run a baseline instead: frozen ImageNet features (3x3 crops) + ridge regression")
     evaluate.set_defaults(func=_evaluate)
     return parser
 

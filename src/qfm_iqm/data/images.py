@@ -113,8 +113,8 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageLoadError(
                 p,
-                f"{exc} If the file is trusted, raise the limit with "
-                "qfm_iqm.data.images.set_max_image_pixels(n) (None disables the check).",
+                f"{exc} If the file is trusted, raise the limit with `qfm-iqm score --max-pixels N` or "
+                "qfm_iqm.data.images.set_max_image_pixels(n) (0 / None disables the check).",
             ) from exc
         except UnidentifiedImageError as exc:
             raise ImageLoadError(p, "not a recognised image file") from exc

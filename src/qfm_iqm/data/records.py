@@ -67,13 +67,21 @@ class ImageRecord:
 
 @dataclass
 class IQADataset:
-    """A labelled IQA dataset: records plus the scale their raw labels live on."""
+    """A labelled IQA dataset: records plus the scale their raw labels live on.
+
+    ``official_split`` maps the authors' part names (``train``, ``val``, ``test``) to record indices
+    where the authors publish a split. ``resize_short_side`` is the dataset's resize rule: images are
+    to be resized (aspect kept) so their shorter side has this many pixels before cropping; ``None``
+    means images are used at their stored size.
+    """
 
     name: str
     root: Path
     records: list[ImageRecord]
     scale: LabelScale
     synthetic: bool
+    official_split: dict[str, tuple[int, ...]] | None = None
+    resize_short_side: int | None = None
 
     def __len__(self) -> int:
         return len(self.records)

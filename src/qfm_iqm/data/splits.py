@@ -17,6 +17,7 @@ from qfm_iqm.data.records import DatasetError, IQADataset, offenders_message
 
 SPLITS_FORMAT = "qfm-iqm-splits"
 SPLITS_VERSION = 1
+OFFICIAL_SPLIT_SEED = -1  # marks the authors' split (``official_split``) where a seed is expected
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,23 @@ def make_split(dataset: IQADataset, seed: int, train_fraction: float = 0.8) -> S
     """
     train, test = _partition(range(len(dataset)), _groups(dataset), train_fraction, seed)
     return Split(seed=seed, train=train, test=test)
+
+
+def official_split(dataset: IQADataset) -> Split | None:
+    """The authors' split as a ``Split`` with seed ``OFFICIAL_SPLIT_SEED``, or ``None`` without one.
+
+    ``train`` is the authors' training part; ``test`` their test part, or their validation part when
+    they publish no test part. The validation part stays in ``dataset.official_split["val"]``.
+    """
+    parts = dataset.official_split
+    if not parts:
+        return None
+    train, test = parts.get("train", ()), parts.get("test") or parts.get("val", ())
+    if not train or not test:
+        raise DatasetError(f"official split of {dataset.name!r} needs a training part and a test or validation part")
+    split = Split(seed=OFFICIAL_SPLIT_SEED, train=tuple(sorted(train)), test=tuple(sorted(test)))
+    _validate([split], len(dataset), f"official split of {dataset.name!r}")
+    return split
 
 
 def make_splits(dataset: IQADataset, seeds: Iterable[int], train_fraction: float = 0.8) -> list[Split]:

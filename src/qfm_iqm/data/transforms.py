@@ -83,16 +83,17 @@ def grid_offsets(length: int, size: int, grid: int) -> list[int]:
     return [int(v) for v in np.rint(np.linspace(0, length - size, grid))]
 
 
-def grid_crops(img: Image.Image, pre: Preprocessing, grid: int = 3) -> torch.Tensor:
-    """Deterministic ``grid x grid`` crops of size ``S`` covering the image, corners included.
+def grid_crops(img: Image.Image, pre: Preprocessing, grid: int | tuple[int, int] = 3) -> torch.Tensor:
+    """Deterministic ``grid x grid`` (or ``rows x cols``) crops of size ``S``, corners included.
 
-    Returns a float32 tensor (grid*grid, 3, S, S), rows top to bottom, each row left to right. The
-    small-image rule applies first; ``grid == 1`` gives a single centre crop.
+    Returns a float32 tensor (rows*cols, 3, S, S), rows top to bottom, each row left to right. The
+    small-image rule applies first; a count of 1 gives centred crops along that axis.
     """
-    if grid < 1:
+    rows, cols = (grid, grid) if isinstance(grid, int) else grid
+    if min(rows, cols) < 1:
         raise ValueError(f"grid must be >= 1, got {grid}")
     s = pre.input_size
     x = pre.to_tensor_normalized(ensure_min_side(to_rgb(img), s))
     _, h, w = x.shape
-    tops, lefts = grid_offsets(h, s, grid), grid_offsets(w, s, grid)
+    tops, lefts = grid_offsets(h, s, rows), grid_offsets(w, s, cols)
     return torch.stack([x[:, t : t + s, l : l + s] for t in tops for l in lefts])

@@ -8,7 +8,7 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -48,8 +48,19 @@ def fit_model(
     return trainer.model, history.epochs
 
 
+def training_metadata(dataset: IQADataset, split_seed: int | None, train_size: int, command: str | None = None) -> dict:
+    """What a checkpoint records about its training data (the score scale lets ``load_model`` report raw units)."""
+    return {
+        "dataset": dataset.name,
+        "split_seed": split_seed,
+        "train_size": train_size,
+        "score_scale": asdict(dataset.scale),
+        "command": command,
+    }
+
+
 def metrics_on(dataset: IQADataset, indices: tuple[int, ...], predictions: Predictions) -> dict[str, float]:
-    """Correlations against the normalised labels; RMSE on the raw scale after the logistic fit."""
+    """Correlations against the normalised labels; RMSE of the predictions in raw-label units."""
     labels = dataset.labels()[list(indices)]
     metrics = compute_metrics(predictions.scores, labels)
     metrics["rmse"] *= dataset.scale.high - dataset.scale.low
@@ -75,7 +86,7 @@ def run_split(
     if result_file.exists():
         return json.loads(result_file.read_text())
     start = time.perf_counter()
-    metadata = {"dataset": dataset.name, "split_seed": split.seed, "train_size": len(split.train)}
+    metadata = training_metadata(dataset, split.seed, len(split.train))
     train_records = [dataset.records[i] for i in split.train]
     model, history = fit_model(replace(config, seed=split.seed), train_records, run_dir, None, metadata, progress)
     train_seconds = time.perf_counter() - start

@@ -114,13 +114,22 @@ def create_model(
     return build_model(config, pretrained_backbone, backbone_weights)
 
 
-def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> QFMIQM:
-    """Load a trained model from a checkpoint folder or its ``.safetensors``/``.json`` file (no network)."""
+def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[QFMIQM, dict]:
+    """Load a trained model and its checkpoint JSON from a folder or its ``.safetensors``/``.json`` file.
+
+    No network access. Floating-point tensors stored in lower precision (fp16 release copies) are cast
+    to float32; the model is returned in eval mode on ``device``.
+    """
     from qfm_iqm.utils.checkpoint import load_checkpoint
 
-    path = Path(path)
-    directory, name = (path.parent, path.stem) if path.suffix in (".safetensors", ".json") else (path, "model")
-    tensors, config = load_checkpoint(directory, name)
+    tensors, config = load_checkpoint(path)
+    if not isinstance(config, dict) or "model" not in config:
+        raise ValueError(f"{path} is not a QFM-IQM model checkpoint (its JSON has no 'model' entry)")
     model = build_model(ModelConfig.from_dict(config["model"]), pretrained_backbone=False)
-    model.load_state_dict(tensors)
-    return model.to(device).eval()
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    return model.to(device).eval(), config
+
+
+def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> QFMIQM:
+    """Load a trained model from a checkpoint folder or its ``.safetensors``/``.json`` file (no network)."""
+    return load_checkpoint_model(path, device)[0]

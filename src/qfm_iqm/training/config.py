@@ -15,6 +15,23 @@ MODES = ("qfm", "deiqt")
 TEACHERS = ("ema", "pretrained", "none")
 
 
+_NUMBER_TYPES = {"int": int, "float": float, "float | None": float}
+
+
+def _coerce(name: str, annotation: str, value: Any) -> Any:
+    """Numbers written as text (YAML reads ``5e-5`` as a string) become the option's number type."""
+    kind = _NUMBER_TYPES.get(annotation)
+    if kind is None or value is None or isinstance(value, bool):
+        return value
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"option {name!r} must be a number ({kind.__name__}), got {value!r}") from None
+    if kind is int and number != float(value):
+        raise ValueError(f"option {name!r} must be a whole number, got {value!r}")
+    return number
+
+
 @dataclass
 class TrainConfig:
     """Options of one training run. ``mode="deiqt"`` turns semantic noise and distillation off."""
@@ -57,6 +74,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = ModelConfig.from_dict(self.model)
+        for option in fields(self):
+            setattr(self, option.name, _coerce(option.name, option.type, getattr(self, option.name)))
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.teacher not in TEACHERS:

@@ -29,6 +29,7 @@ from torch import Tensor
 __all__ = [
     "atomic_write_json",
     "atomic_write_text",
+    "checkpoint_paths",
     "flatten_state",
     "load_checkpoint",
     "load_training_state",
@@ -57,11 +58,18 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        tmp.chmod(0o666 & ~_current_umask())  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -122,7 +130,8 @@ def save_checkpoint(
     return weights_path
 
 
-def _checkpoint_paths(directory_or_file: str | Path, name: str) -> tuple[Path, Path]:
+def checkpoint_paths(directory_or_file: str | Path, name: str = "model") -> tuple[Path, Path]:
+    """The ``(.safetensors, .json)`` pair of a checkpoint given its directory (and name) or either file."""
     path = Path(directory_or_file)
     if path.suffix in (".safetensors", ".json"):
         return path.with_suffix(".safetensors"), path.with_suffix(".json")
@@ -138,7 +147,7 @@ def load_checkpoint(directory_or_file: str | Path, name: str = "model") -> tuple
         FileNotFoundError: a file of the pair is missing (the message names it).
         ValueError: a file is corrupt, or the JSON does not belong to the weights.
     """
-    weights_path, config_path = _checkpoint_paths(directory_or_file, name)
+    weights_path, config_path = checkpoint_paths(directory_or_file, name)
     for path in (weights_path, config_path):
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file not found: {path}")

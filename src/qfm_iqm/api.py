@@ -1,0 +1,166 @@
+"""Scoring API: ``load_model()`` gives a :class:`Scorer` that rates images on its model's score scale.
+
+>>> from qfm_iqm import load_model
+>>> scorer = load_model()                      # the default released model
+>>> scorer.score("photo.jpg").score            # MOS, 0-100, higher is better
+
+Every image is scored as the mean over a fixed 3x3 grid of crops in one forward pass of its own, so a
+score never depends on batch size, order or run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from qfm_iqm.data.images import load_image, to_rgb
+from qfm_iqm.data.records import LabelScale
+from qfm_iqm.data.transforms import ensure_min_side, grid_crops
+from qfm_iqm.evaluation.predict import model_preprocessing, score_crops
+from qfm_iqm.evaluation.quality_map import assemble_quality_map, covering_grid
+from qfm_iqm.models.pretrained import DEFAULT_MODEL, resolve_model
+from qfm_iqm.models.qfm import QFMIQM, load_checkpoint_model
+
+__all__ = ["ImageInput", "NORMALISED_SCALE", "ScoreResult", "Scorer", "load_model", "to_rgb_image"]
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+# The scale of checkpoints that record none (plain training runs): the model's own [0, 1] output.
+NORMALISED_SCALE = LabelScale(low=0.0, high=1.0, higher_is_better=True, name="normalised")
+_MAP_CHUNK = 16  # crops per forward pass when computing quality maps of large images
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """The score of one image on the model's scale and the panel's spread on the same scale.
+
+    ``path`` is the file's path for path inputs, else ``None``. Results of file batches
+    (:func:`qfm_iqm.scoring.score_files`) for inputs that failed have ``score`` and ``uncertainty``
+    ``None`` and the reason in ``error``; :meth:`Scorer.score` raises instead.
+    """
+
+    score: float | None
+    uncertainty: float | None
+    path: str | None = None
+    error: str | None = None
+
+
+def _array_to_image(array: np.ndarray) -> Image.Image:
+    """HxW, HxWx1, HxWx3 or HxWx4 array, uint8 or float in [0, 1] (quantised to 8 bits) -> RGB image."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)) or array.size == 0:
+        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image array, got shape {array.shape}")
+    if np.issubdtype(array.dtype, np.floating):
+        if not (np.isfinite(array).all() and array.min() >= 0.0 and array.max() <= 1.0):
+            raise ValueError("float image arrays must hold finite values in [0, 1]")
+        array = np.rint(array * 255.0).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise TypeError(f"image arrays must be uint8 or float in [0, 1], got {array.dtype}")
+    return to_rgb(Image.fromarray(np.ascontiguousarray(array)))
+
+
+def to_rgb_image(image: ImageInput) -> tuple[Image.Image, str | None]:
+    """Any single supported input -> (8-bit RGB image, path or ``None``).
+
+    Paths are decoded with :func:`~qfm_iqm.data.images.load_image` (EXIF orientation applied, first
+    frame of animations); PIL images are used as given; arrays and CHW tensors follow
+    :func:`_array_to_image` rules (alpha is composited onto white, as for files).
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image), str(image)
+    if isinstance(image, Image.Image):
+        return to_rgb(image), None
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3:
+            raise ValueError(f"expected a CxHxW image tensor, got shape {tuple(image.shape)}")
+        return _array_to_image(image.detach().cpu().permute(1, 2, 0).numpy()), None
+    if isinstance(image, np.ndarray):
+        return _array_to_image(image), None
+    raise TypeError(f"cannot score a {type(image).__name__}; give a path, PIL image, numpy array or tensor")
+
+
+class Scorer:
+    """A trained QFM-IQM model with its preprocessing and score scale.
+
+    Attributes:
+        model: the network (eval mode, on ``device``).
+        preprocessing: crop size and normalisation the model was trained with.
+        scale: the scale scores are reported on (``NORMALISED_SCALE`` when the checkpoint records none).
+        grid: crops per side of the fixed test grid.
+        info: the checkpoint's JSON (backbone, training data, settings, ...).
+    """
+
+    def __init__(
+        self,
+        model: QFMIQM,
+        scale: LabelScale = NORMALISED_SCALE,
+        device: torch.device | str = "cpu",
+        grid: int = 3,
+        info: dict | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.preprocessing = model_preprocessing(model)
+        self.scale = scale
+        self.grid = grid
+        self.info = info or {}
+
+    def crops(self, image: Image.Image) -> torch.Tensor:
+        """The fixed crop grid of an RGB image (grid*grid, 3, S, S)."""
+        return grid_crops(image, self.preprocessing, self.grid)
+
+    def score_crops(self, crops: torch.Tensor, path: str | None = None) -> ScoreResult:
+        """Score one image from its :meth:`crops`."""
+        score, spread = score_crops(self.model, crops.to(self.device))
+        return ScoreResult(self.scale.denormalize(score), spread * (self.scale.high - self.scale.low), path)
+
+    def score(self, images: ImageInput | Sequence[ImageInput]) -> ScoreResult | list[ScoreResult]:
+        """Score one image, or each of a list (or of a Bx3xHxW tensor) -> a result or a list of them.
+
+        Accepts paths, PIL images, numpy arrays (HxW, HxWx3/4; uint8 or float in [0, 1]) and tensors
+        (3xHxW float in [0, 1]). Raises :class:`~qfm_iqm.data.images.ImageLoadError` for a file that
+        cannot be read, ``ValueError``/``TypeError`` for unsupported arrays.
+        """
+        if isinstance(images, (list, tuple)) or (isinstance(images, torch.Tensor) and images.dim() == 4):
+            return [self._score_one(image) for image in images]
+        return self._score_one(images)
+
+    def _score_one(self, image: ImageInput) -> ScoreResult:
+        rgb, path = to_rgb_image(image)
+        return self.score_crops(self.crops(rgb), path)
+
+    @torch.no_grad()
+    def quality_map(self, image: ImageInput) -> np.ndarray:
+        """Heat map (H, W) in [0, 1] of where the attention panel looks (1 = most attention).
+
+        The decoder's cross-attention is averaged over panel members, reshaped to each crop's feature
+        grid, pasted back at the crop's place and averaged where crops overlap. The crops are the
+        fixed grid, made denser on large images so that they cover every pixel.
+        """
+        rgb, _ = to_rgb_image(image)
+        size = self.preprocessing.input_size
+        resized = ensure_min_side(rgb, size)
+        width, height = resized.size
+        grid = covering_grid(height, width, size, self.grid)
+        crops = grid_crops(resized, self.preprocessing, grid)
+        attention = torch.cat(
+            [
+                self.model(chunk.to(self.device), need_attention=True).cross_attention.mean(dim=1).cpu()
+                for chunk in crops.split(_MAP_CHUNK)
+            ]
+        )
+        return assemble_quality_map(attention, (height, width), size, grid, (rgb.height, rgb.width))
+
+
+def load_model(name_or_path: str | Path = DEFAULT_MODEL, device: torch.device | str = "cpu") -> Scorer:
+    """Load a released model by name (see ``list_pretrained()``) or a trained checkpoint by path."""
+    model, info = load_checkpoint_model(resolve_model(name_or_path), device)
+    scale = LabelScale(**info["score_scale"]) if "score_scale" in info else NORMALISED_SCALE
+    return Scorer(model, scale, device, info=info)

@@ -1,0 +1,142 @@
+"""Released (trained) QFM-IQM models shipped inside the package, and the tool that makes a release copy.
+
+A released model ``<stem>`` is the checkpoint pair ``qfm_iqm/weights/<stem>.safetensors`` +
+``<stem>.json`` (package data). Its JSON records what a user needs to trust a score: backbone,
+preprocessing, score scale, training data, training settings, code version and the training command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from qfm_iqm import __version__
+from qfm_iqm.data.records import LabelScale
+from qfm_iqm.utils.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+MODEL_FORMAT = "qfm-iqm/1"
+RELEASE_KEYS = ("score_scale", "training_data", "settings", "command")
+
+
+@dataclass(frozen=True)
+class PretrainedModel:
+    """A registered release: its name, file stem in ``qfm_iqm/weights`` and a one-line description."""
+
+    name: str
+    filename_stem: str
+    description: str
+
+    @property
+    def weights_path(self) -> Path:
+        return WEIGHTS_DIR / f"{self.filename_stem}.safetensors"
+
+    @property
+    def installed(self) -> bool:
+        return self.weights_path.is_file() and self.weights_path.with_suffix(".json").is_file()
+
+
+_PRETRAINED: dict[str, PretrainedModel] = {}
+
+
+def register_pretrained(name: str, filename_stem: str, description: str) -> None:
+    """Register a released model stored as ``qfm_iqm/weights/<filename_stem>.{safetensors,json}``."""
+    if name in _PRETRAINED:
+        raise ValueError(f"released model {name!r} is already registered")
+    _PRETRAINED[name] = PretrainedModel(name, filename_stem, description)
+
+
+def list_pretrained() -> list[str]:
+    """Names of the registered released models, sorted (installed or not)."""
+    return sorted(_PRETRAINED)
+
+
+def get_pretrained(name: str) -> PretrainedModel:
+    """The registered release called ``name`` (``KeyError`` naming the available ones otherwise)."""
+    if name not in _PRETRAINED:
+        raise KeyError(f"unknown released model {name!r}; available: {', '.join(list_pretrained())}")
+    return _PRETRAINED[name]
+
+
+DEFAULT_MODEL = "qfm-iqm-lite0-livec"
+register_pretrained(
+    DEFAULT_MODEL,
+    "qfm_iqm_lite0_livec",
+    "QFM-IQM with the EfficientNet-Lite0 backbone trained on LIVE Challenge; MOS scale 0-100 (default)",
+)
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """The checkpoint file or folder of a released model name or of a user's checkpoint path.
+
+    Raises:
+        FileNotFoundError: a registered release whose files are not installed, or a name that is
+            neither registered nor an existing path (the message says which).
+    """
+    if isinstance(name_or_path, str) and name_or_path in _PRETRAINED:
+        release = _PRETRAINED[name_or_path]
+        if not release.installed:
+            raise FileNotFoundError(
+                f"released model {release.name!r} is not installed: {release.weights_path} (and its .json) "
+                "are missing from this copy of qfm-iqm; install a build that ships it, or pass a trained "
+                "checkpoint folder or .safetensors file instead"
+            )
+        return release.weights_path
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{str(name_or_path)!r} is neither a released model ({', '.join(list_pretrained())}) "
+            "nor an existing checkpoint folder or file"
+        )
+    return path
+
+
+def export_release(
+    checkpoint_dir: str | Path, out_dir: str | Path, stem: str, extra_config: dict, half: bool = True
+) -> Path:
+    """Write the release copy ``<out_dir>/<stem>.{safetensors,json}`` of a trained checkpoint.
+
+    Floating-point tensors are stored as fp16 when ``half`` (they are cast back to float32 on load).
+    The JSON records ``model``, ``backbone``, ``preprocessing``, ``score_scale``, ``training_data``,
+    ``settings``, ``command``, ``code_version`` and ``release``. ``settings``, ``command``,
+    ``code_version`` and ``training_data`` default to the source checkpoint's ``training``, ``command``,
+    ``code_version`` and ``dataset``/``split_seed``/``train_size`` entries; ``extra_config`` supplies
+    ``score_scale`` (``{"name", "low", "high", "higher_is_better"}``) and overrides or adds any entry.
+
+    Returns the path of the written ``.safetensors`` file.
+    """
+    weights_path, _ = checkpoint_paths(checkpoint_dir)
+    tensors, config = load_checkpoint(checkpoint_dir)
+    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{checkpoint_dir} is not a {MODEL_FORMAT} model checkpoint")
+    model = config["model"]
+    training_data = {k: config[k] for k in ("dataset", "split_seed", "train_size") if k in config}
+    release = {
+        "format": MODEL_FORMAT,
+        "model": model,
+        "backbone": model["backbone"],
+        "preprocessing": model["preprocessing"],
+        "score_scale": None,
+        "training_data": training_data or None,
+        "settings": config.get("training"),
+        "command": config.get("command"),
+        "code_version": config.get("code_version", __version__),
+        "release": {
+            "name": stem,
+            "dtype": "float16" if half else "float32",
+            "exported_with": __version__,
+            "source_sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
+        },
+    }
+    release.update(extra_config)
+    missing = [key for key in RELEASE_KEYS if release.get(key) is None]
+    if missing:
+        raise ValueError(f"release of {checkpoint_dir} needs {', '.join(missing)} (pass them in extra_config)")
+    LabelScale(**release["score_scale"])  # validates the scale
+    if half:
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+        overflow = [k for k, v in tensors.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+        if overflow:
+            raise ValueError(f"tensors overflow float16: {', '.join(overflow[:5])}; export with half=False")
+    return save_checkpoint(out_dir, tensors, release, name=stem)

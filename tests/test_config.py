@@ -1,0 +1,43 @@
+import pytest
+
+from qfm_iqm.training.config import TrainConfig
+
+
+def test_spec_defaults():
+    config = TrainConfig()
+    assert (config.quality_tolerance, config.noise_strength, config.noise_weight, config.kd_weight) == (0.05, 0.3, 1.0, 1.0)
+    assert (config.memory_factor, config.ema_decay, config.teacher) == (8, 0.999, "ema")
+    assert (config.epochs, config.lr, config.weight_decay, config.step_epochs, config.step_gamma) == (9, 2e-4, 0.05, 3, 0.1)
+    assert config.use_noise and config.distill
+
+
+def test_deiqt_mode_turns_noise_and_distillation_off():
+    config = TrainConfig(mode="deiqt")
+    assert not config.use_noise and not config.distill
+
+
+def test_overrides_parse_numbers_and_reach_the_model():
+    config = TrainConfig().with_overrides(["lr=5e-5", "epochs=3", "grad_clip=null", "model.token_gate=true"])
+    assert config.lr == 5e-5 and isinstance(config.lr, float)
+    assert config.epochs == 3 and config.grad_clip is None and config.model.token_gate is True
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [("lr=abc", "must be a number"), ("epochs=2.5", "whole number"), ("nope=1", "unknown option"),
+     ("lr", "key=value"), ("mode=fast", "mode must be")],
+)
+def test_bad_overrides_are_refused(override, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig().with_overrides([override])
+
+
+def test_config_file_round_trip(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("mode: deiqt\nlr: 5e-5\nmodel:\n  token_gate: true\n")
+    config = TrainConfig.from_file(path)
+    assert config.mode == "deiqt" and config.lr == 5e-5 and config.model.token_gate
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    (tmp_path / "bad.yaml").write_text("epoch: 3\n")
+    with pytest.raises(ValueError, match="epoch"):
+        TrainConfig.from_file(tmp_path / "bad.yaml")

@@ -1,0 +1,134 @@
+import math
+import pickle
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dataset_fixtures import assert_parts_disjoint, assert_refs_disjoint, tiny_image, write_csv
+
+from qfm_iqm.data.generic import load_csv, load_folder
+from qfm_iqm.data.records import DatasetError
+from qfm_iqm.data.registry import load_dataset
+from qfm_iqm.data.splits import official_split
+
+KONIQ_HEADER = ["img_name", "mos", "std", "split", "c1", "c2", "c3", "c4", "c5", "c_total", "official_split"]
+SPLIT_NAMES = {0: "train", 1: "val", 2: "test"}
+
+
+def make_pyiqa_koniq(root: Path, official_column: bool = True) -> Path:
+    """pyiqa's meta_info_KonIQ10kDataset.csv (CRLF, integer 'split', HF 'official_split') + 512x384/."""
+    rows = []
+    for i in range(9):
+        tiny_image(root / "512x384" / f"{100 + i}.jpg", shade=i)
+        rows.append([f"{100 + i}.jpg", 10.0 + 9 * i, 0.5, i % 3, 0.0, 0.1, 0.2, 0.6, 0.1, 100, SPLIT_NAMES[i % 3]])
+    header = KONIQ_HEADER if official_column else KONIQ_HEADER[:-1]
+    write_csv(root / "meta_info" / "meta_info_KonIQ10kDataset.csv", header, [r[: len(header)] for r in rows])
+    return root
+
+
+def make_pyiqa_live(root: Path) -> Path:
+    """pyiqa's meta_info_LIVEIQADataset.csv (full-reference layout, DMOS) with a ratio split column."""
+    rows = []
+    for k in range(1, 13):
+        ref = f"refimgs/ref{k % 4}.bmp"
+        tiny_image(root / ref)
+        tiny_image(root / "jp2k" / f"img{k}.bmp", shade=k)
+        rows.append([ref, f"jp2k/img{k}.bmp", 20.0 + 5 * k, "train" if k % 4 else "val"])
+    write_csv(
+        root / "meta_info_LIVEIQADataset.csv", ["ref_name", "dist_name", "mos", "ratio802_seed123_split_01"], rows
+    )
+    return root
+
+
+def test_pyiqa_koniq_csv_with_official_split(tmp_path: Path) -> None:
+    root = make_pyiqa_koniq(tmp_path / "koniq10k")
+    assert (root / "meta_info" / "meta_info_KonIQ10kDataset.csv").read_bytes().count(b"\r\n") == 10
+    ds = load_dataset("csv", root, file="meta_info/meta_info_KonIQ10kDataset.csv", image_root="512x384",
+                      low="0", high="100")  # fmt: skip
+    assert ds.name == "meta_info_KonIQ10kDataset" and not ds.synthetic and len(ds) == 9
+    assert ds.records[0].path == root / "512x384" / "100.jpg" and ds.records[0].label == pytest.approx(0.1)
+    assert ds.records[8].label > ds.records[0].label
+    assert ds.official_split == {"train": (0, 3, 6), "val": (1, 4, 7), "test": (2, 5, 8)}
+    assert_parts_disjoint(ds.official_split, 9)
+    split = official_split(ds)
+    assert split is not None and split.train == (0, 3, 6) and split.test == (2, 5, 8)
+    older = make_pyiqa_koniq(tmp_path / "older", official_column=False)  # integer 'split' column only
+    ds = load_csv(older, file="meta_info/meta_info_KonIQ10kDataset.csv", image_root="512x384", split_column="split")
+    assert ds.official_split == {"train": (0, 3, 6), "val": (1, 4, 7), "test": (2, 5, 8)}
+    assert ds.scale.low == 10.0 and ds.scale.high == 82.0  # observed range without low/high
+    assert load_csv(older, file="meta_info/meta_info_KonIQ10kDataset.csv", image_root="512x384",
+                    split_column="none").official_split is None  # fmt: skip
+
+
+def test_pyiqa_full_reference_csv_is_synthetic(tmp_path: Path) -> None:
+    root = make_pyiqa_live(tmp_path / "LIVEIQA_release2")
+    ds = load_dataset("csv", root, low="0", high="100", higher_is_better="false",
+                      split_column="ratio802_seed123_split_01", dataset_name="LIVE")  # fmt: skip
+    assert ds.name == "LIVE" and ds.synthetic and len(ds) == 12
+    assert ds.records[0].path == root / "jp2k" / "img1.bmp" and ds.records[0].ref_id == "refimgs/ref1.bmp"
+    assert ds.records[0].label == pytest.approx(0.75) and ds.records[0].label > ds.records[5].label
+    assert_refs_disjoint(ds)
+    assert ds.official_split is not None and ds.official_split["val"] == (3, 7, 11)
+
+
+def test_exclude_and_legacy_pickle(tmp_path: Path) -> None:
+    root = tmp_path / "LIVEC"
+    names = [f"t{i}.bmp" for i in range(1, 4)] + [f"{100 + i}.bmp" for i in range(6)]
+    for name in names[3:]:
+        tiny_image(root / "Images" / name)
+    write_csv(
+        root / "meta_info_LIVEChallengeDataset.csv",
+        ["img_name", "mos", "std"],
+        [[n, 50.0 + i, 9] for i, n in enumerate(names)],
+    )
+    with (root / "livechallenge_seed123.pkl").open("wb") as fh:
+        pickle.dump({1: {"train": [0, 2, 4, 5], "val": [1, 3]}, 2: {"train": [1, 2, 3, 4], "val": [0, 5]}}, fh)
+    ds = load_csv(
+        root, image_root="Images", exclude=r"^t\d+\.bmp$", split_file="livechallenge_seed123.pkl", split_index="2"
+    )
+    assert [r.path.name for r in ds.records] == names[3:]
+    assert ds.official_split == {"train": (1, 2, 3, 4), "val": (0, 5), "test": ()}
+    with (root / "bad.pkl").open("wb") as fh:
+        pickle.dump({1: {"train": [0, 9], "val": [1]}}, fh)
+    with pytest.raises(DatasetError, match=r"no row index in \[0, 6\) \(1 in total\): 9"):
+        load_csv(root, image_root="Images", exclude=r"^t", split_file="bad.pkl")
+    with (root / "code.pkl").open("wb") as fh:
+        pickle.dump(OrderedDict({1: {"train": [0]}}), fh)
+    with pytest.raises(DatasetError, match=r"may hold only dicts, lists and integers, found collections\.OrderedDict"):
+        load_csv(root, image_root="Images", exclude=r"^t", split_file="code.pkl")
+
+
+def test_csv_errors(tmp_path: Path) -> None:
+    root = make_pyiqa_koniq(tmp_path / "koniq10k")
+    meta = root / "meta_info"
+    with pytest.raises(DatasetError, match=r"images listed in .*not found.*\(9 in total\)"):
+        load_csv(meta)  # images are not under meta_info/; the single CSV there is picked
+    write_csv(meta / "other.csv", ["img_name", "mos"], [["100.jpg", "n/a"], ["100.jpg", "3"]])
+    with pytest.raises(DatasetError, match="give the CSV file with the 'file' option"):
+        load_csv(meta)
+    with pytest.raises(DatasetError, match=r"duplicate image names \(1 in total\): 100\.jpg"):
+        load_csv(meta, file="other.csv")
+    write_csv(meta / "other.csv", ["img_name", "mos"], [["100.jpg", "n/a"], ["101.jpg", "3"]])
+    with pytest.raises(DatasetError, match=r"values missing \(NaN\), not numeric.*100\.jpg \(n/a\)"):
+        load_csv(meta, file="other.csv")
+    with pytest.raises(DatasetError, match=r"no score column 'quality'"):
+        load_csv(meta, file="other.csv", score_column="quality")
+    with pytest.raises(ValueError, match="has no option imgs; its options are file, image_root"):
+        load_dataset("csv", meta, imgs="x")
+    with pytest.raises(ValueError, match="options low and high go together"):
+        load_csv(root, file="meta_info/meta_info_KonIQ10kDataset.csv", low=1)
+
+
+def test_folder_of_unlabelled_images(tmp_path: Path) -> None:
+    root = tmp_path / "extra"
+    for rel in ["a.jpg", "sub/b.PNG", "sub/deeper/c.webp", ".hidden/d.jpg", "sub/.e.jpg"]:
+        tiny_image(root / rel)
+    (root / "notes.txt").write_text("not an image")
+    ds = load_dataset("folder", root)
+    assert [r.path.relative_to(root).as_posix() for r in ds.records] == ["a.jpg", "sub/b.PNG", "sub/deeper/c.webp"]
+    assert np.isnan(ds.labels()).all() and all(math.isnan(r.raw_label) for r in ds.records)
+    assert not ds.synthetic and ds.official_split is None
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no images found under"):
+        load_folder(tmp_path / "empty")

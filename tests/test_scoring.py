@@ -1,0 +1,402 @@
+"""Tests for the scoring path: released-model registry, the Scorer API, quality maps and ``qfm-iqm score``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from qfm_iqm import ScoreResult, Scorer, load_model
+from qfm_iqm.cli.main import main
+from qfm_iqm.data.images import ImageLoadError, set_max_image_pixels
+from qfm_iqm.data.transforms import ensure_min_side
+from qfm_iqm.evaluation import quality_map as qmap
+from qfm_iqm.models import pretrained
+from qfm_iqm.models.pretrained import DEFAULT_MODEL, export_release, list_pretrained, register_pretrained
+from qfm_iqm.models.qfm import ModelConfig, build_model, load_trained_model
+from qfm_iqm.scoring import find_images, score_files
+from qfm_iqm.utils.checkpoint import load_checkpoint, save_checkpoint
+
+CROP = 64
+MOS = {"name": "MOS", "low": 0, "high": 100, "higher_is_better": True}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (and far faster when other jobs share the CPU)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A random tiny model (64-px crops) saved as a training checkpoint would be."""
+    torch.manual_seed(0)
+    config = ModelConfig(dim=64, num_heads=4, preprocessing={"input_size": CROP, "mean": [0.5] * 3, "std": [0.5] * 3})
+    model = build_model(config, pretrained_backbone=False)
+    directory = tmp_path_factory.mktemp("checkpoint")
+    meta = {"format": "qfm-iqm/1", "model": model.config.to_dict(), "score_scale": MOS, "training": {"epochs": 1},
+            "command": "qfm-iqm train ...", "code_version": "0.1.0", "dataset": "LIVEC", "train_size": 10}
+    save_checkpoint(directory, model.state_dict(), meta)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def scorer(checkpoint: Path) -> Scorer:
+    return load_model(checkpoint)
+
+
+def _pixels(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth random RGB image (uint8), so resampling and compression behave like on photos."""
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8))
+    return np.asarray(small.resize((width, height), Image.Resampling.BICUBIC))
+
+
+def _save(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(array).save(path)
+    return path
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+# -- registry and release files ------------------------------------------------------------------
+
+
+def test_default_release_is_registered_and_missing_file_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    assert DEFAULT_MODEL == "qfm-iqm-lite0-livec" and DEFAULT_MODEL in list_pretrained()
+    assert pretrained.get_pretrained(DEFAULT_MODEL).filename_stem == "qfm_iqm_lite0_livec"
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="is not installed"):
+        load_model()
+    with pytest.raises(FileNotFoundError, match="neither a released model"):
+        load_model("no-such-model")
+    with pytest.raises(ValueError, match="already registered"):
+        register_pretrained(DEFAULT_MODEL, "x", "duplicate")
+
+
+def test_export_release_writes_fp16_copy_that_loads_by_name(
+    checkpoint: Path, scorer: Scorer, tmp_path: Path, monkeypatch
+) -> None:
+    extra = {"score_scale": MOS, "training_data": {"dataset": "LIVEC", "images": 10}}
+    path = export_release(checkpoint, tmp_path, "qfm_iqm_lite0_livec", extra)
+    tensors, info = load_checkpoint(path)
+    assert {v.dtype for v in tensors.values() if v.is_floating_point()} == {torch.float16}
+    assert tensors["backbone.model.bn1.num_batches_tracked"].dtype == torch.int64
+    for key in ("backbone", "preprocessing", "score_scale", "training_data", "settings", "command", "code_version"):
+        assert info[key] is not None, key
+    assert info["backbone"] == "tf_efficientnet_lite0" and info["preprocessing"]["input_size"] == CROP
+    assert info["settings"] == {"epochs": 1} and info["release"]["dtype"] == "float16"
+    assert path.stat().st_mode & 0o777 == path.with_suffix(".json").stat().st_mode & 0o777 == 0o644
+
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    released = load_model(DEFAULT_MODEL)
+    assert all(p.dtype == torch.float32 for p in released.model.parameters())
+    assert released.scale.name == "MOS" and released.info["release"]["name"] == "qfm_iqm_lite0_livec"
+    image = _pixels(90, 120)
+    assert released.score(image).score == pytest.approx(scorer.score(image).score, abs=0.5)
+    assert load_trained_model(path).config.dim == 64
+
+    with pytest.raises(ValueError, match="score_scale"):
+        export_release(checkpoint, tmp_path / "bad", "x", {"training_data": {"dataset": "LIVEC"}})
+
+
+# -- the Scorer API -------------------------------------------------------------------------------
+
+
+def test_all_input_types_give_the_same_score(scorer: Scorer, tmp_path: Path) -> None:
+    pixels = _pixels(100, 140)
+    path = _save(tmp_path / "img.png", pixels)
+    float_tensor = torch.tensor(pixels).permute(2, 0, 1).float() / 255
+    inputs = [
+        path, str(path), Image.fromarray(pixels), pixels, pixels.astype(np.float64) / 255,
+        float_tensor, torch.tensor(pixels).permute(2, 0, 1),
+    ]
+    results = [scorer.score(x) for x in inputs]
+    assert len({(r.score, r.uncertainty) for r in results}) == 1
+    assert results[0] == ScoreResult(results[0].score, results[0].uncertainty, str(path))
+    assert results[2].path is None and math.isfinite(results[0].score) and results[0].uncertainty >= 0
+    assert [r.score for r in scorer.score(float_tensor.unsqueeze(0).repeat(2, 1, 1, 1))] == [results[0].score] * 2
+
+
+def test_scores_do_not_depend_on_batch_or_order(scorer: Scorer) -> None:
+    images = [_pixels(80 + 10 * i, 100, seed=i) for i in range(4)]
+    single = [scorer.score(x).score for x in images]
+    assert [r.score for r in scorer.score(images)] == single
+    assert [r.score for r in scorer.score(images[::-1])] == single[::-1]
+
+
+def test_grayscale_and_rgba_arrays_follow_the_file_rules(scorer: Scorer) -> None:
+    gray = _pixels(80, 80)[..., 0]
+    assert scorer.score(gray).score == scorer.score(np.repeat(gray[..., None], 3, axis=2)).score
+    rgba = np.dstack([_pixels(80, 80), np.full((80, 80), 255, np.uint8)])
+    assert scorer.score(rgba).score == scorer.score(rgba[..., :3]).score
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (np.zeros((10, 10, 2), np.uint8), ValueError),
+        (np.full((10, 10), 1.5), ValueError),
+        (np.zeros((10, 10), np.int32), TypeError),
+        (torch.zeros(5, 3, 10, 10, 1), ValueError),
+        (12, TypeError),
+    ],
+)
+def test_unsupported_inputs_raise(scorer: Scorer, bad: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        scorer.score(bad)
+
+
+def test_unreadable_path_raises_in_the_api(scorer: Scorer, tmp_path: Path) -> None:
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageLoadError, match="empty"):
+        scorer.score(tmp_path / "empty.jpg")
+
+
+def test_tiny_images_are_upscaled_by_the_small_image_rule(scorer: Scorer) -> None:
+    tiny = Image.fromarray(_pixels(12, 30))
+    upscaled = ensure_min_side(tiny, CROP)
+    assert upscaled.size == (160, CROP)
+    assert scorer.score(tiny).score == scorer.score(upscaled).score
+
+
+# -- quality maps ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(300, 140), (20, 35), (CROP, CROP)])
+def test_quality_map_shape_and_range(scorer: Scorer, shape: tuple[int, int]) -> None:
+    heat = scorer.quality_map(_pixels(*shape))
+    assert heat.shape == shape and heat.dtype == np.float32
+    assert heat.min() >= 0.0 and heat.max() <= 1.0
+    assert heat.max() == 1.0 or not heat.any()
+
+
+def test_assemble_quality_map_pastes_tokens_in_place() -> None:
+    attention = torch.zeros(4, 4)  # 2x2 crops of 2x2 tokens, on a 16x16 image of 8-px crops
+    attention[3, 3] = 1.0  # bottom-right crop, bottom-right token
+    heat = qmap.assemble_quality_map(attention, (16, 16), 8, (2, 2), (16, 16))
+    assert np.unravel_index(heat.argmax(), heat.shape) >= (12, 12) and heat[:8, :8].max() == 0.0
+    with pytest.raises(ValueError, match="square"):
+        qmap.assemble_quality_map(torch.zeros(1, 5), (8, 8), 8, (1, 1), (8, 8))
+    assert qmap.covering_grid(1000, 100, 224, 3) == (5, 3)
+
+
+def test_overlay_with_and_without_matplotlib(monkeypatch) -> None:
+    image = Image.fromarray(np.full((4, 6, 3), 128, np.uint8))
+    heat = np.zeros((4, 6), np.float32)
+    heat[0, 0] = 1.0
+    monkeypatch.setattr(qmap, "_colormap", lambda: None)
+    red = np.asarray(qmap.overlay_quality_map(image, heat))
+    assert red[0, 0, 0] > 128 and red[0, 0, 1] < 128 and (red[1:, 1:] == 128).all()
+    monkeypatch.setattr(qmap, "_colormap", lambda: lambda h: np.stack([h, h, h, np.ones_like(h)], axis=-1))
+    gray = np.asarray(qmap.overlay_quality_map(image, heat))
+    assert gray.shape == (4, 6, 3) and gray[0, 0, 0] > gray[1, 1, 0]
+
+
+# -- inputs: discovery and robustness ------------------------------------------------------------
+
+
+def _weird_files(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Files that must be scored and files that must fail, by description."""
+    folder.mkdir()
+    px = _pixels(90, 120)
+    good: dict[str, Path] = {"rgb": _save(folder / "rgb.png", px), "tiny": _save(folder / "tiny.png", _pixels(10, 14))}
+    good["gray"] = _save(folder / "gray.png", px[..., 0])
+    Image.fromarray(px).convert("P", palette=Image.Palette.ADAPTIVE).save(good.setdefault("palette", folder / "p.png"))
+    _save(good.setdefault("rgba", folder / "rgba.png"), np.dstack([px, np.full(px.shape[:2], 100, np.uint8)]))
+    Image.fromarray(px).convert("CMYK").save(good.setdefault("cmyk", folder / "cmyk.JPG"), quality=95)
+    Image.fromarray(px[..., 1].astype(np.uint16) * 257).save(good.setdefault("16bit", folder / "sixteen.png"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to display
+    Image.fromarray(px).save(good.setdefault("exif", folder / "exif.png"), exif=exif)
+    frames = [Image.fromarray(_pixels(70, 70, seed)) for seed in (1, 2)]
+    frames[0].save(good.setdefault("gif", folder / "anim.gif"), save_all=True, append_images=frames[1:], duration=50)
+
+    bad = {"zero": folder / "zero.jpg", "text": folder / "notes.png", "corrupt": folder / "corrupt.jpg"}
+    bad["zero"].write_bytes(b"")
+    bad["text"].write_text("not an image")
+    bad["corrupt"].write_bytes(b"\xff\xd8\xff\xe0" + bytes(np.random.default_rng(0).integers(0, 256, 500, np.uint8)))
+    Image.fromarray(px).save(folder / "full.jpg", quality=90)
+    bad["truncated"] = folder / "truncated.jpg"
+    bad["truncated"].write_bytes((folder / "full.jpg").read_bytes()[:600])
+    (folder / "full.jpg").unlink()
+    bad["huge"] = _save(folder / "huge.png", _pixels(200, 200))  # 40000 px, over the test's --max-pixels
+    return good, bad
+
+
+def test_cli_survives_every_kind_of_bad_input(scorer: Scorer, checkpoint: Path, tmp_path: Path, capsys) -> None:
+    good, bad = _weird_files(tmp_path / "in")
+    missing = tmp_path / "missing.png"
+    explicit_text = tmp_path / "readme.txt"
+    explicit_text.write_text("hello")
+    out = tmp_path / "out.csv"
+    argv = ["--quiet", "score", str(tmp_path / "in"), str(missing), str(explicit_text), "--model", str(checkpoint),
+            "--workers", "2", "--batch-size", "4", "--max-pixels", "30000", "-o", str(out)]
+    assert main(argv) == 1
+    rows = {Path(r["path"]).name: r for r in _read_csv(out)}
+    assert len(rows) == len(good) + len(bad) + 2
+    for name, path in good.items():
+        row = rows[path.name]
+        assert row["error"] == "" and math.isfinite(float(row["score"])), name
+    stderr = capsys.readouterr().err
+    expected = {"zero": "empty", "text": "not a recognised image", "truncated": "truncated", "huge": "max-pixels"}
+    for name, path in [*bad.items(), ("missing", missing), ("explicit_text", explicit_text)]:
+        row = rows[path.name]
+        assert row["score"] == "" and row["uncertainty"] == "" and row["error"], name
+        assert expected.get(name, "") in row["error"], (name, row["error"])
+        assert f"failed: {row['path']}: " in stderr
+    assert "file not found" in rows["missing.png"]["error"]
+    assert f"{len(bad) + 2} of {len(rows)} inputs failed" in stderr
+
+    # the images that loaded score exactly as the API scores the same pixels
+    with Image.open(good["exif"]) as stored:
+        assert ImageOps.exif_transpose(stored).size == (90, 120)
+        assert float(rows["exif.png"]["score"]) == scorer.score(ImageOps.exif_transpose(stored)).score
+        assert float(rows["exif.png"]["score"]) != scorer.score(stored).score
+    with Image.open(good["gif"]) as gif:
+        assert float(rows["anim.gif"]["score"]) == scorer.score(gif.convert("RGB")).score
+    assert float(rows["sixteen.png"]["score"]) == scorer.score(_pixels(90, 120)[..., 1]).score
+    assert float(rows["tiny.png"]["score"]) == scorer.score(good["tiny"]).score
+
+    assert main(["--quiet", "score", str(bad["huge"]), "--model", str(checkpoint), "--max-pixels", "0"]) == 0
+    assert "huge.png" in capsys.readouterr().out
+
+
+def test_bomb_limit_reaches_api_and_message_is_clear(scorer: Scorer, tmp_path: Path) -> None:
+    path = _save(tmp_path / "big.png", _pixels(200, 200))
+    previous = set_max_image_pixels(30000)
+    try:
+        with pytest.raises(ImageLoadError, match="--max-pixels"):
+            scorer.score(path)
+        (result,) = score_files(scorer, [path])
+        assert result.score is None and "decompression" in result.error.lower()
+    finally:
+        set_max_image_pixels(previous)
+
+
+def test_find_images_folders_patterns_and_recursion(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    for name in ("a.png", "B.JPEG", "c.txt", "sub/d.webp"):
+        _save(tmp_path / name, _pixels(8, 8)) if not name.endswith(".txt") else (tmp_path / name).write_text("x")
+    files, warnings = find_images([tmp_path])
+    assert [Path(f.path).name for f in files] == ["B.JPEG", "a.png", "d.webp"] and not warnings
+    files, _ = find_images([tmp_path], recursive=False)
+    assert [Path(f.path).name for f in files] == ["B.JPEG", "a.png"]
+    files, _ = find_images([str(tmp_path / "*"), str(tmp_path / "a.png"), str(tmp_path / "nothing*.png")])
+    assert [Path(f.path).name for f in files] == ["B.JPEG", "a.png", "d.webp", "nothing*.png"]
+    assert files[-1].error == "no image file matches this pattern"
+    files, _ = find_images([str(tmp_path / "**" / "*.webp")])
+    assert [Path(f.path).name for f in files] == ["d.webp"]
+    (tmp_path / "empty").mkdir()
+    assert find_images([tmp_path / "empty"]) == ([], [f"no images in folder {tmp_path / 'empty'}"])
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        _save(folder / f"img{i}.png", _pixels(70 + 9 * i, 90, seed=i))
+    (folder / "broken.jpg").write_bytes(b"garbage")
+    return folder
+
+
+def test_cli_scores_identical_across_batch_size_workers_and_order(
+    scorer: Scorer, checkpoint: Path, image_folder: Path, tmp_path: Path
+) -> None:
+    paths = sorted(str(p) for p in image_folder.glob("img*.png"))
+    runs = []
+    settings = [["--batch-size", "1"], ["--batch-size", "3", "--workers", "2"], ["--batch-size", "16"]]
+    for i, options in enumerate(settings):
+        out = tmp_path / f"run{i}.json"
+        order = paths[::-1] if i == 1 else paths
+        assert main(["--quiet", "score", *order, "--model", str(checkpoint), "-o", str(out), *options]) == 0
+        runs.append({row["path"]: row["score"] for row in json.loads(out.read_text())})
+    assert runs[0] == runs[1] == runs[2]
+    assert runs[0] == {p: scorer.score(p).score for p in paths}
+
+
+def test_cli_output_formats_parse_back(
+    scorer: Scorer, checkpoint: Path, image_folder: Path, tmp_path: Path, capsys
+) -> None:
+    model = str(checkpoint)
+    parsed = {}
+    for suffix in ("csv", "json", "jsonl"):
+        out = tmp_path / f"scores.{suffix}"
+        assert main(["--quiet", "score", str(image_folder), "--model", model, "-o", str(out)]) == 1
+        text = out.read_text()
+        if suffix == "csv":
+            assert text.splitlines()[0] == "path,score,uncertainty,error"
+            rows = list(csv.DictReader(io.StringIO(text)))
+            numeric = ("score", "uncertainty")
+            rows = [{k: (float(v) if k in numeric and v else v or None) for k, v in r.items()} for r in rows]
+        elif suffix == "json":
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines()]
+        assert all(list(r) == ["path", "score", "uncertainty", "error"] for r in rows)
+        parsed[suffix] = rows
+    assert parsed["csv"] == parsed["json"] == parsed["jsonl"]
+    broken = [r for r in parsed["json"] if r["error"]]
+    assert [Path(r["path"]).name for r in broken] == ["broken.jpg"] and broken[0]["score"] is None
+    assert len(parsed["json"]) == 6
+
+    capsys.readouterr()
+    assert main(["--quiet", "score", str(image_folder / "img0.png"), "--model", model]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["path", "score", "uncertainty"]
+    assert table[1].split()[1] == f"{scorer.score(image_folder / 'img0.png').score:.2f}"
+
+
+def test_cli_usage_errors_exit_2(scorer: Scorer, checkpoint: Path, tmp_path: Path, capsys) -> None:
+    model = str(checkpoint)
+    (tmp_path / "empty").mkdir()
+    _save(tmp_path / "a.png", _pixels(70, 70))
+    assert main(["score", str(tmp_path / "empty"), "--model", model]) == 2
+    assert main(["score", str(tmp_path / "none*.png"), "--model", model]) == 2
+    assert "no images found" in capsys.readouterr().err
+    assert main(["score", str(tmp_path / "a.png"), "--model", model, "-o", str(tmp_path / "out.xlsx")]) == 2
+    assert main(["score", str(tmp_path / "a.png"), "--model", str(tmp_path / "nope")]) == 2
+    assert "neither a released model" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score"])
+    assert exit_info.value.code == 2
+
+
+def test_cli_map_writes_overlays(scorer: Scorer, checkpoint: Path, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = _save(tmp_path / "a" / "x.png", _pixels(80, 130))
+    _save(tmp_path / "b" / "x.png", _pixels(40, 50))
+    maps = tmp_path / "maps"
+    assert main(["--quiet", "score", str(tmp_path / "a"), str(tmp_path / "b"), "--model", str(checkpoint),
+                 "--map", str(maps), "-o", str(tmp_path / "s.csv")]) == 0
+    assert sorted(p.name for p in maps.iterdir()) == ["x_2_map.png", "x_map.png"]
+    with Image.open(maps / "x_map.png") as overlay:
+        assert overlay.size == Image.open(first).size and overlay.mode == "RGB"
+    with Image.open(maps / "x_2_map.png") as overlay:
+        assert overlay.size == (50, 40)
+
+
+def test_installed_command_help() -> None:
+    command = Path(sys.executable).parent / "qfm-iqm"
+    done = subprocess.run([str(command), "score", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--max-pixels" in done.stdout and "upscaled" in done.stdout
