@@ -96,3 +96,13 @@ def test_training_on_livec_images_lowers_the_loss(tmp_path, livec_root):
     _, history = fit_model(config, records, tmp_path, progress=False)
     assert history[-1]["clean"] < history[0]["clean"]
     assert (tmp_path / "model.safetensors").exists()
+
+
+def test_dataset_resize_rule_reaches_the_model_preprocessing(tmp_path, blur_records):
+    from qfm_iqm.data.records import IQADataset, LabelScale
+    from qfm_iqm.evaluation.protocol import config_for_dataset
+
+    dataset = IQADataset("big", tmp_path, blur_records, LabelScale(0, 100, True, "MOS"), False, resize_short_side=96)
+    config = config_for_dataset(tiny_config(mode="deiqt", epochs=1), dataset)
+    model, _ = fit_model(config, blur_records, tmp_path / "run", progress=False)
+    assert load_trained_model(tmp_path / "run").config.preprocessing["resize_short_side"] == 96

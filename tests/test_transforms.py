@@ -131,3 +131,15 @@ def test_eval_crops_dataset(tmp_path: Path) -> None:
     assert x.shape == (4, 3, 32, 32) and idx == 1
     assert y.item() == pytest.approx(0.25)
     torch.testing.assert_close(x, grid_crops(Image.open(recs[1].path), PRE, 2), rtol=0, atol=0)
+
+
+def test_resize_short_side_rule_applies_before_cropping():
+    from qfm_iqm.data.transforms import prepare_image
+
+    big = Image.new("RGB", (1200, 900), (10, 20, 30))
+    pre = Preprocessing(input_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, resize_short_side=128)
+    assert prepare_image(big, pre).size == (171, 128) or prepare_image(big, pre).size == (170, 128)
+    assert prepare_image(big, Preprocessing(input_size=64)).size == (1200, 900)
+    tiny = Image.new("L", (30, 20))
+    assert prepare_image(tiny, pre).size[1] == 128  # shorter side to the dataset's rule, then >= crop
+    assert Preprocessing.from_dict({"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}).resize_short_side is None

@@ -22,7 +22,7 @@ from PIL import Image
 
 from qfm_iqm.data.images import load_image, to_rgb
 from qfm_iqm.data.records import LabelScale
-from qfm_iqm.data.transforms import ensure_min_side, grid_crops
+from qfm_iqm.data.transforms import grid_crops, prepare_image
 from qfm_iqm.evaluation.predict import model_preprocessing, score_crops
 from qfm_iqm.evaluation.quality_map import assemble_quality_map, covering_grid
 from qfm_iqm.models.pretrained import DEFAULT_MODEL, resolve_model
@@ -146,7 +146,7 @@ class Scorer:
         """
         rgb, _ = to_rgb_image(image)
         size = self.preprocessing.input_size
-        resized = ensure_min_side(rgb, size)
+        resized = prepare_image(rgb, self.preprocessing)
         width, height = resized.size
         grid = covering_grid(height, width, size, self.grid)
         crops = grid_crops(resized, self.preprocessing, grid)

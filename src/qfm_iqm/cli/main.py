@@ -98,7 +98,7 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from qfm_iqm.data.splits import load_splits, make_split
-    from qfm_iqm.evaluation.protocol import fit_model, training_metadata
+    from qfm_iqm.evaluation.protocol import config_for_dataset, fit_model, training_metadata
 
     config = _config_from_args(args)
     dataset = _dataset_from_args(args)
@@ -109,7 +109,7 @@ def _train(args: argparse.Namespace) -> int:
         indices, split_seed = split.train, split.seed
     metadata = training_metadata(dataset, split_seed, len(indices), args.command_line)
     records = [dataset.records[i] for i in indices]
-    fit_model(config, records, args.output, metadata=metadata, progress=not args.quiet, resume=not args.restart)
+    fit_model(config_for_dataset(config, dataset), records, args.output, metadata=metadata, progress=not args.quiet, resume=not args.restart)
     print(f"model written to {args.output}/model.safetensors (+ model.json)")
     return 0
 

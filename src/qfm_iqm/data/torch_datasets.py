@@ -11,23 +11,27 @@ from torch.utils.data import Dataset
 
 from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
-from qfm_iqm.data.transforms import Preprocessing, TrainTransform, grid_crops
+from qfm_iqm.data.transforms import Preprocessing, TrainTransform, grid_crops, prepare_image
 
 
 class _RecordImages:
-    """Decodes record images, optionally keeping them in memory (per process: each DataLoader
-    worker holds its own cache)."""
+    """Decodes record images and applies the resize rules, optionally keeping the result in memory
+    (per process: each DataLoader worker holds its own cache)."""
 
-    def __init__(self, records: Sequence[ImageRecord], cache: bool) -> None:
+    def __init__(self, records: Sequence[ImageRecord], pre: Preprocessing, cache: bool) -> None:
         self.records = list(records)
+        self.pre = pre
         self._cache: dict[int, Image.Image] | None = {} if cache else None
+
+    def _load(self, index: int) -> Image.Image:
+        return prepare_image(load_image(self.records[index].path), self.pre)
 
     def get(self, index: int) -> Image.Image:
         if self._cache is None:
-            return load_image(self.records[index].path)
+            return self._load(index)
         img = self._cache.get(index)
         if img is None:
-            img = self._cache[index] = load_image(self.records[index].path)
+            img = self._cache[index] = self._load(index)
         return img
 
 
@@ -52,7 +56,7 @@ class TrainCrops(Dataset):
         seed: int = 0,
         cache: bool = False,
     ) -> None:
-        self.images = _RecordImages(records, cache)
+        self.images = _RecordImages(records, transform.pre, cache)
         self.transform = transform
         self.seed = seed
         self.epoch = 0
@@ -81,7 +85,7 @@ class EvalCrops(Dataset):
         grid: int = 3,
         cache: bool = False,
     ) -> None:
-        self.images = _RecordImages(records, cache)
+        self.images = _RecordImages(records, pre, cache)
         self.pre = pre
         self.grid = grid
 

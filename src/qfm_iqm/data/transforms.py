@@ -1,8 +1,11 @@
 """Crop-based preprocessing: random training crops and a deterministic grid of test crops.
 
-Small-image rule (both train and test): an image whose shorter side is below the crop size ``S`` is
-first upscaled with bicubic resampling, keeping its aspect ratio, so that its shorter side equals ``S``.
-Images at least ``S`` on both sides are never resized; crops are taken at native resolution.
+Resize rules (both train and test, applied before cropping):
+* datasets of very large photos (SPAQ) set ``resize_short_side``: every image is first resized
+  (bicubic, aspect kept) so that its shorter side equals it;
+* small-image rule: an image whose shorter side is below the crop size ``S`` is then upscaled with
+  bicubic resampling, keeping its aspect ratio, so that its shorter side equals ``S``.
+Otherwise images are never resized; crops are taken at native resolution.
 """
 
 from __future__ import annotations
@@ -26,6 +29,17 @@ class Preprocessing:
     input_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    resize_short_side: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocessing":
+        """From a model config's ``preprocessing`` entry."""
+        return cls(
+            input_size=int(data["input_size"]),
+            mean=tuple(data["mean"]),
+            std=tuple(data["std"]),
+            resize_short_side=data.get("resize_short_side"),
+        )
 
     def __post_init__(self) -> None:
         if self.input_size <= 0:
@@ -42,16 +56,29 @@ class Preprocessing:
         return x.sub_(mean).div_(std)
 
 
-def ensure_min_side(img: Image.Image, size: int) -> Image.Image:
-    """Apply the small-image rule: bicubic upscale so the shorter side is ``size`` (no-op if already >=)."""
+def resize_short_side(img: Image.Image, size: int) -> Image.Image:
+    """Bicubic resize (aspect kept) so that the shorter side equals ``size``."""
     w, h = img.size
     short = min(w, h)
-    if short >= size:
+    if short == size:
         return img
     scale = size / short
     new_w = size if w == short else max(size, round(w * scale))
     new_h = size if h == short else max(size, round(h * scale))
     return img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+
+
+def ensure_min_side(img: Image.Image, size: int) -> Image.Image:
+    """Apply the small-image rule: bicubic upscale so the shorter side is ``size`` (no-op if already >=)."""
+    return img if min(img.size) >= size else resize_short_side(img, size)
+
+
+def prepare_image(img: Image.Image, pre: Preprocessing) -> Image.Image:
+    """RGB conversion and both resize rules of the module docstring, in that order."""
+    img = to_rgb(img)
+    if pre.resize_short_side:
+        img = resize_short_side(img, pre.resize_short_side)
+    return ensure_min_side(img, pre.input_size)
 
 
 class TrainTransform:
@@ -67,7 +94,7 @@ class TrainTransform:
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         s = self.pre.input_size
-        img = ensure_min_side(to_rgb(img), s)
+        img = prepare_image(img, self.pre)
         w, h = img.size
         top = int(torch.randint(0, h - s + 1, (1,), generator=generator))
         left = int(torch.randint(0, w - s + 1, (1,), generator=generator))
@@ -93,7 +120,7 @@ def grid_crops(img: Image.Image, pre: Preprocessing, grid: int | tuple[int, int]
     if min(rows, cols) < 1:
         raise ValueError(f"grid must be >= 1, got {grid}")
     s = pre.input_size
-    x = pre.to_tensor_normalized(ensure_min_side(to_rgb(img), s))
+    x = pre.to_tensor_normalized(prepare_image(img, pre))
     _, h, w = x.shape
     tops, lefts = grid_offsets(h, s, rows), grid_offsets(w, s, cols)
     return torch.stack([x[:, t : t + s, l : l + s] for t in tops for l in lefts])

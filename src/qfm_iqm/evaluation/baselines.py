@@ -23,7 +23,7 @@ def frozen_features(
     """Per image, the backbone's global vector averaged over a ``grid x grid`` crop grid, (N, C)."""
     backbone = create_backbone(backbone_name).eval()
     cfg = backbone.pretrained_cfg
-    pre = Preprocessing(cfg["input_size"], tuple(cfg["mean"]), tuple(cfg["std"]))
+    pre = Preprocessing(cfg["input_size"], tuple(cfg["mean"]), tuple(cfg["std"]), dataset.resize_short_side)
     loader = DataLoader(EvalCrops(dataset.records, pre, grid), batch_size=None)
     rows = [backbone(crops)[0].mean(dim=0).numpy() for crops, _, _ in tqdm(loader, disable=not progress)]
     return np.stack(rows).astype(np.float64)

@@ -25,8 +25,7 @@ class Predictions:
 
 def model_preprocessing(model: QFMIQM) -> Preprocessing:
     """The preprocessing a model was trained with (stored in its config)."""
-    pre = model.config.preprocessing
-    return Preprocessing(input_size=pre["input_size"], mean=tuple(pre["mean"]), std=tuple(pre["std"]))
+    return Preprocessing.from_dict(model.config.preprocessing)
 
 
 @torch.no_grad()

@@ -48,6 +48,11 @@ def fit_model(
     return trainer.model, history.epochs
 
 
+def config_for_dataset(config: TrainConfig, dataset: IQADataset) -> TrainConfig:
+    """The configuration with the dataset's resize rule recorded in the model's preprocessing."""
+    return replace(config, model=replace(config.model, resize_short_side=dataset.resize_short_side))
+
+
 def training_metadata(dataset: IQADataset, split_seed: int | None, train_size: int, command: str | None = None) -> dict:
     """What a checkpoint records about its training data (the score scale lets ``load_model`` report raw units)."""
     return {
@@ -88,7 +93,8 @@ def run_split(
     start = time.perf_counter()
     metadata = training_metadata(dataset, split.seed, len(split.train))
     train_records = [dataset.records[i] for i in split.train]
-    model, history = fit_model(replace(config, seed=split.seed), train_records, run_dir, None, metadata, progress)
+    split_config = replace(config_for_dataset(config, dataset), seed=split.seed)
+    model, history = fit_model(split_config, train_records, run_dir, None, metadata, progress)
     train_seconds = time.perf_counter() - start
     test_records = [dataset.records[i] for i in split.test]
     predictions = predict_records(model, test_records, config.eval_grid, resolve_device(config.device), progress=progress)

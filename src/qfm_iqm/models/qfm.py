@@ -23,6 +23,7 @@ class ModelConfig:
     num_heads: int = 6
     mlp_ratio: float = 4.0
     token_gate: bool = False
+    resize_short_side: int | None = None  # set from the training dataset (e.g. SPAQ's large photos)
     preprocessing: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -60,6 +61,8 @@ class QFMIQM(nn.Module):
                 "mean": list(backbone.pretrained_cfg["mean"]),
                 "std": list(backbone.pretrained_cfg["std"]),
             }
+        if config.resize_short_side is not None:
+            config.preprocessing["resize_short_side"] = config.resize_short_side
 
     def encode(self, images: Tensor) -> Encoded:
         c, tokens = self.backbone(images)
