@@ -125,3 +125,11 @@ def test_summarize() -> None:
         summarize([])
     with pytest.raises(ValueError, match="run 1"):
         summarize([{"srcc": 0.5}, {"plcc": 0.5}])
+
+
+def test_logistic_fit_with_too_few_points_returns_the_start_without_error():
+    from qfm_iqm.evaluation.metrics import compute_metrics
+
+    metrics = compute_metrics([0.1, 0.5, 0.3], [10.0, 50.0, 20.0])
+    assert metrics["srcc"] == pytest.approx(1.0)
+    assert np.isfinite(metrics["plcc_logistic"])

@@ -75,7 +75,8 @@ def fit_logistic4(pred: Any, target: Any) -> np.ndarray:
 
     Starts from b1 = max(target), b2 = min(target) (swapped for a decreasing relation),
     b3 = mean(pred), b4 = std(pred). If the fit fails or is no better than the start, the start is
-    returned (with a ``RuntimeWarning`` on failure).
+    returned (with a ``RuntimeWarning`` on failure); with 4 points or fewer (no more points than
+    parameters) there is nothing to fit and the start is returned as well.
     """
     p, t = _validate(pred, target)
     increasing = np.ptp(p) == 0 or np.ptp(t) == 0 or np.corrcoef(p, t)[0, 1] >= 0
@@ -85,6 +86,8 @@ def fit_logistic4(pred: Any, target: Any) -> np.ndarray:
     def sse(params: np.ndarray) -> float:
         return float(np.sum((logistic4(p, *params) - t) ** 2))
 
+    if p.size <= p0.size:
+        return p0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", scipy.optimize.OptimizeWarning)
