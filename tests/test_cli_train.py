@@ -53,3 +53,19 @@ def test_bad_input_gives_a_clear_error(tmp_path, csv_dataset, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", *csv_dataset, "--set", "lr=fast", "--output", str(tmp_path / "x")]) == 2
     assert "must be a number" in capsys.readouterr().err
+
+
+def test_cross_dataset_evaluation_handles_label_direction(tmp_path, csv_dataset, blur_records, capsys):
+    """Train on a MOS dataset, test on the same images labelled as DMOS (lower is better)."""
+    out = tmp_path / "model"
+    assert main(["--quiet", "train", *csv_dataset, "--all", "--output", str(out)]) == 0
+    root = blur_records[0].path.parent
+    lines = ["image,dmos"] + [f"{r.path.name},{100 - r.raw_label}" for r in blur_records]
+    (root / "dmos.csv").write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    common = ["--quiet", "evaluate", "--dataset", "csv", "--data-root", str(root), "--checkpoint", str(out), "--grid", "2"]
+    assert main([*common, "--dataset-option", "file=labels.csv"]) == 0
+    mos = json.loads(capsys.readouterr().out)["metrics"]
+    assert main([*common, "--dataset-option", "file=dmos.csv", "--dataset-option", "higher_is_better=false"]) == 0
+    dmos = json.loads(capsys.readouterr().out)["metrics"]
+    assert dmos["srcc"] == pytest.approx(mos["srcc"]) and dmos["plcc"] == pytest.approx(mos["plcc"])

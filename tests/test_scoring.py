@@ -112,7 +112,7 @@ def test_export_release_writes_fp16_copy_that_loads_by_name(
     assert load_trained_model(path).config.dim == 64
 
     with pytest.raises(ValueError, match="score_scale"):
-        export_release(checkpoint, tmp_path / "bad", "x", {"training_data": {"dataset": "LIVEC"}})
+        export_release(checkpoint, tmp_path / "bad", "x", {"score_scale": None})
 
 
 # -- the Scorer API -------------------------------------------------------------------------------

@@ -101,8 +101,9 @@ def export_release(
     The JSON records ``model``, ``backbone``, ``preprocessing``, ``score_scale``, ``training_data``,
     ``settings``, ``command``, ``code_version`` and ``release``. ``settings``, ``command``,
     ``code_version`` and ``training_data`` default to the source checkpoint's ``training``, ``command``,
-    ``code_version`` and ``dataset``/``split_seed``/``train_size`` entries; ``extra_config`` supplies
-    ``score_scale`` (``{"name", "low", "high", "higher_is_better"}``) and overrides or adds any entry.
+    ``code_version`` and ``dataset``/``split_seed``/``train_size`` entries, ``score_scale``
+    (``{"name", "low", "high", "higher_is_better"}``) to the checkpoint's; ``extra_config`` overrides
+    or adds any entry.
 
     Returns the path of the written ``.safetensors`` file.
     """
@@ -117,7 +118,7 @@ def export_release(
         "model": model,
         "backbone": model["backbone"],
         "preprocessing": model["preprocessing"],
-        "score_scale": None,
+        "score_scale": config.get("score_scale"),
         "training_data": training_data or None,
         "settings": config.get("training"),
         "command": config.get("command"),

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Train the released model qfm-iqm-lite0-livec on all 930 LIVEC images of ../shared/datasets/livec
+# and export its fp16 copy into the package (src/qfm_iqm/weights/).
+# Usage: bash scripts/release_livec.sh [extra qfm-iqm train options, e.g. --set lr=5e-5]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=runs/release-lite0-livec
+qfm-iqm train --dataset livec --all --output "$out" "$@"
+python - "$out" <<'PY'
+import sys
+from qfm_iqm.models.pretrained import export_release
+print(export_release(sys.argv[1], "src/qfm_iqm/weights", "qfm_iqm_lite0_livec", {}))
+PY
