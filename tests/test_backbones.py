@@ -186,3 +186,22 @@ def test_vit_bad_weights_file(tmp_path: Path) -> None:
     save_file({"foo.weight": torch.zeros(2)}, str(wrong))
     with pytest.raises(BackboneWeightsError, match="wrong.safetensors"):
         create_backbone(DEIT3, weights_path=wrong)
+
+
+def test_folding_batch_norms_keeps_outputs_and_removes_them() -> None:
+    from qfm_iqm.models.backbones import fold_batch_norms
+
+    torch.manual_seed(0)
+    backbone = create_backbone("tf_efficientnet_lite0", pretrained=False).eval()
+    for module in backbone.modules():  # non-trivial statistics so that a wrong fold shows
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        before = backbone(x)
+        assert fold_batch_norms(backbone) == 49
+        after = backbone(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

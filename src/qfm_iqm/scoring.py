@@ -92,8 +92,10 @@ def find_images(inputs: Sequence[str | os.PathLike], recursive: bool = True) -> 
 
 
 def auto_workers(num_files: int, batch_size: int) -> int:
-    """Default DataLoader workers: none for a single batch (start-up would dominate), else up to 4."""
-    return 0 if num_files <= batch_size else min(4, os.cpu_count() or 1)
+    """Default DataLoader workers: none for a single batch (start-up would dominate) or on machines of
+    2 cores or fewer (measured: workers there slow the model's own threads down), else up to 4."""
+    cores = os.cpu_count() or 1
+    return 0 if num_files <= batch_size or cores <= 2 else min(4, cores // 2)
 
 
 @dataclass

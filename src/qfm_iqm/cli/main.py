@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--batch-size", dest="batch_size", type=int, default=16, metavar="N",
                        help="images per loading batch (default: 16)")
     score.add_argument("--workers", type=int, metavar="N",
-                       help="decoding processes (default: 0 for a single batch, else min(4, CPU count))")
+                       help="decoding processes (default: 0 for a single batch or on <= 2 cores, else min(4, CPUs/2))")
     score.add_argument("-o", "--output", type=Path, metavar="FILE", help="write results to FILE (.csv, .json, .jsonl)")
     score.add_argument("--map", type=Path, metavar="OUT_DIR", help="write <stem>_map.png quality-map overlays here")
     score.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,

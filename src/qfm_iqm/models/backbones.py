@@ -262,3 +262,27 @@ def _deit3_small_patch16_224(pretrained: bool, weights_path: Path | None) -> Bac
             )
             _load_weights(model, state_dict, str(weights_path))
     return Backbone(model, arch, "vit", IMAGENET_MEAN, IMAGENET_STD)
+
+
+@torch.no_grad()
+def fold_batch_norms(module: nn.Module) -> int:
+    """Fold every eval-mode BatchNorm that directly follows a convolution into that convolution.
+
+    For inference only (the running statistics become part of the weights). A timm ``BatchNormAct2d``
+    keeps its activation. Returns the number of folded layers.
+    """
+    folded = 0
+    for parent in module.modules():
+        children = list(parent.named_children())
+        for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats):
+                continue
+            scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
+            shift = (bn.bias if bn.affine else torch.zeros_like(bn.running_mean)) - bn.running_mean * scale
+            conv.weight.mul_(scale.view(-1, 1, 1, 1))
+            bias = shift if conv.bias is None else conv.bias * scale + shift
+            conv.bias = nn.Parameter(bias)
+            tail = [getattr(bn, name) for name in ("drop", "act") if isinstance(getattr(bn, name, None), nn.Module)]
+            setattr(parent, bn_name, nn.Sequential(*tail) if tail else nn.Identity())
+            folded += 1
+    return folded
