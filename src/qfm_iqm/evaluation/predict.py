@@ -28,7 +28,7 @@ def model_preprocessing(model: QFMIQM) -> Preprocessing:
     return Preprocessing.from_dict(model.config.preprocessing)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def score_crops(model: QFMIQM, crops: torch.Tensor) -> tuple[float, float]:
     """Score one image from its crop stack (n, 3, S, S): mean score and mean panel spread.
 
@@ -38,7 +38,7 @@ def score_crops(model: QFMIQM, crops: torch.Tensor) -> tuple[float, float]:
     return output.score.float().mean().item(), output.spread.float().mean().item()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_records(
     model: QFMIQM,
     records: list[ImageRecord],
