@@ -10,10 +10,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from qfm_iqm.data.records import IQADataset
-from qfm_iqm.data.splits import Split
+from qfm_iqm.data.splits import Split, make_splits, save_splits
 from qfm_iqm.data.torch_datasets import EvalCrops
 from qfm_iqm.data.transforms import Preprocessing
+from qfm_iqm.evaluation.metrics import compute_metrics, summarize
+from qfm_iqm.evaluation.protocol import environment
 from qfm_iqm.models.backbones import create_backbone
+from qfm_iqm.utils.checkpoint import atomic_write_json
 
 
 @torch.no_grad()
@@ -89,11 +92,6 @@ def run_ridge_protocol(
     command: str | None = None,
 ) -> dict:
     """The frozen-feature + ridge baseline on the protocol's splits; writes ``results.json``."""
-    from qfm_iqm.data.splits import make_splits, save_splits
-    from qfm_iqm.evaluation.metrics import compute_metrics, summarize
-    from qfm_iqm.evaluation.protocol import environment
-    from qfm_iqm.utils.checkpoint import atomic_write_json
-
     output_dir = Path(output_dir)
     features = cached_features(dataset, output_dir / f"features-{backbone_name}-grid{grid}.npy", backbone_name, grid)
     labels = dataset.labels()
