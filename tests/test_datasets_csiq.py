@@ -8,16 +8,18 @@ from qfm_iqm.data.records import DatasetError
 from qfm_iqm.data.registry import load_dataset
 
 REFS = [1600, "aerial_city", "boston"]
-# (folder, file-name token, spreadsheet dst_idx and dst_type, levels)
+# (folder, file-name token, spreadsheet dst_idx and dst_type, levels), as in the official release
 TYPES = [
     ("awgn", "AWGN", 1, "noise", 2),
     ("jpeg", "JPEG", 2, "jpeg", 2),
     ("jpeg2000", "jpeg2000", 3, "jpeg 2000", 2),
-    ("fnoise", "fnoise", 4, "1/f noise", 2),
+    ("fnoise", "fnoise", 4, "fnoise", 2),
     ("blur", "BLUR", 5, "blur", 2),
     ("contrast", "contrast", 6, "contrast", 1),
 ]
 N_IMAGES = len(REFS) * sum(t[4] for t in TYPES)
+XLSX_HEADER = ["image", "dst_idx", "dst_type", "dst_lev", "dmos_std", "dmos"]
+TABLE_OFFSET = [None, None, None]  # the official sheet's table starts in column D, on row 4
 
 
 def _entries() -> list[tuple[str, str, str, int, float]]:
@@ -37,7 +39,6 @@ def make_csiq(root: Path, variant: str = "xlsx", flat: str | None = None, rows: 
     for _, folder, name, level, _ in _entries():
         tiny_image(root / (flat or f"dst_imgs/{folder}") / name, shade=level)
     if variant == "xlsx":
-        header = ["image", "dst_idx", "dst_type", "dst_lev", "dmos_std", "dmos"]
         index = {t[0]: t for t in TYPES}
         data = (
             rows
@@ -47,7 +48,12 @@ def make_csiq(root: Path, variant: str = "xlsx", flat: str | None = None, rows: 
                 for ref, folder, _, level, dmos in _entries()
             ]
         )
-        write_xlsx(root / "csiq.DMOS.xlsx", {"all_by_distortion": [["unused"]], "all_by_image": [header, *data]})
+        table = [[*TABLE_OFFSET, *row] for row in [XLSX_HEADER, *data]]
+        title_rows: list[list[object]] = [["CSIQ DMOS"], [None], [None]]
+        by_distortion = [*title_rows, [*TABLE_OFFSET, "dst_type", "image", "dst_lev", "dmos"]]
+        write_xlsx(
+            root / "csiq.DMOS.xlsx", {"all_by_distortion": by_distortion, "all_by_image": [*title_rows, *table]}
+        )
     else:
         lines = rows if rows is not None else [f"{name} {dmos:.6f}" for _, _, name, _, dmos in _entries()]
         (root / "csiq_label.txt").write_text("\n".join(lines) + "\n")
@@ -64,6 +70,24 @@ def test_official_spreadsheet_layout(tmp_path: Path) -> None:
     assert ds.records[0].raw_label == pytest.approx(0.1) and ds.records[0].label == pytest.approx(0.9)
     assert len({r.ref_id for r in ds.records}) == len(REFS)
     assert_refs_disjoint(ds)
+
+
+def test_workbook_layout_and_type_spellings(tmp_path: Path) -> None:
+    import openpyxl
+
+    root = make_csiq(tmp_path / "CSIQ")
+    sheet = openpyxl.load_workbook(root / "csiq.DMOS.xlsx", read_only=True)["all_by_image"]
+    assert list(next(sheet.iter_rows(min_row=4, max_row=4, values_only=True)))[3:9] == XLSX_HEADER
+    derived = [["boston", 4, "1/f noise", 1, 0.05, 0.2], ["boston", 3, "JPEG2000", 1, 0.05, 0.3]]
+    ds = load_csiq(make_csiq(tmp_path / "derived", rows=derived))
+    assert [r.path.parent.name for r in ds.records] == ["fnoise", "jpeg2000"]
+
+
+def test_folder_letter_case_ignored(tmp_path: Path) -> None:
+    root = make_csiq(tmp_path / "CSIQ")
+    (root / "dst_imgs" / "awgn").rename(root / "dst_imgs" / "AWGN")
+    ds = load_csiq(root)
+    assert len(ds) == N_IMAGES and ds.records[0].path == root / "dst_imgs" / "AWGN" / "1600.AWGN.1.png"
 
 
 def test_lower_level_is_better(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def test_official_layout(tmp_path: Path) -> None:
     assert ds.name == "KADID-10k" and ds.synthetic and len(ds) == 18
     assert ds.records[0].path == root / "images" / "I01_01_01.png" and ds.records[0].ref_id == "I01.png"
     assert ds.records[0].raw_label == pytest.approx(3.75) and ds.records[0].label == pytest.approx(2.75 / 4)
-    assert ds.records[0].raw_std == pytest.approx(0.5)  # square root of the 'var' column
+    assert ds.records[0].raw_std == pytest.approx(0.25)  # the 'var' column holds the standard deviation
     assert_refs_disjoint(ds)
 
 

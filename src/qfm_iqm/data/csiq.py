@@ -11,6 +11,7 @@ from qfm_iqm.data.files import (
     check_nonempty,
     check_scores,
     check_unique,
+    folder_ignoring_case,
     make_records,
     read_text,
     read_xlsx,
@@ -32,7 +33,8 @@ CSIQ_TYPES = {
     "blur": "BLUR",
     "contrast": "contrast",
 }
-# spreadsheet dst_type spellings (lower case, letters and digits only) -> folder
+# spreadsheet dst_type spellings (lower case, letters and digits only) -> folder; the official workbook
+# uses noise, jpeg, jpeg 2000, fnoise, blur, contrast (the others are spellings seen in derived copies)
 _TYPE_NAMES = {
     "noise": "awgn", "awgn": "awgn", "whitenoise": "awgn", "jpeg": "jpeg", "jpeg2000": "jpeg2000", "jp2k": "jpeg2000",
     "fnoise": "fnoise", "1fnoise": "fnoise", "pinknoise": "fnoise", "blur": "blur", "gaussianblur": "blur",
@@ -95,10 +97,11 @@ def _from_txt(path: Path) -> tuple[list[str], list[str], list[str], list[object]
 def load_csiq(root: str | Path) -> IQADataset:
     """Load CSIQ's 866 distorted images with their DMOS.
 
-    Labels come from the official ``csiq.DMOS.xlsx`` (sheet ``all_by_image``: ``image``, ``dst_type``,
-    ``dst_lev``, ``dmos``) when present, else from ``csiq_label.txt`` lines ``<file name> <dmos>``.
-    Images are looked up in ``dst_imgs/<type>/`` (official), then a flat ``dst_imgs/`` or
-    ``dst_imgs_all/``. Distorted images on disk that the labels do not list are ignored.
+    Labels come from the official ``csiq.DMOS.xlsx`` (sheet ``all_by_image``, header row ``image``,
+    ``dst_idx``, ``dst_type``, ``dst_lev``, ``dmos_std``, ``dmos`` below title rows) when present, else
+    from ``csiq_label.txt`` lines ``<file name> <dmos>``. Images are looked up in ``dst_imgs/<type>/``
+    (official; folder case ignored), then a flat ``dst_imgs/`` or ``dst_imgs_all/``. Distorted images on
+    disk that the labels do not list are ignored.
     """
     root = Path(root)
     if (root / XLSX_NAME).is_file():
@@ -112,10 +115,11 @@ def load_csiq(root: str | Path) -> IQADataset:
     check_nonempty(refs, str(label_file))
     check_unique(names, str(label_file), key=str.lower)
     raw = check_scores(names, scores, str(label_file), CSIQ_SCALE.low, CSIQ_SCALE.high)
-    flat = [root / "dst_imgs", root / "dst_imgs_all"]
-    finders = {f: ImageFinder([root / "dst_imgs" / f, *flat]) for f in CSIQ_TYPES}
+    distorted = folder_ignoring_case(root, "dst_imgs")
+    flat = [distorted, folder_ignoring_case(root, "dst_imgs_all")]
+    finders = {f: ImageFinder([folder_ignoring_case(distorted, f), *flat]) for f in CSIQ_TYPES}
     if not any(finder.folders for finder in finders.values()):
-        raise DatasetError(f"CSIQ distorted image folder missing: {root / 'dst_imgs'}")
+        raise DatasetError(f"CSIQ distorted image folder missing: {distorted} (or a flat dst_imgs_all/)")
     what = f"CSIQ images listed in {label_file.name}"
     paths = resolve_images([finders[f] for f in folders], names, what)
     records = make_records(paths, raw, CSIQ_SCALE, ref_ids=refs)

@@ -43,6 +43,16 @@ def find_file(folders: Iterable[Path], names: Sequence[str], what: str) -> Path:
     raise DatasetError(f"{what} not found: looked for {' / '.join(names)} in {where}")
 
 
+def folder_ignoring_case(parent: Path, name: str) -> Path:
+    """``parent/name``, or the single sub-folder of ``parent`` whose name equals ``name`` ignoring letter
+    case (copies unpacked on Windows or macOS may differ in case); ``parent/name`` when there is none."""
+    exact = parent / name
+    if exact.is_dir() or not parent.is_dir():
+        return exact
+    matches = [p for p in parent.iterdir() if p.name.lower() == name.lower() and p.is_dir()]
+    return matches[0] if len(matches) == 1 else exact
+
+
 def load_mat_var(path: Path, var: str) -> np.ndarray:
     """Variable ``var`` of the MATLAB file ``path``."""
     if not path.is_file():

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from qfm_iqm.data.files import (
     ImageFinder,
     check_nonempty,
@@ -31,8 +29,8 @@ def load_kadid10k(root: str | Path) -> IQADataset:
     """Load KADID-10k's 10,125 distorted images from ``dmos.csv`` and ``images/``.
 
     The column named ``dmos`` holds mean opinion scores on 1..5 where higher is better, despite its
-    name; ``var`` is the ratings' variance (``raw_std`` is its square root). ``ref_img`` groups images
-    by content.
+    name. The ``var`` column holds the ratings' standard deviation despite its name (pyiqa reads it
+    as ``std``), so it becomes ``raw_std`` unchanged. ``ref_img`` groups images by content.
     """
     root = Path(root)
     table = read_csv(root / "dmos.csv")
@@ -44,7 +42,7 @@ def load_kadid10k(root: str | Path) -> IQADataset:
     check_unique(names, where)
     raw = check_scores(names, table.values(table.column(["dmos"], "score")), where, KADID_SCALE.low, KADID_SCALE.high)
     var = table.find_column(["var"])
-    stds = None if var is None else np.sqrt(check_scores(names, table.values(var), where, 0.0, None))
+    stds = None if var is None else check_scores(names, table.values(var), where, 0.0, None)
     paths = resolve_images(ImageFinder([root / "images"]), names, f"KADID-10k images listed in {table.path.name}")
     records = make_records(paths, raw, KADID_SCALE, ref_ids=refs, stds=stds)
     return IQADataset(name="KADID-10k", root=root, records=records, scale=KADID_SCALE, synthetic=True)
