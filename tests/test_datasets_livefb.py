@@ -3,69 +3,109 @@ from pathlib import Path
 import pytest
 from dataset_fixtures import assert_parts_disjoint, tiny_image, write_csv
 
-from qfm_iqm.data.livefb import load_livefb
+from qfm_iqm.data.livefb import LABEL_FILE, TEST_SPLIT_FILES, TRAIN_VAL_SPLIT_FILES, load_livefb
 from qfm_iqm.data.records import DatasetError
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.splits import official_split
 
-FOLDERS = ["AVA__", "blur_dataset", "EE371R", "voc_emotic_ava"]
-NAMES = [f"{FOLDERS[i % 4]}/{i:04d}.jpg" for i in range(12)]
-SETS = ["train"] * 6 + ["val"] * 3 + ["test"] * 3
+# image names as labels_image.csv lists them: the source folder, then the file (AVA, EMOTIC and VOC
+# pictures carry their source as a file-name prefix inside voc_emotic_ava/)
+NAMES = [
+    "blur_dataset/motion0044.jpg",
+    "voc_emotic_ava/AVA__129332.jpg",
+    "voc_emotic_ava/EMOTIC__2ccz61xjvddut42ywu.jpg",
+    "voc_emotic_ava/JPEGImages__2008_000203.jpg",
+    "voc_emotic_ava/VOC2012__2008_000497.jpg",
+    "EE371R/rq59.jpg",
+    "blur_dataset/out_of_focus0059.jpg",
+    "voc_emotic_ava/AVA__12958.jpg",
+    "voc_emotic_ava/EMOTIC__COCO_train2014_000000004377.jpg",
+    "EE371R/rq73.jpg",
+    "voc_emotic_ava/AVA__133333.jpg",
+    "blur_dataset/motion0091.jpg",
+]
+TEST, VAL = (1, 5, 9), (2, 6)  # the rest is training data
+# columns of the authors' split files (image and patch boxes; the padded file adds is_valid)
+SPLIT_HEADER = ["mos_patch_1", "name_patch", "mos_image", "name_image", "width_image", "height_image"]
 
 
-def make_livefb(root: Path, split: str = "set", rows: list[list[object]] | None = None) -> Path:
-    """Miniature LIVE-FB: database/labels_image.csv (+ labels_patch.csv) and the source sub-folders."""
+def _mos(i: int) -> float:
+    return 0.0 if i == 11 else 40.0 + 3.7 * i  # a 0.0 score occurs in the release
+
+
+def _split_row(i: int) -> list[object]:
+    return [70.1, f"patches/{NAMES[i].split('/')[1]}", _mos(i), NAMES[i], 800, 600]
+
+
+def make_livefb(root: Path, split_files: tuple[str, ...] = ("test", "train_val")) -> Path:
+    """Miniature FLIVE_Database: database/labels_image.csv (name,mos), labels_patch.csv, the image
+    folders, and the split files (labels640.csv, labels=640_padded.csv with its is_valid flag)."""
     db = root / "database"
     for i, name in enumerate(NAMES):
         tiny_image(db / name, shade=i)
-    header = ["name_image", "mos_image", "width", "height"]
-    if rows is None:
-        rows = [[n, 40.0 + 3 * i, 8, 8] for i, n in enumerate(NAMES)]
-        if split == "set":
-            rows = [[*r, s] for r, s in zip(rows, SETS)]
-        elif split == "is_valid":
-            rows = [[*r, i % 4 == 0] for i, r in enumerate(rows)]
-    header += ["set"] if split == "set" else ["is_valid"] if split == "is_valid" else []
-    write_csv(db / "labels_image.csv", header, rows)
-    patch_rows = [[n, 40.0, 50.0, 0, 0, 4, 4] for n in NAMES]
-    write_csv(db / "labels_patch.csv", ["name_image", "mos_image", "mos_patch", "left", "top", "w", "h"], patch_rows)
+    write_csv(db / LABEL_FILE, ["name", "mos"], [[n, _mos(i)] for i, n in enumerate(NAMES)], lineterminator="\n")
+    patches = [[f"patches/{n.split('/')[1]}_patch_{k}.jpg", 55.5] for n in NAMES for k in (1, 2, 3)]
+    write_csv(db / "labels_patch.csv", ["name", "mos"], patches, lineterminator="\n")
+    if "test" in split_files:
+        write_csv(db / TEST_SPLIT_FILES[0], SPLIT_HEADER, [_split_row(i) for i in TEST], lineterminator="\n")
+    if "train_val" in split_files:
+        rows = [[*_split_row(i), i in VAL] for i in range(len(NAMES)) if i not in TEST]
+        write_csv(db / TRAIN_VAL_SPLIT_FILES[0], [*SPLIT_HEADER, "is_valid"], rows, lineterminator="\n")
     return root
 
 
-def test_official_layout_with_set_column(tmp_path: Path) -> None:
+def test_official_layout_and_split(tmp_path: Path) -> None:
     root = make_livefb(tmp_path / "FLIVE_Database")
+    assert (root / "database" / TRAIN_VAL_SPLIT_FILES[0]).read_text().splitlines()[1].endswith(",False")
     ds = load_livefb(root)
     assert ds.name == "LIVE-FB" and not ds.synthetic and len(ds) == len(NAMES)
-    assert ds.records[1].path == root / "database" / "blur_dataset" / "0001.jpg"
+    assert ds.records[1].path == root / "database" / "voc_emotic_ava" / "AVA__129332.jpg"
     assert ds.records[0].raw_label == 40.0 and ds.records[0].label == pytest.approx(0.4)
-    assert ds.records[5].label > ds.records[0].label
-    assert ds.official_split == {"train": tuple(range(6)), "val": (6, 7, 8), "test": (9, 10, 11)}
+    assert ds.records[10].label > ds.records[0].label and ds.records[11].raw_label == 0.0
+    train = tuple(i for i in range(len(NAMES)) if i not in TEST + VAL)
+    assert ds.official_split == {"train": train, "val": VAL, "test": TEST}
     assert_parts_disjoint(ds.official_split, len(ds))
     split = official_split(ds)
-    assert split is not None and split.test == (9, 10, 11)
+    assert split is not None and split.test == TEST and split.train == train
 
 
-def test_is_valid_flag_and_no_split(tmp_path: Path) -> None:
-    ds = load_dataset("livefb", make_livefb(tmp_path / "a", split="is_valid") / "database")
-    assert ds.official_split is not None and ds.official_split["val"] == (0, 4, 8) and ds.official_split["test"] == ()
-    split = official_split(ds)
-    assert split is not None and split.test == (0, 4, 8)  # no test part: the validation part is the test
-    assert set(split.train).isdisjoint(split.test)
-    assert load_livefb(make_livefb(tmp_path / "b", split="none")).official_split is None
+def test_label_file_split_column_and_no_split(tmp_path: Path) -> None:
+    root = make_livefb(tmp_path / "a", split_files=())
+    assert load_livefb(root).official_split is None
+    sets = ["train", "val", "test"] * 4  # a meta-info style 'split' column takes precedence
+    rows = [[n, _mos(i), sets[i]] for i, n in enumerate(NAMES)]
+    write_csv(root / "database" / LABEL_FILE, ["name_image", "mos_image", "split"], rows)
+    ds = load_dataset("livefb", root / "database")
+    assert ds.official_split is not None and ds.official_split["val"] == (1, 4, 7, 10)
 
 
 def test_errors(tmp_path: Path) -> None:
-    rows = [[n, 40.0, 8, 8, "train"] for n in NAMES]
-    rows[2][4] = "holdout"
-    with pytest.raises(
-        DatasetError, match=r"without a recognised split value \(1 in total\): EE371R/0002\.jpg \(holdout\)"
-    ):
-        load_livefb(make_livefb(tmp_path / "a", rows=rows))
-    rows = [[n, 40.0, 8, 8, "train"] for n in NAMES]
-    rows[3][1] = 140.0
-    with pytest.raises(DatasetError, match=r"outside 0\.\.100.*voc_emotic_ava/0003\.jpg \(140\.0\)"):
-        load_livefb(make_livefb(tmp_path / "b", rows=rows))
+    root = make_livefb(tmp_path / "a", split_files=("test",))
+    with pytest.raises(DatasetError, match=r"labels640\.csv: the official split needs labels=640_padded\.csv"):
+        load_livefb(root)
+    root = make_livefb(tmp_path / "b")
+    rows = [[*_split_row(i), "maybe" if i == 0 else False] for i in range(len(NAMES)) if i not in TEST]
+    write_csv(root / "database" / TRAIN_VAL_SPLIT_FILES[0], [*SPLIT_HEADER, "is_valid"], rows)
+    with pytest.raises(DatasetError, match=r"without a recognised split value \(1 in total\): blur_dataset/.*maybe"):
+        load_livefb(root)
     root = make_livefb(tmp_path / "c")
-    (root / "database" / "AVA__" / "0004.jpg").unlink()
-    with pytest.raises(DatasetError, match=r"not found .*\(1 in total\): AVA__/0004\.jpg"):
+    rows = [_split_row(i) for i in (*TEST, 0)]
+    write_csv(root / "database" / TEST_SPLIT_FILES[0], SPLIT_HEADER, rows)
+    with pytest.raises(DatasetError, match=r"both list images \(1 in total\): blur_dataset/motion0044\.jpg"):
+        load_livefb(root)
+    root = make_livefb(tmp_path / "d")
+    rows = [[n, 140.0 if i == 3 else _mos(i)] for i, n in enumerate(NAMES)]
+    write_csv(root / "database" / LABEL_FILE, ["name", "mos"], rows)
+    with pytest.raises(DatasetError, match=r"outside 0\.\.100.*JPEGImages__2008_000203\.jpg \(140\.0\)"):
+        load_livefb(root)
+    root = make_livefb(tmp_path / "e")
+    (root / "database" / "EE371R" / "rq73.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"not found .*\(1 in total\): EE371R/rq73\.jpg"):
+        load_livefb(root)
+    root = make_livefb(tmp_path / "f")
+    unknown = [70.1, "patches/x.jpg", 50.0, "other/x.jpg", 800, 600]
+    write_csv(root / "database" / TEST_SPLIT_FILES[0], SPLIT_HEADER, [unknown])
+    train_val_row = [*unknown[:3], "other/y.jpg", 8, 8, False]
+    write_csv(root / "database" / TRAIN_VAL_SPLIT_FILES[0], [*SPLIT_HEADER, "is_valid"], [train_val_row])
+    with pytest.raises(DatasetError, match=r"list none of the images of labels_image\.csv"):
         load_livefb(root)
