@@ -30,7 +30,7 @@ def add_dataset_option_argument(parser: argparse.ArgumentParser) -> None:
         dest="dataset_options",
         action="append",
         metavar="KEY=VALUE",
-        help="a loader option, e.g. score=MOS_zscore (repeatable; `qfm-iqm datasets` lists them)",
+        help="a loader option, e.g. score=MOS (repeatable; `qfm-iqm datasets` lists them)",
     )
 
 
