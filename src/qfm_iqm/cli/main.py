@@ -8,6 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from qfm_iqm.cli.benchmark_cmd import add_benchmark_command
 from qfm_iqm.cli.datasets_cmd import add_dataset_option_argument, add_datasets_command, parse_dataset_options
 from qfm_iqm.data.records import DatasetError, IQADataset
 from qfm_iqm.data.registry import load_dataset
@@ -25,44 +26,72 @@ size (224 px for the released model) are first upscaled (bicubic, aspect kept) u
 
 Output: a table on stdout, or -o FILE as .csv (path,score,uncertainty,error), .json or .jsonl.
 Inputs that cannot be scored are listed on stderr and written with an empty score and the error.
+Under torchrun the inputs are shared out across the processes and rank 0 writes the one output
+file; .csv and .jsonl files grow as results come in, and --resume skips the inputs already scored
+in the file (failed ones are tried again) and appends the rest (see docs/distributed.md).
 Exit status: 0 all scored, 1 some inputs failed (the others are still written), 2 usage error."""
 
 
+def _note(message: str) -> None:
+    """A message on stderr, from one process only under torchrun."""
+    from qfm_iqm.training.distributed import is_main
+
+    if is_main():
+        print(message, file=sys.stderr)
+
+
 def _score(args: argparse.Namespace) -> int:
+    from qfm_iqm.training.distributed import distributed_session
+
+    with distributed_session(args.device):
+        return _score_inputs(args)
+
+
+def _score_inputs(args: argparse.Namespace) -> int:
+    from functools import partial
+
     from PIL import Image
 
     from qfm_iqm.api import load_model
     from qfm_iqm.data.images import set_max_image_pixels
-    from qfm_iqm.scoring import auto_workers, find_images, format_table, output_format, score_files, write_results
+    from qfm_iqm.scoring import (append_results, auto_workers, find_images, format_table, output_format,
+                                 prepare_output, score_files_sharded, write_results)
+    from qfm_iqm.training.distributed import is_main, local_device
 
-    if args.output is not None:
-        output_format(args.output)
+    appendable = args.output is not None and output_format(args.output) != ".json"
+    if args.resume and not appendable:
+        raise ValueError("--resume needs -o FILE.csv or FILE.jsonl (the file that results are appended to)")
     if args.batch_size < 1 or (args.workers is not None and args.workers < 0):
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
     files, warnings = find_images(args.paths, args.recursive)
     for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        _note(f"warning: {warning}")
     if all(file.error is not None for file in files):
-        print(f"error: no images found in {' '.join(args.paths)}", file=sys.stderr)
+        _note(f"error: no images found in {' '.join(args.paths)}")
         return 2
     previous_limit = Image.MAX_IMAGE_PIXELS
     if args.max_pixels is not None:
         set_max_image_pixels(args.max_pixels or None)
     try:
-        scorer = load_model(args.model, args.device)
+        scorer = load_model(args.model, local_device(args.device))
+        done = prepare_output(args.output, args.resume) if appendable else set()
+        if done:
+            _note(f"{len(done)} inputs already scored in {args.output}: skipped")
+        files = [file for file in files if file.path not in done]
         workers = auto_workers(len(files), args.batch_size) if args.workers is None else args.workers
-        results = score_files(scorer, files, args.batch_size, workers, not args.quiet, args.map)
+        append = partial(append_results, path=args.output) if appendable else None
+        results = score_files_sharded(scorer, files, args.batch_size, workers, not args.quiet, args.map, on_results=append)
     finally:
         set_max_image_pixels(previous_limit)
     failed = [r for r in results if r.error is not None]
     for result in failed:
-        print(f"failed: {result.path}: {result.error}", file=sys.stderr)
-    if args.output is None:
+        _note(f"failed: {result.path}: {result.error}")
+    if is_main() and args.output is None:
         print(format_table(results))
-    else:
+    elif is_main() and not appendable:
         write_results(results, args.output)
     if failed:
-        print(f"{len(failed)} of {len(results)} inputs failed", file=sys.stderr)
+        _note(f"{len(failed)} of {len(results)} inputs failed")
     return 1 if failed else 0
 
 
@@ -99,6 +128,8 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     from qfm_iqm.data.splits import load_splits, make_split
     from qfm_iqm.evaluation.protocol import config_for_dataset, fit_model, training_metadata
+    from qfm_iqm.training.distributed import distributed_session, is_main
+    from qfm_iqm.training.interrupt import TrainingInterrupted
 
     config = _config_from_args(args)
     dataset = _dataset_from_args(args)
@@ -109,8 +140,15 @@ def _train(args: argparse.Namespace) -> int:
         indices, split_seed = split.train, split.seed
     metadata = training_metadata(dataset, split_seed, len(indices), args.command_line)
     records = [dataset.records[i] for i in indices]
-    fit_model(config_for_dataset(config, dataset), records, args.output, metadata=metadata, progress=not args.quiet, resume=not args.restart)
-    print(f"model written to {args.output}/model.safetensors (+ model.json)")
+    with distributed_session(config.device):
+        try:
+            fit_model(config_for_dataset(config, dataset), records, args.output, metadata=metadata,
+                      progress=not args.quiet, resume=not args.restart)
+        except TrainingInterrupted as stop:
+            _note(str(stop))
+            return stop.exit_code
+        if is_main():
+            print(f"model written to {args.output}/model.safetensors (+ model.json)")
     return 0
 
 
@@ -127,12 +165,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         predictions = predict_records(model, [dataset.records[i] for i in indices], args.grid, progress=not args.quiet)
         result = {"checkpoint": str(args.checkpoint), "dataset": dataset.name, "images": len(indices),
                   "metrics": metrics_on(dataset, indices, predictions)}
-    elif args.baseline == "ridge":
-        from qfm_iqm.evaluation.baselines import run_ridge_protocol
+    elif args.baseline:
+        from qfm_iqm.evaluation.protocol import run_baseline_protocol
 
         seeds = args.seeds or list(range(args.repeats))
-        output = args.output or Path("runs") / f"{dataset.name}-ridge"
-        result = run_ridge_protocol(dataset, seeds, output, command=args.command_line)
+        output = args.output or Path("runs") / f"{dataset.name}-{args.baseline}"
+        result = run_baseline_protocol(args.baseline, dataset, seeds, output, args.command_line, not args.quiet)
         result = {"output": str(output), "summary": result["summary"]}
     else:
         from qfm_iqm.evaluation.protocol import run_protocol
@@ -170,9 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="search folders recursively (default: yes)")
     score.add_argument("--max-pixels", dest="max_pixels", type=int, metavar="N",
                        help="decompression-bomb limit in pixels (default: Pillow's, about 89.5 million; 0: no limit)")
+    score.add_argument("--resume", action="store_true",
+                       help="skip inputs already scored in the -o file (.csv or .jsonl) and append the others")
     score.set_defaults(func=_score)
 
     add_datasets_command(commands)
+    add_benchmark_command(commands)
 
     train = commands.add_parser("train", help="train a model on a dataset (one split's training part, or all)")
     _add_dataset_options(train)
@@ -182,7 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--split-file", dest="split_file", type=Path, help="splits JSON (its first split is used)")
     which.add_argument("--all", action="store_true", help="train on every image (a release model)")
     train.add_argument("--output", type=Path, required=True, help="folder for the checkpoint")
-    train.add_argument("--restart", action="store_true", help="ignore a saved state in --output; start over")
+    saved = train.add_mutually_exclusive_group()
+    saved.add_argument("--resume", action="store_true",
+                       help="continue the run saved in --output (also the default when a saved state exists)")
+    saved.add_argument("--restart", action="store_true", help="ignore a saved state in --output; start over")
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser(
@@ -196,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--repeats", type=int, default=10, help="number of splits, seeds 0..N-1")
     evaluate.add_argument("--seeds", type=int, nargs="+", help="explicit split seeds")
     evaluate.add_argument("--output", type=Path, help="protocol results folder")
-    evaluate.add_argument("--baseline", choices=["ridge"],
-                          help="run a baseline instead: frozen ImageNet features (3x3 crops) + ridge regression")
+    evaluate.add_argument("--baseline", choices=["ridge", "brisque"],
+                          help="run a baseline instead of training: ridge = frozen ImageNet Lite0 features (3x3 crops) "
+                          "+ ridge regression; brisque = BRISQUE features + RBF kernel ridge")
     evaluate.set_defaults(func=_evaluate)
     return parser
 

@@ -1,8 +1,17 @@
-"""Baselines that need no download: frozen ImageNet features + ridge regression."""
+"""Baselines that need no download: fixed image features + a regressor retrained on every split.
+
+Two feature extractors: ``frozen`` (an ImageNet backbone's global vector averaged over the 3x3 crop
+grid) and ``brisque`` (the classical natural-scene-statistics features). Two regressors: linear
+ridge and RBF kernel ridge; hyper-parameters are chosen by 5-fold cross-validation inside the training
+part, so a split's test labels are never seen.
+"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -10,13 +19,88 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from qfm_iqm.data.records import IQADataset
-from qfm_iqm.data.splits import Split, make_splits, save_splits
+from qfm_iqm.data.splits import Split
 from qfm_iqm.data.torch_datasets import EvalCrops
 from qfm_iqm.data.transforms import Preprocessing
-from qfm_iqm.evaluation.metrics import compute_metrics, summarize
-from qfm_iqm.evaluation.protocol import environment
 from qfm_iqm.models.backbones import create_backbone
-from qfm_iqm.utils.checkpoint import atomic_write_json
+
+
+@dataclass(frozen=True)
+class RidgeRegressor:
+    """Linear ridge regression on standardised features (closed form)."""
+
+    alpha: float
+
+    def fit(self, features: np.ndarray, targets: np.ndarray) -> "FittedRegressor":
+        mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-8
+        x = (features - mean) / scale
+        weights = np.linalg.solve(x.T @ x + self.alpha * np.eye(x.shape[1]), x.T @ (targets - targets.mean()))
+        bias = float(targets.mean())
+        return FittedRegressor(self, lambda f: ((f - mean) / scale) @ weights + bias)
+
+
+@dataclass(frozen=True)
+class KernelRidgeRegressor:
+    """Kernel ridge regression with an RBF kernel on standardised features.
+
+    The kernel width is ``gamma_scale / n_features`` (so that one value suits any feature count).
+    """
+
+    alpha: float
+    gamma_scale: float
+
+    def fit(self, features: np.ndarray, targets: np.ndarray) -> "FittedRegressor":
+        mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-8
+        x = (features - mean) / scale
+        gamma = self.gamma_scale / x.shape[1]
+        bias = float(targets.mean())
+        coefficients = np.linalg.solve(_rbf(x, x, gamma) + self.alpha * np.eye(len(x)), targets - bias)
+        return FittedRegressor(self, lambda f: _rbf((f - mean) / scale, x, gamma) @ coefficients + bias)
+
+
+def _rbf(a: np.ndarray, b: np.ndarray, gamma: float) -> np.ndarray:
+    squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.exp(-gamma * np.maximum(squared, 0.0))
+
+
+@dataclass(frozen=True)
+class FittedRegressor:
+    """A regressor fitted on training features; ``predict`` maps features to scores."""
+
+    spec: RidgeRegressor | KernelRidgeRegressor
+    predict: Callable[[np.ndarray], np.ndarray]
+
+
+RIDGE_CANDIDATES = tuple(RidgeRegressor(float(a)) for a in 10.0 ** np.arange(-1, 5))
+KERNEL_RIDGE_CANDIDATES = tuple(
+    KernelRidgeRegressor(alpha, gamma_scale) for alpha in (1e-3, 1e-2, 1e-1, 1.0) for gamma_scale in (0.1, 0.3, 1.0, 3.0)
+)
+
+
+def select_by_cv(
+    candidates: tuple, features: np.ndarray, targets: np.ndarray, folds: int = 5, seed: int = 0
+) -> RidgeRegressor | KernelRidgeRegressor:
+    """The candidate with the lowest k-fold squared error, using only the given (training) data."""
+    order = np.random.default_rng(seed).permutation(len(targets))
+    chunks = np.array_split(order, folds)
+    errors = []
+    for candidate in candidates:
+        error = 0.0
+        for k, held in enumerate(chunks):
+            kept = np.concatenate([c for j, c in enumerate(chunks) if j != k])
+            fitted = candidate.fit(features[kept], targets[kept])
+            error += float(((fitted.predict(features[held]) - targets[held]) ** 2).sum())
+        errors.append(error)
+    return candidates[int(np.argmin(errors))]
+
+
+def regress_on_split(
+    features: np.ndarray, labels: np.ndarray, split: Split, candidates: tuple = RIDGE_CANDIDATES
+) -> tuple[np.ndarray, RidgeRegressor | KernelRidgeRegressor]:
+    """Fit on ``split.train`` (hyper-parameters by inner CV) and predict ``split.test``."""
+    train, test = list(split.train), list(split.test)
+    chosen = select_by_cv(candidates, features[train], labels[train], seed=split.seed)
+    return chosen.fit(features[train], labels[train]).predict(features[test]), chosen
 
 
 @torch.no_grad()
@@ -32,85 +116,53 @@ def frozen_features(
     return np.stack(rows).astype(np.float64)
 
 
-def fit_ridge(features: np.ndarray, targets: np.ndarray, alpha: float) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
-    """Closed-form ridge on standardised features; returns (weights, bias, mean, scale)."""
-    mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-8
-    x = (features - mean) / scale
-    gram = x.T @ x + alpha * np.eye(x.shape[1])
-    weights = np.linalg.solve(gram, x.T @ (targets - targets.mean()))
-    return weights, float(targets.mean()), mean, scale
+@dataclass(frozen=True)
+class FeatureBaseline:
+    """A named baseline: how to compute per-image features, and which regressors to choose among."""
+
+    name: str
+    description: str
+    features: Callable[[IQADataset, bool], np.ndarray]
+    candidates: tuple
+
+    def cached_features(self, dataset: IQADataset, cache_file: Path, progress: bool = True) -> np.ndarray:
+        """The features of every record, computed once and kept in ``cache_file`` (.npy)."""
+        if cache_file.exists():
+            features = np.load(cache_file)
+            if features.shape[0] == len(dataset):
+                return features
+        start = time.perf_counter()
+        features = self.features(dataset, progress)
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache_file, features)
+        cache_file.with_suffix(".seconds").write_text(f"{time.perf_counter() - start:.1f}\n")
+        return features
 
 
-def predict_ridge(model: tuple[np.ndarray, float, np.ndarray, np.ndarray], features: np.ndarray) -> np.ndarray:
-    weights, bias, mean, scale = model
-    return ((features - mean) / scale) @ weights + bias
+def _brisque_of_dataset(dataset: IQADataset, progress: bool) -> np.ndarray:
+    from qfm_iqm.evaluation.brisque import brisque_features_of_files
+
+    return brisque_features_of_files([record.path for record in dataset.records], progress)
 
 
-def select_alpha(features: np.ndarray, targets: np.ndarray, alphas: tuple[float, ...], folds: int = 5, seed: int = 0) -> float:
-    """Pick the ridge strength by k-fold cross-validation inside the training part only."""
-    order = np.random.default_rng(seed).permutation(len(targets))
-    chunks = np.array_split(order, folds)
-    errors = []
-    for alpha in alphas:
-        error = 0.0
-        for k, held in enumerate(chunks):
-            kept = np.concatenate([c for j, c in enumerate(chunks) if j != k])
-            model = fit_ridge(features[kept], targets[kept], alpha)
-            error += float(((predict_ridge(model, features[held]) - targets[held]) ** 2).sum())
-        errors.append(error)
-    return alphas[int(np.argmin(errors))]
+BASELINES: dict[str, FeatureBaseline] = {
+    "ridge": FeatureBaseline(
+        "ridge",
+        "frozen ImageNet Lite0 features (3x3 crop grid) + ridge regression",
+        lambda dataset, progress: frozen_features(dataset, progress=progress),
+        RIDGE_CANDIDATES,
+    ),
+    "brisque": FeatureBaseline(
+        "brisque",
+        "BRISQUE features + RBF kernel ridge regression (retrained per split)",
+        _brisque_of_dataset,
+        KERNEL_RIDGE_CANDIDATES,
+    ),
+}
 
 
-def ridge_on_split(
-    features: np.ndarray, labels: np.ndarray, split: Split, alphas: tuple[float, ...] = tuple(10.0 ** np.arange(-1, 5))
-) -> tuple[np.ndarray, float]:
-    """Fit on ``split.train`` (alpha by inner CV) and predict ``split.test``; returns (predictions, alpha)."""
-    train, test = list(split.train), list(split.test)
-    alpha = select_alpha(features[train], labels[train], alphas, seed=split.seed)
-    model = fit_ridge(features[train], labels[train], alpha)
-    return predict_ridge(model, features[test]), alpha
-
-
-def cached_features(dataset: IQADataset, cache_file: Path, backbone_name: str, grid: int) -> np.ndarray:
-    """Frozen features, computed once and kept in ``cache_file`` (.npy)."""
-    if cache_file.exists():
-        features = np.load(cache_file)
-        if features.shape[0] == len(dataset):
-            return features
-    features = frozen_features(dataset, backbone_name, grid)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache_file, features)
-    return features
-
-
-def run_ridge_protocol(
-    dataset: IQADataset,
-    seeds: list[int],
-    output_dir: str | Path,
-    backbone_name: str = "tf_efficientnet_lite0",
-    grid: int = 3,
-    command: str | None = None,
-) -> dict:
-    """The frozen-feature + ridge baseline on the protocol's splits; writes ``results.json``."""
-    output_dir = Path(output_dir)
-    features = cached_features(dataset, output_dir / f"features-{backbone_name}-grid{grid}.npy", backbone_name, grid)
-    labels = dataset.labels()
-    splits = make_splits(dataset, seeds)
-    save_splits(output_dir / "splits.json", splits, dataset.name, len(dataset))
-    runs = []
-    for split in splits:
-        predictions, alpha = ridge_on_split(features, labels, split)
-        metrics = compute_metrics(predictions, labels[list(split.test)])
-        metrics["rmse"] *= dataset.scale.high - dataset.scale.low
-        runs.append({"seed": split.seed, "metrics": metrics, "alpha": alpha})
-    result = {
-        "dataset": dataset.name,
-        "mode": f"ridge-{backbone_name}",
-        "seeds": seeds,
-        "summary": summarize([run["metrics"] for run in runs]),
-        "runs": runs,
-        "command": command,
-        "environment": environment(),
-    }
-    atomic_write_json(output_dir / "results.json", result)
-    return result
+def get_baseline(name: str) -> FeatureBaseline:
+    """The baseline registered as ``name`` (see ``BASELINES``)."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; known: {', '.join(sorted(BASELINES))}")
+    return BASELINES[name]

@@ -11,11 +11,13 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from qfm_iqm import __version__
 from qfm_iqm.data.records import IQADataset, ImageRecord
 from qfm_iqm.data.splits import Split, make_splits, save_splits
+from qfm_iqm.evaluation.baselines import FeatureBaseline, get_baseline, regress_on_split
 from qfm_iqm.evaluation.metrics import compute_metrics, summarize
 from qfm_iqm.evaluation.predict import Predictions, predict_records
 from qfm_iqm.models.qfm import QFMIQM
@@ -25,8 +27,9 @@ from qfm_iqm.utils.checkpoint import atomic_write_json, atomic_write_text
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process so far, MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def fit_model(
@@ -98,20 +101,31 @@ def run_split(
     train_seconds = time.perf_counter() - start
     test_records = [dataset.records[i] for i in split.test]
     predictions = predict_records(model, test_records, config.eval_grid, resolve_device(config.device), progress=progress)
+    return finish_split(
+        run_dir,
+        dataset,
+        split,
+        predictions,
+        epochs=config.epochs,
+        train_seconds=round(train_seconds, 1),
+        total_seconds=round(time.perf_counter() - start, 1),
+        train_crops_per_second=round(sum(e["crops_per_second"] for e in history) / len(history), 2),
+        peak_rss_mib=round(peak_rss_mib(), 1),
+        history=history,
+    )
+
+
+def finish_split(run_dir: Path, dataset: IQADataset, split: Split, predictions: Predictions, **details) -> dict:
+    """Write a split's ``predictions.csv`` and ``result.json`` (metrics on the test part + ``details``)."""
     write_predictions(run_dir / "predictions.csv", dataset, split.test, predictions)
     result = {
         "seed": split.seed,
         "metrics": metrics_on(dataset, split.test, predictions),
         "train_size": len(split.train),
         "test_size": len(split.test),
-        "epochs": config.epochs,
-        "train_seconds": round(train_seconds, 1),
-        "total_seconds": round(time.perf_counter() - start, 1),
-        "train_crops_per_second": round(sum(e["crops_per_second"] for e in history) / len(history), 2),
-        "peak_rss_mib": round(peak_rss_mib(), 1),
-        "history": history,
+        **details,
     }
-    atomic_write_json(result_file, result)
+    atomic_write_json(run_dir / "result.json", result)
     return result
 
 
@@ -127,6 +141,53 @@ def environment() -> dict:
     }
 
 
+def check_method(output_dir: Path, method: dict) -> None:
+    """Record what ``output_dir`` holds results of, or refuse to mix results of another method.
+
+    ``method`` describes the run completely (options, dataset, ...); finished splits are reused only
+    when it is unchanged, so a results folder never silently mixes two configurations.
+    """
+    path = output_dir / "method.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved != json.loads(json.dumps(method)):
+            changed = sorted(k for k in set(saved) | set(method) if saved.get(k) != method.get(k))
+            raise ValueError(
+                f"{output_dir} holds results of a different configuration (differs in: {', '.join(changed)}); "
+                "use another output folder or delete that one"
+            )
+    else:
+        atomic_write_json(path, method)
+
+
+def write_protocol_results(
+    output_dir: Path, dataset: IQADataset, method: str, seeds: list[int], runs: list[dict], details: dict, command: str | None
+) -> dict:
+    """Write ``results.json`` (medians, per-split metrics, what was run, machine) and ``command.txt``."""
+    summary = {
+        "dataset": dataset.name,
+        "mode": method,
+        "seeds": seeds,
+        "summary": summarize([run["metrics"] for run in runs]),
+        "runs": [{k: v for k, v in run.items() if k != "history"} for run in runs],
+        **details,
+        "command": command,
+        "environment": environment(),
+    }
+    atomic_write_json(output_dir / "results.json", summary)
+    atomic_write_text(output_dir / "command.txt", (command or "") + "\n")
+    return summary
+
+
+def _prepare_protocol(output_dir: str | Path, dataset: IQADataset, seeds: list[int], method: dict) -> tuple[Path, list[Split]]:
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    check_method(output_dir, {**method, "dataset": dataset.name, "dataset_size": len(dataset)})
+    splits = make_splits(dataset, seeds)
+    save_splits(output_dir / "splits.json", splits, dataset.name, len(dataset))
+    return output_dir, splits
+
+
 def run_protocol(
     config: TrainConfig,
     dataset: IQADataset,
@@ -139,21 +200,37 @@ def run_protocol(
 
     Splits already finished (their ``result.json`` exists) are not trained again.
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    splits = make_splits(dataset, seeds)
-    save_splits(output_dir / "splits.json", splits, dataset.name, len(dataset))
+    config = config_for_dataset(config, dataset)
+    output_dir, splits = _prepare_protocol(output_dir, dataset, seeds, {"config": config.to_dict()})
     runs = [run_split(config, dataset, split, output_dir / f"split_{split.seed}", progress) for split in splits]
-    summary = {
-        "dataset": dataset.name,
-        "mode": config.mode,
-        "seeds": seeds,
-        "summary": summarize([run["metrics"] for run in runs]),
-        "runs": [{k: v for k, v in run.items() if k != "history"} for run in runs],
-        "config": config.to_dict(),
-        "command": command,
-        "environment": environment(),
-    }
-    atomic_write_json(output_dir / "results.json", summary)
-    atomic_write_text(output_dir / "command.txt", (command or "") + "\n")
-    return summary
+    return write_protocol_results(output_dir, dataset, config.mode, seeds, runs, {"config": config.to_dict()}, command)
+
+
+def baseline_split(baseline: FeatureBaseline, features: np.ndarray, dataset: IQADataset, split: Split, run_dir: Path) -> dict:
+    """Fit the baseline's regressor on ``split.train`` and test it on ``split.test``; resumable."""
+    result_file = run_dir / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    scores, regressor = regress_on_split(features, dataset.labels(), split, baseline.candidates)
+    predictions = Predictions(scores, np.zeros_like(scores))
+    return finish_split(run_dir, dataset, split, predictions, regressor={"type": type(regressor).__name__, **asdict(regressor)})
+
+
+def run_baseline_protocol(
+    name: str,
+    dataset: IQADataset,
+    seeds: list[int],
+    output_dir: str | Path,
+    command: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """A feature baseline (see ``qfm_iqm.evaluation.baselines``) on the protocol's splits.
+
+    Writes the same files as ``run_protocol``; the features are cached in ``output_dir``.
+    """
+    baseline = get_baseline(name)
+    output_dir, splits = _prepare_protocol(output_dir, dataset, seeds, {"baseline": name})
+    features = baseline.cached_features(dataset, output_dir / "features.npy", progress)
+    runs = [baseline_split(baseline, features, dataset, split, output_dir / f"split_{split.seed}") for split in splits]
+    details = {"baseline": name, "description": baseline.description}
+    return write_protocol_results(output_dir, dataset, f"baseline-{name}", seeds, runs, details, command)

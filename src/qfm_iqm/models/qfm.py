@@ -111,10 +111,14 @@ def create_model(
     **overrides,
 ) -> QFMIQM:
     """Create a QFM-IQM network by architecture name, e.g. ``create_model("qfm_iqm_lite0")``."""
+    return build_model(architecture_config(name, **overrides), pretrained_backbone, backbone_weights)
+
+
+def architecture_config(name: str, **overrides) -> ModelConfig:
+    """The configuration of a registered architecture (with ``overrides`` applied)."""
     if name not in _ARCHITECTURES:
         raise KeyError(f"unknown architecture {name!r}; available: {', '.join(list_architectures())}")
-    config = ModelConfig(**{**_ARCHITECTURES[name], **overrides})
-    return build_model(config, pretrained_backbone, backbone_weights)
+    return ModelConfig(**{**_ARCHITECTURES[name], **overrides})
 
 
 def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[QFMIQM, dict]:

@@ -1,0 +1,214 @@
+"""What a benchmark runs: datasets x methods x split seeds, cross-dataset pairs and speed cells.
+
+A benchmark is described by a YAML or JSON file::
+
+    name: livec-lite0
+    seeds: [0, 1, 2, 3, 4]
+    train: {lr: 5.0e-5, head_lr_scale: 10, schedule: cosine}   # shared by every trained method
+    datasets:
+      - name: livec                      # optional: root, options (as --data-root / --dataset-option), id
+    methods:
+      - {name: qfm, label: "QFM-IQM", train: {mode: qfm}}
+      - {name: deiqt, train: {mode: deiqt}}
+      - {name: ridge-lite0, baseline: ridge}
+    cross:                               # train on all of A, test on all of B
+      - {train: livec, test: koniq10k}
+    speed: {models: [qfm_iqm_lite0], score_batch_sizes: [16], train_batch_sizes: [16]}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qfm_iqm.evaluation.baselines import BASELINES
+from qfm_iqm.training.config import TrainConfig
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` applied, nested mappings merged key by key."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"benchmark config: {where} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _check_keys(entry: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise ValueError(f"benchmark config: unknown key(s) {', '.join(unknown)} in {where} (allowed: {', '.join(sorted(allowed))})")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset, its folder (``None``: the registry's default), loader options and id."""
+
+    name: str
+    root: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    id: str = ""  # how results name it; defaults to ``name`` (set it to list one loader twice)
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", self.name)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A trained method (``train`` holds its training options) or a feature baseline (``baseline``)."""
+
+    name: str
+    label: str
+    train: dict[str, Any] | None = None
+    baseline: str | None = None
+
+    @property
+    def trained(self) -> bool:
+        return self.train is not None
+
+    def train_config(self, shared: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
+        """The method's complete training options: defaults < benchmark ``train`` < method < ``overrides``."""
+        options = _merge(_merge(TrainConfig().to_dict(), shared), self.train or {})
+        return TrainConfig.from_dict(options).with_overrides(overrides or [])
+
+
+@dataclass(frozen=True)
+class CrossSpec:
+    """Train on all of dataset ``train``, test on all of dataset ``test``."""
+
+    train: str
+    test: str
+
+
+@dataclass(frozen=True)
+class SpeedSpec:
+    """Throughput cells: scoring (images/s, end to end) and training (crops/s), each with peak memory."""
+
+    models: tuple[str, ...] = ("qfm_iqm_lite0",)
+    score_batch_sizes: tuple[int, ...] = (16,)
+    train_batch_sizes: tuple[int, ...] = (16,)
+    score_images: int = 64
+    image_size: int = 500
+    train_steps: int = 8
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """A whole benchmark; ``from_file`` validates it and names the offending entry on error."""
+
+    name: str
+    seeds: tuple[int, ...]
+    datasets: tuple[DatasetSpec, ...]
+    methods: tuple[MethodSpec, ...]
+    train: dict[str, Any] = field(default_factory=dict)
+    cross: tuple[CrossSpec, ...] = ()
+    speed: SpeedSpec | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchmarkConfig:
+        data = _mapping(data, "the file")
+        _check_keys(data, {"name", "seeds", "datasets", "methods", "train", "cross", "speed"}, "the top level")
+        for key in ("name", "datasets", "methods"):
+            if key not in data:
+                raise ValueError(f"benchmark config: '{key}' is required")
+        seeds = data.get("seeds", list(range(10)))
+        if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+            raise ValueError(f"benchmark config: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"benchmark config: 'seeds' has duplicates: {seeds}")
+        datasets = tuple(_dataset(entry, k) for k, entry in enumerate(data["datasets"] or []))
+        methods = tuple(_method(entry, k) for k, entry in enumerate(data["methods"] or []))
+        if not datasets or not methods:
+            raise ValueError("benchmark config: 'datasets' and 'methods' must list at least one entry each")
+        for what, names in (("dataset", [d.id for d in datasets]), ("method", [m.name for m in methods])):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise ValueError(f"benchmark config: {what} name(s) listed twice: {', '.join(repeated)}")
+        train = _mapping(data.get("train"), "'train'")
+        TrainConfig.from_dict(_merge(TrainConfig().to_dict(), train))  # unknown options fail here, early
+        for method in methods:
+            if method.trained:
+                method.train_config(train)
+        cross = tuple(_cross(entry, k, {d.id for d in datasets}) for k, entry in enumerate(data.get("cross") or []))
+        speed = _speed(data["speed"]) if data.get("speed") is not None else None
+        return cls(str(data["name"]), tuple(seeds), datasets, methods, train, cross, speed)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> BenchmarkConfig:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as error:
+            raise FileNotFoundError(f"{path}: cannot read the benchmark config ({error.strerror})") from None
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as error:
+            raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+
+
+def _dataset(entry: Any, index: int) -> DatasetSpec:
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    entry = _mapping(entry, f"datasets[{index}]")
+    _check_keys(entry, {"name", "root", "options", "id"}, f"datasets[{index}]")
+    if "name" not in entry:
+        raise ValueError(f"benchmark config: datasets[{index}] needs a 'name'")
+    root = entry.get("root")
+    options = _mapping(entry.get("options"), f"datasets[{index}].options")
+    return DatasetSpec(str(entry["name"]), None if root is None else str(root), options, str(entry.get("id") or ""))
+
+
+def _method(entry: Any, index: int) -> MethodSpec:
+    entry = _mapping(entry, f"methods[{index}]")
+    _check_keys(entry, {"name", "label", "train", "baseline"}, f"methods[{index}]")
+    name = entry.get("name")
+    if not name or not str(name).replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"benchmark config: methods[{index}] needs a 'name' of letters, digits, '-' and '_', got {name!r}")
+    if ("train" in entry) == ("baseline" in entry):
+        raise ValueError(f"benchmark config: method {name!r} needs exactly one of 'train' (options) or 'baseline'")
+    baseline = entry.get("baseline")
+    if baseline is not None and baseline not in BASELINES:
+        raise ValueError(f"benchmark config: method {name!r}: unknown baseline {baseline!r} (known: {', '.join(sorted(BASELINES))})")
+    train = _mapping(entry["train"], f"method {name!r} 'train'") if "train" in entry else None
+    return MethodSpec(str(name), str(entry.get("label", name)), train, baseline)
+
+
+def _cross(entry: Any, index: int, dataset_names: set[str]) -> CrossSpec:
+    entry = _mapping(entry, f"cross[{index}]")
+    _check_keys(entry, {"train", "test"}, f"cross[{index}]")
+    spec = CrossSpec(str(entry.get("train")), str(entry.get("test")))
+    missing = sorted({spec.train, spec.test} - dataset_names)
+    if missing:
+        raise ValueError(f"benchmark config: cross[{index}] names dataset(s) not listed under 'datasets': {', '.join(missing)}")
+    return spec
+
+
+def _speed(entry: Any) -> SpeedSpec:
+    entry = _mapping(entry, "'speed'")
+    allowed = set(SpeedSpec.__dataclass_fields__)
+    _check_keys(entry, allowed, "'speed'")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()}
+    return SpeedSpec(**values)

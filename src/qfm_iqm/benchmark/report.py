@@ -1,0 +1,119 @@
+"""The benchmark's report: per-split and summary CSVs, a JSON of everything, a Markdown table, plots."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+from qfm_iqm.benchmark.config import BenchmarkConfig
+from qfm_iqm.benchmark.runner import BenchmarkOutcome
+from qfm_iqm.evaluation.metrics import METRIC_KEYS
+from qfm_iqm.evaluation.protocol import environment
+from qfm_iqm.utils.checkpoint import atomic_write_json, atomic_write_text
+
+_NAMES = {"srcc": "SRCC", "plcc": "PLCC", "plcc_logistic": "PLCC (logistic)", "krcc": "KRCC", "rmse": "RMSE"}
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    temporary.replace(path)
+
+
+def split_rows(outcome: BenchmarkOutcome) -> list[list]:
+    """One row per (dataset, method, seed): the split's metrics."""
+    rows = []
+    for (dataset, method), cell in outcome.cells.items():
+        for run in (cell or {}).get("runs", []):
+            rows.append([dataset, method, run["seed"], *(f"{run['metrics'][k]:.6f}" for k in METRIC_KEYS)])
+    return rows
+
+
+def summary_rows(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> list[list]:
+    """One row per (dataset, method): number of splits, then median, mean and std of each metric."""
+    labels = {m.name: m.label for m in config.methods}
+    rows = []
+    for (dataset, method), cell in outcome.cells.items():
+        if cell is None:
+            continue
+        stats = cell["summary"]
+        values = [f"{stats[k][s]:.6f}" for k in METRIC_KEYS for s in ("median", "mean", "std")]
+        rows.append([dataset, method, labels[method], len(cell["runs"]), *values])
+    return rows
+
+
+def markdown_tables(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> str:
+    """The paper-style tables: per dataset (medians over splits), the cross-dataset matrix, speed."""
+    lines = [f"# Benchmark `{config.name}`", "", f"Split seeds: {', '.join(map(str, config.seeds))} "
+             "(the same splits for every method). Medians over splits; SRCC mean ± sample std.", ""]
+    for spec in config.datasets:
+        lines += [f"## {spec.id}", "",
+                  "| method | splits | SRCC | PLCC | PLCC (logistic) | KRCC | RMSE | SRCC mean ± std | SRCC per split | train s/split |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for method in config.methods:
+            cell = outcome.cells.get((spec.id, method.name))
+            if cell is None:
+                lines.append(f"| {method.label} | failed or not run | | | | | | | | |")
+                continue
+            stats = cell["summary"]
+            medians = " | ".join(f"{stats[k]['median']:.4f}" for k in METRIC_KEYS)
+            per_split = " ".join(f"{run['metrics']['srcc']:.3f}" for run in cell["runs"])
+            seconds = [run["train_seconds"] for run in cell["runs"] if "train_seconds" in run]
+            train = f"{sum(seconds) / len(seconds):.0f}" if seconds else "-"
+            lines.append(f"| {method.label} | {len(cell['runs'])} | {medians} | "
+                         f"{stats['srcc']['mean']:.4f} ± {stats['srcc']['std']:.4f} | {per_split} | {train} |")
+        lines.append("")
+    if outcome.cross:
+        pairs = list(dict.fromkeys((train, test) for _, train, test in outcome.cross))
+        lines += ["## Cross-dataset (train on all of A, test on all of B): SRCC / PLCC", "",
+                  "| method | " + " | ".join(f"{a} → {b}" for a, b in pairs) + " |", "|---|" + "---|" * len(pairs)]
+        for method in config.methods:
+            cells = [outcome.cross.get((method.name, a, b)) for a, b in pairs]
+            shown = [f"{c['metrics']['srcc']:.4f} / {c['metrics']['plcc']:.4f}" if c else "failed" for c in cells]
+            lines.append(f"| {method.label} | " + " | ".join(shown) + " |")
+        lines.append("")
+    if outcome.speed:
+        lines += ["## Speed", "", "| what | model | batch | throughput | peak RSS MiB | threads | device |",
+                  "|---|---|---|---|---|---|---|"]
+        for cell in outcome.speed:
+            if "error" in cell:
+                rate = f"failed: {cell['error']}"
+            elif cell["kind"] == "scoring":
+                rate = f"{cell['images_per_second']:.2f} images/s"
+            else:
+                rate = f"{cell['crops_per_second']:.2f} crops/s ({cell['mode']})"
+            lines.append(f"| {cell['kind']} | {cell['model']} | {cell['batch_size']} | {rate} | "
+                         f"{cell.get('peak_rss_mib', '-')} | {cell.get('torch_threads', '-')} | {cell['device']} |")
+        lines.append("")
+    if outcome.failures:
+        lines += ["## Failed cells", "", *(f"- {failure}" for failure in outcome.failures), ""]
+    return "\n".join(lines)
+
+
+def write_report(config: BenchmarkConfig, outcome: BenchmarkOutcome, output_dir: Path, command: str) -> None:
+    """Write ``results.csv``, ``summary.csv``, ``benchmark.json``, ``table.md`` and ``plots/``."""
+    metric_header = list(METRIC_KEYS)
+    _write_csv(output_dir / "results.csv", ["dataset", "method", "seed", *metric_header], split_rows(outcome))
+    stats_header = [f"{k}_{s}" for k in METRIC_KEYS for s in ("median", "mean", "std")]
+    _write_csv(output_dir / "summary.csv", ["dataset", "method", "label", "splits", *stats_header],
+               summary_rows(config, outcome))
+    atomic_write_json(output_dir / "benchmark.json", {
+        "config": config.to_dict(),
+        "command": command,
+        "environment": environment(),
+        "cells": [{"dataset": d, "method": m, **(c or {"failed": True})} for (d, m), c in outcome.cells.items()],
+        "cross": [{"method": m, "train": a, "test": b, **(c or {"failed": True})} for (m, a, b), c in outcome.cross.items()],
+        "speed": outcome.speed,
+        "failures": outcome.failures,
+    })
+    atomic_write_text(output_dir / "table.md", markdown_tables(config, outcome) + "\n")
+    try:
+        from qfm_iqm.benchmark.plots import write_plots
+    except ImportError:
+        print("note: matplotlib is not installed, so no plots were drawn (pip install 'qfm-iqm[bench]')", file=sys.stderr)
+        return
+    write_plots(config, outcome, output_dir)

@@ -1,0 +1,144 @@
+"""Throughput cells: end-to-end scoring (images/s) and training (crops/s), each with peak memory.
+
+Every cell runs in a fresh Python process (``python -m qfm_iqm.benchmark.speed``) so that its peak
+resident memory is its own and earlier cells cannot warm caches for it. Models are built by
+architecture name with their ImageNet backbone weights when available offline (the weights do not
+change the speed), or loaded by released-model name / checkpoint path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from qfm_iqm.benchmark.config import SpeedSpec
+from qfm_iqm.data.records import ImageRecord
+from qfm_iqm.evaluation.protocol import peak_rss_mib
+
+
+def make_jpegs(folder: Path, count: int, size: int, seed: int = 0) -> list[Path]:
+    """``count`` photo-like ``size`` x ``size`` JPEGs (smooth colour fields plus fine noise), quality 90."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        coarse = Image.fromarray(rng.integers(0, 256, (max(2, size // 25),) * 2 + (3,), dtype=np.uint8))
+        base = np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+        pixels = np.clip(base + rng.normal(0.0, 8.0, base.shape), 0, 255).astype(np.uint8)
+        path = folder / f"bench_{i:04d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def _scorer(model: str, device: str):
+    from qfm_iqm.api import Scorer, load_model
+    from qfm_iqm.models.backbones import fold_batch_norms
+    from qfm_iqm.models.qfm import create_model, list_architectures
+
+    if model not in list_architectures():
+        return load_model(model, device)
+    network = create_model(model, pretrained_backbone=False).eval()
+    fold_batch_norms(network.backbone)  # as load_model does
+    return Scorer(network, device=device)
+
+
+def measure_scoring(model: str, batch_size: int, images: int, image_size: int, device: str) -> dict:
+    """Images/s of ``qfm_iqm.scoring.score_files`` (decoding included) after a one-image warm-up."""
+    from qfm_iqm.scoring import auto_workers, score_files
+
+    with tempfile.TemporaryDirectory(prefix="qfm_iqm_speed_") as tmp:
+        paths = make_jpegs(Path(tmp), images, image_size)
+        scorer = _scorer(model, device)
+        score_files(scorer, paths[:1])
+        workers = auto_workers(len(paths), batch_size)
+        start = time.perf_counter()
+        results = score_files(scorer, paths, batch_size, workers)
+        seconds = time.perf_counter() - start
+    failed = [r.error for r in results if r.error is not None]
+    if failed:
+        raise RuntimeError(f"{len(failed)} generated images failed to score, e.g. {failed[0]}")
+    return {"images": images, "image_size": image_size, "workers": workers, "seconds": round(seconds, 3),
+            "images_per_second": round(images / seconds, 3)}
+
+
+def measure_training(model: str, batch_size: int, steps: int, image_size: int, device: str, mode: str = "qfm") -> dict:
+    """Training crops/s of ``Trainer.training_step`` over ``steps`` steps after one warm-up step."""
+    from qfm_iqm.models.qfm import architecture_config
+    from qfm_iqm.training.config import TrainConfig
+    from qfm_iqm.training.trainer import Trainer
+
+    with tempfile.TemporaryDirectory(prefix="qfm_iqm_speed_") as tmp:
+        config = TrainConfig(mode=mode, batch_size=batch_size, device=device, model=architecture_config(model))
+        paths = make_jpegs(Path(tmp), 2 * max(batch_size, config.kd_views), image_size)
+        records = [ImageRecord(path=p, label=(i % 10) / 10, raw_label=(i % 10) / 10) for i, p in enumerate(paths)]
+        trainer = Trainer(config, records, Path(tmp) / "out", progress=False)
+        kd = trainer._kd_batches() if trainer.teacher is not None else None
+        batches = iter(trainer.loader)
+        trainer.model.train()
+
+        def step() -> None:
+            nonlocal batches
+            try:
+                images, labels, ids = next(batches)
+            except StopIteration:
+                batches = iter(trainer.loader)
+                images, labels, ids = next(batches)
+            trainer.training_step(images, labels, ids, next(kd) if kd else None)
+
+        step()  # warm-up (and image decoding into the cache)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        seconds = time.perf_counter() - start
+    crops = steps * (batch_size + (config.kd_views if trainer.teacher is not None else 0))
+    return {"mode": mode, "steps": steps, "crops": crops, "seconds": round(seconds, 3),
+            "crops_per_second": round(crops / seconds, 3)}
+
+
+def run_cell(kind: str, model: str, batch_size: int, spec: SpeedSpec) -> dict:
+    """One cell in a fresh process; returns its result (``error`` set when it failed)."""
+    payload = {"kind": kind, "model": model, "batch_size": batch_size, "spec": spec.__dict__}
+    cell = {"kind": kind, "model": model, "batch_size": batch_size, "device": spec.device}
+    process = subprocess.run(
+        [sys.executable, "-m", "qfm_iqm.benchmark.speed", json.dumps(payload)],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    if process.returncode != 0:
+        lines = [line for line in process.stderr.strip().splitlines() if line.strip()]
+        return {**cell, "error": lines[-1] if lines else f"exit status {process.returncode}"}
+    return {**cell, **json.loads(process.stdout.strip().splitlines()[-1])}
+
+
+def run_speed(spec: SpeedSpec) -> list[dict]:
+    """Every scoring and training cell of ``spec``, one after the other (never in parallel)."""
+    cells = [("scoring", m, b) for m in spec.models for b in spec.score_batch_sizes]
+    cells += [("training", m, b) for m in spec.models for b in spec.train_batch_sizes]
+    return [run_cell(kind, model, batch, spec) for kind, model, batch in cells]
+
+
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description="one speed cell (used by the benchmark runner)")
+    parser.add_argument("payload", help="JSON: kind, model, batch_size, spec")
+    payload = json.loads(parser.parse_args(argv).payload)
+    spec = SpeedSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["spec"].items()})
+    if payload["kind"] == "scoring":
+        result = measure_scoring(payload["model"], payload["batch_size"], spec.score_images, spec.image_size, spec.device)
+    else:
+        result = measure_training(payload["model"], payload["batch_size"], spec.train_steps, spec.image_size, spec.device)
+    result.update(torch_threads=torch.get_num_threads(), peak_rss_mib=round(peak_rss_mib(), 1))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))
