@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -145,3 +146,12 @@ def test_speed_cells_measure_throughput_and_memory_in_their_own_process():
     assert scoring["images_per_second"] > 0 and scoring["images"] == 2 and scoring["peak_rss_mib"] > 50
     assert training["crops_per_second"] > 0 and training["crops"] == 1 * (2 + 8)  # batch + teacher views
     assert "no_such_model" in cells["scoring", "no_such_model"]["error"]
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("benchmarks/*.yaml")), ids=lambda p: p.name)
+def test_shipped_benchmark_configs_are_valid(path):
+    config = BenchmarkConfig.from_file(path)
+    assert config.methods and config.datasets
+    for method in config.methods:
+        if method.trained:
+            method.train_config(config.train)  # every option exists and has a valid value

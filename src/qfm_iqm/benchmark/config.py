@@ -19,6 +19,7 @@ A benchmark is described by a YAML or JSON file::
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,8 +186,8 @@ def _method(entry: Any, index: int) -> MethodSpec:
     entry = _mapping(entry, f"methods[{index}]")
     _check_keys(entry, {"name", "label", "train", "baseline"}, f"methods[{index}]")
     name = entry.get("name")
-    if not name or not str(name).replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"benchmark config: methods[{index}] needs a 'name' of letters, digits, '-' and '_', got {name!r}")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ValueError(f"benchmark config: methods[{index}] needs a 'name' (a folder name: letters, digits, '.', '-', '_'), got {name!r}")
     if ("train" in entry) == ("baseline" in entry):
         raise ValueError(f"benchmark config: method {name!r} needs exactly one of 'train' (options) or 'baseline'")
     baseline = entry.get("baseline")
