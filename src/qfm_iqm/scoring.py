@@ -1,4 +1,5 @@
-"""Scoring many files: input discovery, parallel decoding that never fails a batch, result writers."""
+"""Scoring many files: input discovery, parallel decoding that never fails a batch, sharding across
+the processes of a ``torchrun`` run, result writers and readers (for resuming)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import csv
 import glob
 import io
 import json
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -24,15 +27,19 @@ from qfm_iqm.data.files import IMAGE_EXTENSIONS
 from qfm_iqm.data.images import ImageLoadError, load_image, set_max_image_pixels
 from qfm_iqm.data.transforms import Preprocessing, grid_crops
 from qfm_iqm.evaluation.quality_map import overlay_quality_map
+from qfm_iqm.training.distributed import all_gather_json, is_main, shard, world_size
 from qfm_iqm.utils.checkpoint import atomic_write_text
 
 __all__ = [
     "OUTPUT_FORMATS",
     "InputFile",
+    "append_results",
     "auto_workers",
     "find_images",
     "format_table",
     "output_format",
+    "prepare_output",
+    "read_results",
     "score_files",
     "write_results",
 ]
@@ -155,23 +162,20 @@ def _map_names(files: Sequence[InputFile]) -> list[str]:
     return names
 
 
-def score_files(
-    scorer: Scorer,
-    files: Sequence[InputFile | str | os.PathLike],
-    batch_size: int = 16,
-    workers: int = 0,
-    progress: bool = False,
-    map_dir: str | Path | None = None,
-) -> list[ScoreResult]:
-    """Score files in input order; a file that cannot be scored gives a result with ``error`` set.
+def _input_files(files: Sequence[InputFile | str | os.PathLike]) -> list[InputFile]:
+    return [f if isinstance(f, InputFile) else InputFile(os.fspath(f)) for f in files]
 
-    Decoding and cropping run in ``workers`` DataLoader processes, ``batch_size`` files at a time;
-    each image is then scored on its own, so results do not depend on ``batch_size`` or ``workers``.
-    With ``map_dir``, ``<stem>_map.png`` (the quality map over the image) is written for each scored file.
-    """
-    if batch_size < 1 or workers < 0:
-        raise ValueError(f"need batch_size >= 1 and workers >= 0, got {batch_size} and {workers}")
-    entries = [f if isinstance(f, InputFile) else InputFile(os.fspath(f)) for f in files]
+
+def _scores(
+    scorer: Scorer,
+    entries: list[InputFile],
+    map_names: list[str] | None,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+    map_dir: Path | None,
+) -> Iterator[ScoreResult]:
+    """Score ``entries`` in order, one result at a time (see :func:`score_files`)."""
     dataset = _ImageFiles(entries, scorer.preprocessing, scorer.grid, keep_image=map_dir is not None)
     loader = DataLoader(
         dataset,
@@ -180,22 +184,63 @@ def score_files(
         collate_fn=list,
         worker_init_fn=partial(_init_worker, Image.MAX_IMAGE_PIXELS) if workers else None,
     )
-    map_names = _map_names(entries) if map_dir is not None else []
-    if map_dir is not None:
-        map_dir = Path(map_dir)
-        map_dir.mkdir(parents=True, exist_ok=True)
-    results: list[ScoreResult] = []
     with tqdm(total=len(entries), desc="scoring", unit="img", disable=not progress) as bar:
         for batch in loader:
             for item in batch:
                 if item.error is not None:
-                    results.append(ScoreResult(None, None, item.path, item.error))
+                    yield ScoreResult(None, None, item.path, item.error)
                     continue
-                results.append(scorer.score_crops(item.crops, item.path))
+                result = scorer.score_crops(item.crops, item.path)
                 if map_dir is not None:
                     image = Image.fromarray(item.image)
                     overlay_quality_map(image, scorer.quality_map(image)).save(map_dir / map_names[item.index])
+                yield result
             bar.update(len(batch))
+
+
+def score_files(
+    scorer: Scorer,
+    files: Sequence[InputFile | str | os.PathLike],
+    batch_size: int = 16,
+    workers: int = 0,
+    progress: bool = False,
+    map_dir: str | Path | None = None,
+    sync_every: int = 256,
+    on_results: Callable[[list[ScoreResult]], None] | None = None,
+) -> list[ScoreResult]:
+    """Score files in input order; a file that cannot be scored gives a result with ``error`` set.
+
+    Decoding and cropping run in ``workers`` DataLoader processes, ``batch_size`` files at a time;
+    each image is then scored on its own, so results do not depend on ``batch_size`` or ``workers``.
+    With ``map_dir``, ``<stem>_map.png`` (the quality map over the image) is written for each scored file.
+
+    Under ``torchrun`` each process scores every ``world``-th file and all processes return all
+    results. After every ``sync_every`` files per process the new results are gathered and, on rank 0,
+    passed in input order to ``on_results`` (e.g. to append them to the output file, so that an
+    interrupted run keeps what it scored).
+    """
+    if batch_size < 1 or workers < 0:
+        raise ValueError(f"need batch_size >= 1 and workers >= 0, got {batch_size} and {workers}")
+    entries = _input_files(files)
+    names = _map_names(entries) if map_dir is not None else None
+    if map_dir is not None:
+        map_dir = Path(map_dir)
+        map_dir.mkdir(parents=True, exist_ok=True)
+    mine = shard(range(len(entries)))
+    scores = _scores(
+        scorer, [entries[i] for i in mine], [names[i] for i in mine] if names is not None else None,
+        batch_size, workers, progress and is_main(), map_dir,
+    )
+    results: list[ScoreResult] = []
+    rounds = math.ceil(math.ceil(len(entries) / world_size()) / sync_every)
+    with closing(scores):
+        for start in range(0, rounds * sync_every, sync_every):
+            local = [[index, asdict(next(scores))] for index in mine[start : start + sync_every]]
+            gathered = sorted((row for part in all_gather_json(local) for row in part), key=lambda row: row[0])
+            new = [ScoreResult(**fields) for _, fields in gathered]
+            results.extend(new)
+            if on_results is not None and is_main():
+                on_results(new)
     return results
 
 
@@ -207,22 +252,65 @@ def output_format(path: str | Path) -> str:
     return suffix
 
 
-def write_results(results: Sequence[ScoreResult], path: str | Path) -> None:
-    """Write results as CSV (path,score,uncertainty,error; empty cells for missing values), a JSON
-    list of objects or JSON lines (``null`` for missing values), chosen by ``path``'s extension."""
-    kind = output_format(path)
+def _serialise(results: Sequence[ScoreResult], kind: str, header: bool = True) -> str:
     rows = [{field: asdict(r)[field] for field in FIELDS} for r in results]
     if kind == ".csv":
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
-        writer.writeheader()
+        if header:
+            writer.writeheader()
         writer.writerows(rows)
-        text = buffer.getvalue()
-    elif kind == ".json":
-        text = json.dumps(rows, indent=2) + "\n"
+        return buffer.getvalue()
+    if kind == ".json":
+        return json.dumps(rows, indent=2) + "\n"
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def write_results(results: Sequence[ScoreResult], path: str | Path) -> None:
+    """Write results as CSV (path,score,uncertainty,error; empty cells for missing values), a JSON
+    list of objects or JSON lines (``null`` for missing values), chosen by ``path``'s extension."""
+    atomic_write_text(path, _serialise(results, output_format(path)))
+
+
+def append_results(results: Sequence[ScoreResult], path: str | Path) -> None:
+    """Append results to a CSV or JSON-lines file written by :func:`write_results` (one write, synced)."""
+    kind = output_format(path)
+    if kind == ".json":
+        raise ValueError(f"{path}: a .json output holds one list and cannot be appended to; use .csv or .jsonl")
+    with open(path, "a", encoding="utf-8", newline="") as handle:
+        handle.write(_serialise(results, kind, header=False))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_results(path: str | Path) -> list[ScoreResult]:
+    """Read a file written by :func:`write_results` / :func:`append_results`; a last line cut short by
+    an interruption (no final newline) is ignored."""
+    kind = output_format(path)
+    text = Path(path).read_text(encoding="utf-8")
+    if kind == ".json":
+        rows = json.loads(text) if text.strip() else []
     else:
-        text = "".join(json.dumps(row) + "\n" for row in rows)
-    atomic_write_text(path, text)
+        lines = io.StringIO(text[: text.rfind("\n") + 1])
+        if kind == ".csv":
+            rows = [{key: value or None for key, value in row.items()} for row in csv.DictReader(lines)]
+            for row in rows:
+                row.update({key: float(row[key]) for key in ("score", "uncertainty") if row[key] is not None})
+        else:
+            rows = [json.loads(line) for line in lines if line.strip()]
+    return [ScoreResult(**{field: row.get(field) for field in FIELDS}) for row in rows]
+
+
+def prepare_output(path: str | Path, resume: bool) -> set[str]:
+    """Start the output file of a scoring run that appends its results; return the paths already scored.
+
+    With ``resume`` and an existing file, its rows of scored inputs are kept (failed inputs are tried
+    again); otherwise the file starts empty. Rank 0 replaces the file atomically.
+    """
+    kept = [r for r in read_results(path) if r.error is None] if resume and Path(path).exists() else []
+    if is_main():
+        write_results(kept, path)
+    return {r.path for r in kept}
 
 
 def format_table(results: Sequence[ScoreResult]) -> str:

@@ -55,7 +55,7 @@ def _score_inputs(args: argparse.Namespace) -> int:
     from qfm_iqm.api import load_model
     from qfm_iqm.data.images import set_max_image_pixels
     from qfm_iqm.scoring import (append_results, auto_workers, find_images, format_table, output_format,
-                                 prepare_output, score_files_sharded, write_results)
+                                 prepare_output, score_files, write_results)
     from qfm_iqm.training.distributed import is_main, local_device
 
     appendable = args.output is not None and output_format(args.output) != ".json"
@@ -80,7 +80,7 @@ def _score_inputs(args: argparse.Namespace) -> int:
         files = [file for file in files if file.path not in done]
         workers = auto_workers(len(files), args.batch_size) if args.workers is None else args.workers
         append = partial(append_results, path=args.output) if appendable else None
-        results = score_files_sharded(scorer, files, args.batch_size, workers, not args.quiet, args.map, on_results=append)
+        results = score_files(scorer, files, args.batch_size, workers, not args.quiet, args.map, on_results=append)
     finally:
         set_max_image_pixels(previous_limit)
     failed = [r for r in results if r.error is not None]

@@ -13,6 +13,7 @@ from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.torch_datasets import EvalCrops
 from qfm_iqm.data.transforms import Preprocessing
 from qfm_iqm.models.qfm import QFMIQM
+from qfm_iqm.training.distributed import all_gather_uneven, is_main, shard
 
 
 @dataclass
@@ -47,12 +48,24 @@ def predict_records(
     num_workers: int = 0,
     progress: bool = False,
 ) -> Predictions:
-    """Score labelled records with the model in eval mode."""
+    """Score labelled records with the model in eval mode.
+
+    Under ``torchrun`` every process scores its share of the records (every ``world``-th one) and
+    all processes return the predictions of all records, each exactly once, in input order.
+    """
     model.eval()
     dataset = EvalCrops(records, model_preprocessing(model), grid)
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers)
+    positions = shard(range(len(records)))
+    loader = DataLoader(dataset, batch_size=None, sampler=positions, num_workers=num_workers)
+    local = torch.empty(len(positions), 3, dtype=torch.float64)  # (record index, score, spread) rows
+    bar = tqdm(total=len(positions), desc="scoring", disable=not (progress and is_main()), leave=False)
+    for row, (crops, _, index) in enumerate(loader):
+        local[row] = torch.tensor([index, *score_crops(model, crops.to(device))], dtype=torch.float64)
+        bar.update()
+    bar.close()
+    rows = torch.cat(all_gather_uneven(local))
     scores = np.empty(len(records))
     spreads = np.empty(len(records))
-    for crops, _, index in tqdm(loader, total=len(records), desc="scoring", disable=not progress, leave=False):
-        scores[index], spreads[index] = score_crops(model, crops.to(device))
+    order = rows[:, 0].long().numpy()
+    scores[order], spreads[order] = rows[:, 1].numpy(), rows[:, 2].numpy()
     return Predictions(scores, spreads)

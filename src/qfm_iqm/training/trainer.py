@@ -1,10 +1,17 @@
-"""The training loop: AdamW, warm-up + step/cosine schedule, semantic noise, distillation, resume."""
+"""The training loop: AdamW, warm-up + step/cosine schedule, semantic noise, distillation, resume.
+
+Under ``torchrun`` the same loop trains with DistributedDataParallel: ``config.batch_size`` (and
+``config.kd_views``) is the global batch, split evenly across the processes, and the feature memory
+receives the whole global batch, so N processes train like one (see docs/distributed.md).
+"""
 
 from __future__ import annotations
 
 import math
 import random
+import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -12,7 +19,9 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from timm.layers import convert_sync_batchnorm
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -23,17 +32,23 @@ from qfm_iqm.data.transforms import TrainTransform
 from qfm_iqm.evaluation.predict import model_preprocessing
 from qfm_iqm.models.qfm import QFMIQM, build_model
 from qfm_iqm.training.config import TrainConfig
+from qfm_iqm.training.distributed import (
+    GlobalBatchSampler,
+    all_gather_batch,
+    any_rank,
+    average_across_ranks,
+    barrier,
+    is_main,
+    world_size,
+)
+from qfm_iqm.training.distributed import local_device as resolve_device
+from qfm_iqm.training.interrupt import StopRequest, TrainingInterrupted
 from qfm_iqm.training.noise import FeatureMemory, match_semantic_noise, norm_matched_noise
 from qfm_iqm.training.teachers import Teacher
 from qfm_iqm.utils.checkpoint import atomic_write_json, load_training_state, save_checkpoint, save_training_state
 
 STATE_DIR = "train_state"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+KD_PASS_EPOCH_STRIDE = 1_000_003  # dataset-epoch step between passes of the teacher-labelled views
 
 
 def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
@@ -65,11 +80,46 @@ class History:
         return {"epochs": self.epochs}
 
 
+class TrainingForward(nn.Module):
+    """The training forward pass as one module, so that DistributedDataParallel can wrap it.
+
+    Returns the clean scores of a batch and, with a feature memory, the scores of the semantically
+    perturbed decoder inputs of the samples that found a noise partner (``None`` if none did) and the
+    mask of those samples. The memory is fed the global batch (every process's part, see
+    :func:`all_gather_batch`); ``labelled`` is the number of leading labelled rows of the batch.
+    """
+
+    def __init__(self, model: QFMIQM, memory: FeatureMemory | None, config: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.memory = memory
+        self.quality_tolerance = config.quality_tolerance
+        self.noise_strength = config.noise_strength
+
+    def forward(
+        self, images: Tensor, targets: Tensor, ids: Tensor, labelled: int
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        model, memory = self.model, self.memory
+        encoded = model.encode(images)
+        clean = model.decode(encoded.c, encoded.tokens).score.float()
+        if memory is None:
+            return clean, None, None
+        memory.push(*all_gather_batch((encoded.semantic, encoded.tokens, targets, ids), labelled))
+        slots, found = match_semantic_noise(encoded.semantic, targets, ids, memory, self.quality_tolerance)
+        if not found.any():
+            return clean, None, found
+        tokens = encoded.tokens[found]
+        noise = norm_matched_noise(tokens, memory.tokens[slots[found]], self.noise_strength)
+        return clean, model.decode(encoded.c[found], tokens + noise).score.float(), found
+
+
 class Trainer:
     """Trains one QFM-IQM (or ``deiqt`` mode) model on the given training records.
 
     ``output_dir`` receives ``model.safetensors`` + ``model.json`` (the final weights and everything
-    needed to rebuild them), ``history.json`` and, while training, ``train_state/`` for ``resume``.
+    needed to rebuild them), ``history.json`` and, while training, ``train_state/`` for ``resume``
+    (written after every epoch and when SIGTERM/SIGINT stops the run at a step boundary). Under
+    ``torchrun`` only rank 0 writes files and logs.
     """
 
     def __init__(
@@ -89,14 +139,16 @@ class Trainer:
         self.extra_records = extra_records or []
         self.output_dir = Path(output_dir)
         self.metadata = metadata or {}
-        self.progress = progress
+        self.progress = progress and is_main()
         self.device = resolve_device(config.device)
         self._seed_everything(config.seed)
-        self.model = build_model(config.model, pretrained_backbone=True, backbone_weights=config.backbone_weights)
+        self.model = self._synchronised_batch_norms(
+            build_model(config.model, pretrained_backbone=True, backbone_weights=config.backbone_weights)
+        )
         self.model.to(self.device)
         self.pre = model_preprocessing(self.model)
         self.loader = self._loader(records, config.batch_size, config.seed)
-        self.steps_per_epoch = len(self.loader)
+        self.steps_per_epoch = self.loader.batch_sampler.steps
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, self.steps_per_epoch, config)
@@ -106,8 +158,13 @@ class Trainer:
         self.kd_loader = (
             self._loader(records + self.extra_records, config.kd_views, config.seed + 1) if self.teacher else None
         )
+        self.forward_pass = self._forward_module()
         self.epoch = 0
+        self.step = 0  # optimiser steps done in the current epoch
+        self.epoch_totals: dict[str, float] = {}
+        self.epoch_seconds = 0.0
         self.history = History()
+        self.stop = StopRequest()  # SIGTERM/SIGINT handling while ``fit`` runs
 
     # -- construction -------------------------------------------------------------------------
     @staticmethod
@@ -116,15 +173,26 @@ class Trainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
+    def _synchronised_batch_norms(self, model: QFMIQM) -> QFMIQM:
+        """With several processes, BatchNorm statistics span the global batch on GPUs (SyncBatchNorm);
+        on CPUs, where PyTorch has no SyncBatchNorm, they stay per process (a warning says so)."""
+        if world_size() == 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            return model
+        if self.device.type == "cuda":
+            return convert_sync_batchnorm(model)
+        if is_main():
+            warnings.warn(
+                f"{model.config.backbone} has BatchNorm layers; on CPUs their batch statistics are computed per "
+                "process (PyTorch's SyncBatchNorm needs GPUs), so this run is close to, not the same as, one process",
+                stacklevel=3,
+            )
+        return model
+
     def _loader(self, records: list[ImageRecord], batch_size: int, seed: int) -> DataLoader:
         dataset = TrainCrops(records, TrainTransform(self.pre), seed=seed, cache=self.config.cache_images)
-        generator = torch.Generator().manual_seed(seed)
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=True,
-            drop_last=True,
-            generator=generator,
+            batch_sampler=GlobalBatchSampler(len(dataset), batch_size, seed),
             num_workers=self.config.num_workers,
             persistent_workers=False,
         )
@@ -146,21 +214,32 @@ class Trainer:
             raise ValueError("teacher='pretrained' needs a trained teacher model (see train_pretrained_teacher)")
         return Teacher(teacher_model).to(self.device)
 
+    def _forward_module(self) -> nn.Module:
+        forward = TrainingForward(self.model, self.memory, self.config)
+        if world_size() == 1:
+            return forward
+        return DistributedDataParallel(forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
     # -- one step -------------------------------------------------------------------------------
     def _autocast(self):
         use = self.config.amp == "bf16" or (self.config.amp == "auto" and self.device.type == "cuda")
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use)
 
     def _kd_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        epoch = self.epoch
+        """Teacher-labelled views, one batch per step from step ``self.step`` of the epoch on; every pass
+        over the data brings fresh views that never repeat the labelled loader's."""
+        sampler = self.kd_loader.batch_sampler
+        pass_index, start = divmod(self.step, sampler.steps)
         while True:
-            self.kd_loader.dataset.set_epoch(epoch)
+            self.kd_loader.dataset.set_epoch(self.epoch + pass_index * KD_PASS_EPOCH_STRIDE)
+            sampler.set_epoch(self.epoch, pass_index, start)
             yield from self.kd_loader
-            epoch += 1_000_003  # a fresh stream of views that never repeats the labelled loader's
+            pass_index, start = pass_index + 1, 0
 
     def training_step(self, images: Tensor, labels: Tensor, ids: Tensor, kd_batch=None) -> StepLosses:
+        """One optimiser step on this process's part of a global batch; the losses returned are the
+        means over all processes (what one process training on the global batch would report)."""
         config = self.config
-        model = self.model
         images, labels, ids = images.to(self.device), labels.to(self.device).float(), ids.to(self.device)
         count = images.shape[0]
         if kd_batch is not None:
@@ -172,8 +251,7 @@ class Trainer:
         else:
             targets = labels
         with self._autocast():
-            encoded = model.encode(images)
-            clean = model.decode(encoded.c, encoded.tokens).score.float()
+            clean, noisy, found = self.forward_pass(images, targets, ids, count)
             loss_clean = F.smooth_l1_loss(clean[:count], labels)
             loss = loss_clean
             loss_kd = torch.zeros((), device=self.device)
@@ -181,80 +259,95 @@ class Trainer:
                 loss_kd = F.smooth_l1_loss(clean[count:], targets[count:])
                 loss = loss + config.kd_weight * loss_kd
             loss_noise = torch.zeros((), device=self.device)
-            matched = 0.0
-            if self.memory is not None:
-                self.memory.push(encoded.semantic, encoded.tokens, targets, ids)
-                slots, found = match_semantic_noise(
-                    encoded.semantic, targets, ids, self.memory, config.quality_tolerance
-                )
-                matched = found.float().mean().item()
-                if found.any():
-                    tokens = encoded.tokens[found]
-                    noise = norm_matched_noise(tokens, self.memory.tokens[slots[found]], config.noise_strength)
-                    noisy = model.decode(encoded.c[found], tokens + noise).score.float()
-                    loss_noise = F.smooth_l1_loss(noisy, targets[found], reduction="sum") / targets.shape[0]
-                    loss = loss + config.noise_weight * loss_noise
+            if noisy is not None:
+                loss_noise = F.smooth_l1_loss(noisy, targets[found], reduction="sum") / targets.shape[0]
+                loss = loss + config.noise_weight * loss_noise
+        matched = found.float().mean().item() if found is not None else 0.0
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         if self.teacher is not None:
-            self.teacher.update(model)
-        return StepLosses(loss.item(), loss_clean.item(), loss_noise.item(), loss_kd.item(), matched)
+            self.teacher.update(self.model)
+        values = [loss.item(), loss_clean.item(), loss_noise.item(), loss_kd.item(), matched]
+        return StepLosses(*average_across_ranks(values))
 
     # -- epochs -----------------------------------------------------------------------------------
-    def train_epoch(self) -> dict:
+    def train_epoch(self) -> bool:
+        """Train the current epoch from step ``self.step`` on; return whether it finished, i.e. was not
+        cut short by a stop request on some process (checked after every step)."""
         self.model.train()
         self.loader.dataset.set_epoch(self.epoch)
-        self.loader.generator.manual_seed(self.config.seed * 1_000_003 + self.epoch)
+        self.loader.batch_sampler.set_epoch(self.epoch, start=self.step)
         kd_batches = self._kd_batches() if self.teacher is not None else None
-        if kd_batches is not None:
-            self.kd_loader.generator.manual_seed((self.config.seed + 1) * 1_000_003 + self.epoch)
-        totals: dict[str, float] = {}
         start = time.perf_counter()
-        bar = tqdm(
-            self.loader,
+        bar = tqdm(  # updated by hand: wrapping the loader would start its workers twice
             desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+            total=self.steps_per_epoch,
+            initial=self.step,
             disable=not self.progress,
             leave=False,
             dynamic_ncols=True,
         )
-        for images, labels, ids in bar:
+        for images, labels, ids in self.loader:
             losses = self.training_step(images, labels, ids, next(kd_batches) if kd_batches else None)
+            self.step += 1
             for key, value in vars(losses).items():
-                totals[key] = totals.get(key, 0.0) + value
+                self.epoch_totals[key] = self.epoch_totals.get(key, 0.0) + value
+            bar.update()
             bar.set_postfix(loss=f"{losses.total:.4f}")
-        seconds = time.perf_counter() - start
-        steps = len(self.loader)
+            if any_rank(self.stop.signum is not None):
+                break
+        bar.close()
+        self.epoch_seconds += time.perf_counter() - start
+        return self.step == self.steps_per_epoch
+
+    def _end_epoch(self) -> dict:
+        """Record the finished epoch's summary in the history and move on to the next epoch."""
+        steps = self.steps_per_epoch
         crops = steps * (self.config.batch_size + (self.config.kd_views if self.teacher else 0))
-        summary = {key: value / steps for key, value in totals.items()}
-        summary.update(epoch=self.epoch + 1, seconds=seconds, crops_per_second=crops / seconds,
+        summary = {key: value / steps for key, value in self.epoch_totals.items()}
+        summary.update(epoch=self.epoch + 1, seconds=self.epoch_seconds, crops_per_second=crops / self.epoch_seconds,
                        lr=self.optimizer.param_groups[0]["lr"])
+        self.history.epochs.append(summary)
+        self.epoch, self.step, self.epoch_totals, self.epoch_seconds = self.epoch + 1, 0, {}, 0.0
         return summary
 
     def fit(self, resume: bool = False) -> History:
-        """Train for ``config.epochs`` epochs (continuing a saved state when ``resume``)."""
+        """Train for ``config.epochs`` epochs (continuing a saved state when ``resume``).
+
+        Raises:
+            TrainingInterrupted: SIGTERM or SIGINT arrived; the state was saved at a step boundary.
+        """
         if resume and (self.output_dir / STATE_DIR).exists():
             self.load_state()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        while self.epoch < self.config.epochs:
-            summary = self.train_epoch()
-            self.epoch += 1
-            self.history.epochs.append(summary)
-            if self.progress:
-                tqdm.write(
-                    f"epoch {summary['epoch']}: loss {summary['total']:.4f} (clean {summary['clean']:.4f}, "
-                    f"noise {summary['noise']:.4f}, kd {summary['kd']:.4f}) "
-                    f"{summary['crops_per_second']:.1f} crops/s"
-                )
-            self.save_state()
+        with self.stop:
+            while self.epoch < self.config.epochs:
+                if self.train_epoch():
+                    summary = self._end_epoch()
+                    if self.progress:
+                        tqdm.write(
+                            f"epoch {summary['epoch']}: loss {summary['total']:.4f} (clean {summary['clean']:.4f}, "
+                            f"noise {summary['noise']:.4f}, kd {summary['kd']:.4f}) "
+                            f"{summary['crops_per_second']:.1f} crops/s"
+                        )
+                path = self.save_state()
+                if self.epoch < self.config.epochs and any_rank(self.stop.signum is not None):
+                    signum = self.stop.signum or signal.SIGTERM  # another process received it
+                    raise TrainingInterrupted(
+                        signum,
+                        f"stopped by {signal.Signals(signum).name} at epoch {self.epoch + 1}, step {self.step} of "
+                        f"{self.steps_per_epoch}; state saved to {path}; "
+                        "run the same command with --resume to continue",
+                    )
         self.save_model()
         return self.history
 
     # -- persistence -------------------------------------------------------------------------------
     def save_model(self) -> Path:
+        """Write the final weights and ``history.json`` (rank 0; every process waits for it)."""
         config = {
             "format": "qfm-iqm/1",
             "model": self.model.config.to_dict(),
@@ -262,24 +355,38 @@ class Trainer:
             "code_version": __version__,
             **self.metadata,
         }
-        atomic_write_json(self.output_dir / "history.json", self.history.to_dict())
-        return save_checkpoint(self.output_dir, self.model.state_dict(), config)
+        path = self.output_dir / "model.safetensors"
+        if is_main():
+            atomic_write_json(self.output_dir / "history.json", self.history.to_dict())
+            save_checkpoint(self.output_dir, self.model.state_dict(), config)
+        barrier()
+        return path
 
     def save_state(self) -> Path:
-        state = {
-            "epoch": self.epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "history": self.history.to_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "config": self.config.to_dict(),
-        }
-        if self.memory is not None:
-            state["memory"] = self.memory.state_dict()
-        if self.teacher is not None:
-            state["teacher"] = {"network": self.teacher.network.state_dict(), "updates": self.teacher.updates}
-        return save_training_state(self.output_dir / STATE_DIR, state)
+        """Write everything needed to continue from this step (rank 0; every process waits for it)."""
+        path = self.output_dir / STATE_DIR
+        if is_main():
+            state = {
+                "epoch": self.epoch,
+                "step": self.step,
+                "epoch_totals": self.epoch_totals,
+                "epoch_seconds": self.epoch_seconds,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "history": self.history.to_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": np.random.get_state(),
+                "python_rng": random.getstate(),
+                "config": self.config.to_dict(),
+            }
+            if self.memory is not None:
+                state["memory"] = self.memory.state_dict()
+            if self.teacher is not None:
+                state["teacher"] = {"network": self.teacher.network.state_dict(), "updates": self.teacher.updates}
+            save_training_state(path, state)
+        barrier()
+        return path
 
     def load_state(self) -> None:
         state = load_training_state(self.output_dir / STATE_DIR)
@@ -289,13 +396,21 @@ class Trainer:
                 "resume with the same configuration or choose another output folder"
             )
         self.epoch = int(state["epoch"])
+        # states saved at epoch ends by earlier versions have no step-level entries
+        self.step = int(state.get("step", 0))
+        self.epoch_totals = dict(state.get("epoch_totals", {}))
+        self.epoch_seconds = float(state.get("epoch_seconds", 0.0))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = History(**state["history"])
         torch.set_rng_state(state["torch_rng"])
+        if "numpy_rng" in state:
+            np.random.set_state(state["numpy_rng"])
+            random.setstate(state["python_rng"])
         if self.memory is not None:
-            self.memory.load_state_dict(state["memory"])
+            self.memory.load_state_dict({k: v.to(self.device) if isinstance(v, Tensor) else v
+                                         for k, v in state["memory"].items()})
         if self.teacher is not None:
             self.teacher.network.load_state_dict(state["teacher"]["network"])
             self.teacher.updates = int(state["teacher"]["updates"])
