@@ -29,7 +29,7 @@ from qfm_iqm.models.qfm import load_trained_model
 from qfm_iqm.scoring import append_results, read_results, write_results
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.distributed import GlobalBatchSampler, distributed_session, shard
-from qfm_iqm.training.interrupt import TrainingInterrupted
+from qfm_iqm.training.interrupt import StopRequest, TrainingInterrupted
 from qfm_iqm.training.trainer import STATE_DIR, StepLosses, Trainer
 from qfm_iqm.utils.checkpoint import load_checkpoint
 
@@ -198,6 +198,16 @@ def test_sigterm_saves_a_step_state_and_resume_reproduces_the_run(tmp_path, blur
             assert one[key] == two[key], key
     assert torch.equal(straight.memory.tokens, resumed.memory.tokens)
     assert straight.teacher.updates == resumed.teacher.updates
+
+
+def test_stop_request_records_the_first_signal_and_a_second_ctrl_c_aborts() -> None:
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)  # what torchrun sends its processes after a Ctrl-C
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_cli_train_stops_on_sigterm_and_continues_with_resume(tmp_path, blur_records, monkeypatch, capsys) -> None:

@@ -19,17 +19,19 @@ class TrainingInterrupted(Exception):
 
 class StopRequest:
     """While active, the first SIGTERM or SIGINT is recorded in ``signum`` instead of ending the process;
-    a second one raises ``KeyboardInterrupt`` at once. Handlers are only installed in the main thread
-    and the previous ones are restored on exit."""
+    a second SIGINT (Ctrl-C pressed twice) raises ``KeyboardInterrupt`` at once. Other repeats are
+    ignored: ``torchrun`` answers Ctrl-C by sending SIGTERM to processes that already got the SIGINT.
+    Handlers are only installed in the main thread and the previous ones are restored on exit."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None:
+        if self.signum is None:
+            self.signum = signum
+        elif signum == self.signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signum = signum
 
     def __enter__(self) -> "StopRequest":
         self.signum = None
