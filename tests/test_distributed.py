@@ -78,6 +78,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def protocol_arguments(records: list[ImageRecord], output: Path) -> list[str]:
+    """``qfm-iqm evaluate`` arguments: the protocol on split seed 3 of the records as a CSV dataset."""
+    root = records[0].path.parent
+    (root / "labels.csv").write_text("image,mos\n" + "".join(f"{r.path.name},{r.raw_label}\n" for r in records))
+    config = output.parent / "tiny_vit.json"
+    config.write_text(json.dumps({**asdict(vit_config()), "epochs": 1}))
+    return ["--dataset", "csv", "--data-root", str(root), "--dataset-option", "file=labels.csv",
+            "--dataset-option", "low=0", "--dataset-option", "high=100", "--config", str(config),
+            "--seeds", "3", "--output", str(output)]
+
+
 def _worker(rank: int, port: int, records: list[ImageRecord], out: Path) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -88,9 +99,10 @@ def _worker(rank: int, port: int, records: list[ImageRecord], out: Path) -> None
         predictions = predict_records(trainer.model, records[:TEST_IMAGES], grid=2)
         inputs = [str(r.path) for r in records[:5]] + [str(out / "missing.png")]
         status = main(["--quiet", "score", *inputs, "--model", str(out / "train"), "-o", str(out / "scores.csv")])
+        evaluate_status = main(["--quiet", "evaluate", *protocol_arguments(records, out / "protocol")])
         weights_sum = sum(p.double().sum().item() for p in trainer.model.parameters())
         report = {"curve": trainer.curve, "scores": predictions.scores.tolist(), "score_status": status,
-                  "spreads": predictions.spreads.tolist(), "weights_sum": weights_sum}
+                  "spreads": predictions.spreads.tolist(), "weights_sum": weights_sum, "evaluate_status": evaluate_status}
     (out / f"rank{rank}.json").write_text(json.dumps(report))
 
 
@@ -269,3 +281,17 @@ def test_scored_rows_read_back(tmp_path) -> None:
         else:
             append_results(results[1:], path)
         assert [asdict(r) for r in read_results(path)] == [asdict(r) for r in results]
+
+
+def test_distributed_protocol_writes_one_result_with_every_test_image_once(two_processes, blur_records, tmp_path) -> None:
+    out, reports = two_processes
+    assert [report["evaluate_status"] for report in reports] == [0, 0]
+    split = out / "protocol" / "split_3"
+    result = json.loads((split / "result.json").read_text())
+    rows = [line.split(",") for line in (split / "predictions.csv").read_text().splitlines()[1:]]
+    assert len(rows) == result["test_size"] == len({row[0] for row in rows}) == 3
+    assert json.loads((out / "protocol" / "results.json").read_text())["runs"][0]["seed"] == 3
+    assert main(["--quiet", "evaluate", *protocol_arguments(blur_records, tmp_path / "protocol")]) == 0
+    single = [line.split(",") for line in (tmp_path / "protocol" / "split_3" / "predictions.csv").read_text().splitlines()[1:]]
+    assert [row[0] for row in single] == [row[0] for row in rows]
+    np.testing.assert_allclose([float(r[3]) for r in rows], [float(r[3]) for r in single], rtol=0, atol=1e-4)

@@ -153,34 +153,51 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    """Under ``torchrun`` the protocol's training and every test pass are shared by the processes."""
+    from qfm_iqm.training.distributed import distributed_session, is_main
+    from qfm_iqm.training.interrupt import TrainingInterrupted
+
+    device = args.device or ("cpu" if args.baseline else _config_from_args(args).device)
+    with distributed_session(device):
+        try:
+            result = _evaluation_result(args)
+        except TrainingInterrupted as stop:
+            _note(str(stop))
+            return stop.exit_code
+        if is_main():
+            print(json.dumps(result, indent=2))
+    return 0
+
+
+def _evaluation_result(args: argparse.Namespace) -> dict:
     dataset = _dataset_from_args(args)
     if args.checkpoint:
         from qfm_iqm.data.splits import load_splits
         from qfm_iqm.evaluation.predict import predict_records
         from qfm_iqm.evaluation.protocol import metrics_on
         from qfm_iqm.models.qfm import load_trained_model
+        from qfm_iqm.training.distributed import local_device
 
-        model = load_trained_model(args.checkpoint)
+        device = local_device(args.device or "auto")
+        model = load_trained_model(args.checkpoint, device)
         indices = load_splits(args.split_file, dataset)[0].test if args.split_file else tuple(range(len(dataset)))
-        predictions = predict_records(model, [dataset.records[i] for i in indices], args.grid, progress=not args.quiet)
-        result = {"checkpoint": str(args.checkpoint), "dataset": dataset.name, "images": len(indices),
-                  "metrics": metrics_on(dataset, indices, predictions)}
-    elif args.baseline:
+        records = [dataset.records[i] for i in indices]
+        predictions = predict_records(model, records, args.grid, device, progress=not args.quiet)
+        return {"checkpoint": str(args.checkpoint), "dataset": dataset.name, "images": len(indices),
+                "metrics": metrics_on(dataset, indices, predictions)}
+    if args.baseline:
         from qfm_iqm.evaluation.protocol import run_baseline_protocol
 
         seeds = args.seeds or list(range(args.repeats))
         output = args.output or Path("runs") / f"{dataset.name}-{args.baseline}"
         result = run_baseline_protocol(args.baseline, dataset, seeds, output, args.command_line, not args.quiet)
-        result = {"output": str(output), "summary": result["summary"]}
-    else:
-        from qfm_iqm.evaluation.protocol import run_protocol
+        return {"output": str(output), "summary": result["summary"]}
+    from qfm_iqm.evaluation.protocol import run_protocol
 
-        seeds = args.seeds or list(range(args.repeats))
-        output = args.output or Path("runs") / f"{dataset.name}-{_config_from_args(args).mode}"
-        result = run_protocol(_config_from_args(args), dataset, seeds, output, args.command_line, not args.quiet)
-        result = {"output": str(output), "summary": result["summary"]}
-    print(json.dumps(result, indent=2))
-    return 0
+    seeds = args.seeds or list(range(args.repeats))
+    output = args.output or Path("runs") / f"{dataset.name}-{_config_from_args(args).mode}"
+    result = run_protocol(_config_from_args(args), dataset, seeds, output, args.command_line, not args.quiet)
+    return {"output": str(output), "summary": result["summary"]}
 
 
 def build_parser() -> argparse.ArgumentParser:

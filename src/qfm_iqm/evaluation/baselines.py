@@ -23,6 +23,7 @@ from qfm_iqm.data.splits import Split
 from qfm_iqm.data.torch_datasets import EvalCrops
 from qfm_iqm.data.transforms import Preprocessing
 from qfm_iqm.models.backbones import create_backbone
+from qfm_iqm.training.distributed import is_main
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,10 @@ class FeatureBaseline:
                 return features
         start = time.perf_counter()
         features = self.features(dataset, progress)
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache_file, features)
-        cache_file.with_suffix(".seconds").write_text(f"{time.perf_counter() - start:.1f}\n")
+        if is_main():  # under torchrun every rank computes them; one writes
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache_file, features)
+            cache_file.with_suffix(".seconds").write_text(f"{time.perf_counter() - start:.1f}\n")
         return features
 
 

@@ -22,6 +22,7 @@ from qfm_iqm.evaluation.metrics import compute_metrics, summarize
 from qfm_iqm.evaluation.predict import Predictions, predict_records
 from qfm_iqm.models.qfm import QFMIQM
 from qfm_iqm.training.config import TrainConfig
+from qfm_iqm.training.distributed import is_main
 from qfm_iqm.training.trainer import Trainer, resolve_device
 from qfm_iqm.utils.checkpoint import atomic_write_json, atomic_write_text
 
@@ -116,8 +117,8 @@ def run_split(
 
 
 def finish_split(run_dir: Path, dataset: IQADataset, split: Split, predictions: Predictions, **details) -> dict:
-    """Write a split's ``predictions.csv`` and ``result.json`` (metrics on the test part + ``details``)."""
-    write_predictions(run_dir / "predictions.csv", dataset, split.test, predictions)
+    """A split's result (metrics on the test part + ``details``); rank 0 writes ``predictions.csv`` and
+    ``result.json``."""
     result = {
         "seed": split.seed,
         "metrics": metrics_on(dataset, split.test, predictions),
@@ -125,7 +126,9 @@ def finish_split(run_dir: Path, dataset: IQADataset, split: Split, predictions: 
         "test_size": len(split.test),
         **details,
     }
-    atomic_write_json(run_dir / "result.json", result)
+    if is_main():
+        write_predictions(run_dir / "predictions.csv", dataset, split.test, predictions)
+        atomic_write_json(run_dir / "result.json", result)
     return result
 
 
@@ -156,14 +159,17 @@ def check_method(output_dir: Path, method: dict) -> None:
                 f"{output_dir} holds results of a different configuration (differs in: {', '.join(changed)}); "
                 "use another output folder or delete that one"
             )
-    else:
+    elif is_main():
         atomic_write_json(path, method)
 
 
 def write_protocol_results(
     output_dir: Path, dataset: IQADataset, method: str, seeds: list[int], runs: list[dict], details: dict, command: str | None
 ) -> dict:
-    """Write ``results.json`` (medians, per-split metrics, what was run, machine) and ``command.txt``."""
+    """Write ``results.json`` (medians, per-split metrics, what was run, machine) and ``command.txt``.
+
+    Under ``torchrun`` every rank returns the summary and rank 0 alone writes the files.
+    """
     summary = {
         "dataset": dataset.name,
         "mode": method,
@@ -174,8 +180,9 @@ def write_protocol_results(
         "command": command,
         "environment": environment(),
     }
-    atomic_write_json(output_dir / "results.json", summary)
-    atomic_write_text(output_dir / "command.txt", (command or "") + "\n")
+    if is_main():
+        atomic_write_json(output_dir / "results.json", summary)
+        atomic_write_text(output_dir / "command.txt", (command or "") + "\n")
     return summary
 
 
@@ -184,7 +191,8 @@ def _prepare_protocol(output_dir: str | Path, dataset: IQADataset, seeds: list[i
     output_dir.mkdir(parents=True, exist_ok=True)
     check_method(output_dir, {**method, "dataset": dataset.name, "dataset_size": len(dataset)})
     splits = make_splits(dataset, seeds)
-    save_splits(output_dir / "splits.json", splits, dataset.name, len(dataset))
+    if is_main():
+        save_splits(output_dir / "splits.json", splits, dataset.name, len(dataset))
     return output_dir, splits
 
 
