@@ -40,8 +40,9 @@ def blur_records(tmp_path_factory) -> list[ImageRecord]:
 
 
 def tiny_config(**overrides) -> TrainConfig:
-    """A fast configuration: 64-px crops, small batches, few epochs."""
+    """A fast configuration of the full method: 64-px crops, small batches, few epochs."""
     options = dict(
+        mode="qfm",
         epochs=2,
         batch_size=4,
         kd_views=2,

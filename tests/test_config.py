@@ -1,13 +1,27 @@
+from pathlib import Path
+
 import pytest
 
 from qfm_iqm.training.config import TrainConfig
 
 
 def test_spec_defaults():
-    config = TrainConfig()
+    config = TrainConfig(mode="qfm")
     assert (config.quality_tolerance, config.noise_strength, config.noise_weight, config.kd_weight) == (0.05, 0.3, 1.0, 1.0)
     assert (config.memory_factor, config.ema_decay, config.teacher) == (8, 0.999, "ema")
-    assert (config.epochs, config.lr, config.weight_decay, config.step_epochs, config.step_gamma) == (9, 2e-4, 0.05, 3, 0.1)
+    assert (config.epochs, config.weight_decay, config.step_epochs, config.step_gamma) == (9, 0.05, 3, 0.1)
+    assert config.use_noise and config.distill
+
+
+def test_measured_defaults_components_off_and_the_lite0_optimiser():
+    config = TrainConfig()
+    assert config.mode == "deiqt" and not config.use_noise and not config.distill
+    assert (config.lr, config.head_lr_scale, config.schedule) == (5e-5, 10.0, "cosine")
+
+
+def test_paper_recipe_config_restores_deiqts_optimiser_and_the_full_method():
+    config = TrainConfig.from_file(Path(__file__).parents[1] / "configs" / "paper_recipe.yaml")
+    assert (config.mode, config.lr, config.head_lr_scale, config.schedule) == ("qfm", 2e-4, 1.0, "step")
     assert config.use_noise and config.distill
 
 

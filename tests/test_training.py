@@ -76,7 +76,7 @@ def test_noise_is_off_at_inference(tmp_path, blur_records):
 
 
 def test_lr_schedule_warmup_then_step_decay():
-    config = TrainConfig(epochs=9, warmup_epochs=1, step_epochs=3, step_gamma=0.1)
+    config = TrainConfig(epochs=9, warmup_epochs=1, schedule="step", step_epochs=3, step_gamma=0.1)
     assert lr_factor(0, 10, config) == pytest.approx(0.1)
     assert lr_factor(9, 10, config) == pytest.approx(1.0)
     assert lr_factor(29, 10, config) == pytest.approx(1.0)
