@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
@@ -10,18 +9,7 @@ from qfm_iqm.benchmark.config import BenchmarkConfig
 from qfm_iqm.benchmark.runner import BenchmarkOutcome
 from qfm_iqm.evaluation.metrics import METRIC_KEYS
 from qfm_iqm.evaluation.protocol import environment
-from qfm_iqm.utils.checkpoint import atomic_write_json, atomic_write_text
-
-_NAMES = {"srcc": "SRCC", "plcc": "PLCC", "plcc_logistic": "PLCC (logistic)", "krcc": "KRCC", "rmse": "RMSE"}
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    temporary = path.with_suffix(".tmp")
-    with open(temporary, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    temporary.replace(path)
+from qfm_iqm.utils.checkpoint import atomic_write_csv, atomic_write_json, atomic_write_text
 
 
 def split_rows(outcome: BenchmarkOutcome) -> list[list]:
@@ -97,10 +85,10 @@ def markdown_tables(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> str:
 def write_report(config: BenchmarkConfig, outcome: BenchmarkOutcome, output_dir: Path, command: str) -> None:
     """Write ``results.csv``, ``summary.csv``, ``benchmark.json``, ``table.md`` and ``plots/``."""
     metric_header = list(METRIC_KEYS)
-    _write_csv(output_dir / "results.csv", ["dataset", "method", "seed", *metric_header], split_rows(outcome))
+    atomic_write_csv(output_dir / "results.csv", [["dataset", "method", "seed", *metric_header], *split_rows(outcome)])
     stats_header = [f"{k}_{s}" for k in METRIC_KEYS for s in ("median", "mean", "std")]
-    _write_csv(output_dir / "summary.csv", ["dataset", "method", "label", "splits", *stats_header],
-               summary_rows(config, outcome))
+    atomic_write_csv(output_dir / "summary.csv",
+                     [["dataset", "method", "label", "splits", *stats_header], *summary_rows(config, outcome)])
     atomic_write_json(output_dir / "benchmark.json", {
         "config": config.to_dict(),
         "command": command,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import platform
 import resource
@@ -24,7 +23,7 @@ from qfm_iqm.models.qfm import QFMIQM
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.distributed import is_main
 from qfm_iqm.training.trainer import Trainer, resolve_device
-from qfm_iqm.utils.checkpoint import atomic_write_json, atomic_write_text
+from qfm_iqm.utils.checkpoint import atomic_write_csv, atomic_write_json, atomic_write_text
 
 
 def peak_rss_mib() -> float:
@@ -82,9 +81,7 @@ def write_predictions(path: Path, dataset: IQADataset, indices: tuple[int, ...],
         record = dataset.records[i]
         rows.append([str(record.path), record.raw_label, record.label, f"{score:.6f}", f"{spread:.6f}"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".tmp"), "w", newline="") as handle:
-        csv.writer(handle).writerows(rows)
-    path.with_suffix(".tmp").replace(path)
+    atomic_write_csv(path, rows)
 
 
 def run_split(

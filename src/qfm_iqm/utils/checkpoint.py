@@ -12,11 +12,13 @@ Nested training state (model, AdamW, scheduler, RNG states, extra buffers) is sp
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,13 @@ def _fsync_dir(directory: Path) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     _atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_csv(path: str | Path, rows: Iterable[Sequence[Any]]) -> None:
+    """Write ``rows`` (the header first) as CSV to ``path`` atomically."""
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
