@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from qfm_iqm.models.backbones import (
     Backbone,
     BackboneWeightsError,
+    StrideTwoSameConv2d,
     create_backbone,
     list_backbones,
     remap_lite0_state_dict,
@@ -205,3 +206,35 @@ def test_folding_batch_norms_keeps_outputs_and_removes_them() -> None:
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
     for a, b in zip(before, after):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("size", [(16, 16), (15, 15), (16, 13)])
+def test_stride_two_same_conv_equals_timm_padding(kernel: int, size: tuple[int, int]) -> None:
+    from timm.layers import Conv2dSame
+
+    torch.manual_seed(0)
+    reference = Conv2dSame(4, 4, kernel, stride=2, groups=2)
+    fast = Conv2dSame(4, 4, kernel, stride=2, groups=2)
+    fast.load_state_dict(reference.state_dict())
+    fast.__class__ = StrideTwoSameConv2d
+    x = torch.randn(2, 4, *size, requires_grad=True)
+    expected, got = reference(x), fast(x)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    weights = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), [x, reference.weight, reference.bias])
+    got_grads = torch.autograd.grad((got * weights).sum(), [x, fast.weight, fast.bias])
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+
+
+def test_lite0_uses_copy_free_same_padding_with_timm_keys() -> None:
+    from timm.layers import Conv2dSame
+
+    backbone = create_backbone("tf_efficientnet_lite0", pretrained=False)
+    same = [type(m) for m in backbone.modules() if isinstance(m, Conv2dSame)]
+    assert same == [StrideTwoSameConv2d] * 5  # the stem and four stride-2 depthwise convolutions
+    timm_keys = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).state_dict().keys()
+    assert list(backbone.model.state_dict()) == list(timm_keys)
+    assert not StrideTwoSameConv2d.fits(Conv2dSame(4, 4, 3, stride=1))
+    assert not StrideTwoSameConv2d.fits(Conv2dSame(4, 4, 1, stride=2))

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["ScoreResult", "Scorer", "__version__", "load_model"]
+__all__ = ["ScoreResult", "Scorer", "__version__", "load_model", "reuse_freed_memory"]
 
 if TYPE_CHECKING:
     from qfm_iqm.api import ScoreResult, Scorer, load_model
+
+from qfm_iqm.utils.allocator import reuse_freed_memory
 
 
 def __getattr__(name: str) -> Any:

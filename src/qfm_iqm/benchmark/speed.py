@@ -24,6 +24,7 @@ from PIL import Image
 from qfm_iqm.benchmark.config import SpeedSpec
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.evaluation.protocol import peak_rss_mib
+from qfm_iqm.utils.allocator import reuse_freed_memory
 
 
 def make_jpegs(folder: Path, count: int, size: int, seed: int = 0) -> list[Path]:
@@ -130,6 +131,7 @@ def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="one speed cell (used by the benchmark runner)")
     parser.add_argument("payload", help="JSON: kind, model, batch_size, spec")
     payload = json.loads(parser.parse_args(argv).payload)
+    reuse_freed_memory()  # as the qfm-iqm command does
     spec = SpeedSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["spec"].items()})
     if payload["kind"] == "scoring":
         result = measure_scoring(payload["model"], payload["batch_size"], spec.score_images, spec.image_size, spec.device)

@@ -14,6 +14,7 @@ from qfm_iqm.data.records import DatasetError, IQADataset
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.models.pretrained import DEFAULT_MODEL
 from qfm_iqm.training.config import TrainConfig
+from qfm_iqm.utils.allocator import reuse_freed_memory
 
 SCORE_HELP = """Score images with a trained model (default: the released model).
 
@@ -269,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.command_line = "qfm-iqm " + shlex.join(argv)
+    reuse_freed_memory()
     try:
         return args.func(args)
     except (DatasetError, FileNotFoundError, ValueError, KeyError) as error:
