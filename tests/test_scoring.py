@@ -334,6 +334,13 @@ def test_cli_scores_identical_across_batch_size_workers_and_order(
     assert runs[0] == {p: scorer.score(p).score for p in paths}
 
 
+def test_progress_bar_counts_every_input(scorer: Scorer, image_folder: Path, capsys) -> None:
+    files = sorted(image_folder.iterdir())  # 5 images and a broken file, in one loading batch
+    score_files(scorer, files, batch_size=16, progress=True)
+    final = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "6/6" in final
+
+
 def test_cli_output_formats_parse_back(
     scorer: Scorer, checkpoint: Path, image_folder: Path, tmp_path: Path, capsys
 ) -> None:

@@ -188,14 +188,14 @@ def _scores(
         for batch in loader:
             for item in batch:
                 if item.error is not None:
-                    yield ScoreResult(None, None, item.path, item.error)
-                    continue
-                result = scorer.score_crops(item.crops, item.path)
-                if map_dir is not None:
-                    image = Image.fromarray(item.image)
-                    overlay_quality_map(image, scorer.quality_map(image)).save(map_dir / map_names[item.index])
+                    result = ScoreResult(None, None, item.path, item.error)
+                else:
+                    result = scorer.score_crops(item.crops, item.path)
+                    if map_dir is not None:
+                        image = Image.fromarray(item.image)
+                        overlay_quality_map(image, scorer.quality_map(image)).save(map_dir / map_names[item.index])
+                bar.update()  # before the yield: the consumer stops pulling after the last result
                 yield result
-            bar.update(len(batch))
 
 
 def score_files(
