@@ -133,3 +133,20 @@ def test_logistic_fit_with_too_few_points_returns_the_start_without_error():
     metrics = compute_metrics([0.1, 0.5, 0.3], [10.0, 50.0, 20.0])
     assert metrics["srcc"] == pytest.approx(1.0)
     assert np.isfinite(metrics["plcc_logistic"])
+
+
+def test_spread_calibration_tells_a_useful_spread_from_a_useless_one() -> None:
+    from qfm_iqm.evaluation.metrics import spread_calibration
+
+    rng = np.random.default_rng(0)
+    target = rng.uniform(0, 1, 500)
+    sigma = rng.uniform(0.01, 0.2, 500)
+    pred = target + rng.normal(0, sigma)
+    useful = spread_calibration(pred, target, sigma)
+    assert useful["spread_error_srcc"] > 0.4
+    assert useful["within_spread"] == pytest.approx(0.68, abs=0.06)  # a one-sigma band
+    assert useful["mean_abs_error"] == pytest.approx(np.abs(pred - target).mean())
+    tiny = spread_calibration(pred, target, rng.permutation(sigma) / 100)
+    assert abs(tiny["spread_error_srcc"]) < 0.15 and tiny["within_spread"] < 0.05
+    with pytest.raises(ValueError, match="spread needs 500 finite values"):
+        spread_calibration(pred, target, sigma[:-1])

@@ -126,6 +126,27 @@ def compute_metrics(pred: Any, target: Any) -> dict[str, float]:
     }
 
 
+def spread_calibration(pred: Any, target: Any, spread: Any) -> dict[str, float]:
+    """How well a per-image spread (e.g. the attention panel's) tells the size of the error.
+
+    Returns ``spread_error_srcc`` (SRCC between spread and absolute error: 1 when a larger spread
+    always means a larger error), ``mean_spread`` and ``mean_abs_error`` (units of the inputs) and
+    ``within_spread`` (share of images whose absolute error is at most their spread; about 0.68 for a
+    calibrated one-sigma band).
+    """
+    p, t = _validate(pred, target)
+    s = _as_array(spread)
+    if s.size != p.size or not np.isfinite(s).all():
+        raise ValueError(f"spread needs {p.size} finite values, got {s.size}")
+    error = np.abs(p - t)
+    return {
+        "spread_error_srcc": _corr(scipy.stats.spearmanr, s, error),
+        "mean_spread": float(s.mean()),
+        "mean_abs_error": float(error.mean()),
+        "within_spread": float((error <= s).mean()),
+    }
+
+
 class CorrelationMetrics:
     """Accumulates predictions/targets over batches; ``compute`` gives ``compute_metrics`` on all of them."""
 
