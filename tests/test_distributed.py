@@ -26,7 +26,7 @@ from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.evaluation.predict import predict_records
 from qfm_iqm.models.backbones import Backbone, list_backbones, register_backbone
 from qfm_iqm.models.qfm import load_trained_model
-from qfm_iqm.scoring import append_results, read_results, write_results
+from qfm_iqm.scoring import append_results, read_results, settings_path, write_results
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.distributed import GlobalBatchSampler, distributed_session, shard
 from qfm_iqm.training.interrupt import StopRequest, TrainingInterrupted
@@ -265,6 +265,14 @@ def test_score_resume_skips_scored_inputs_and_appends_the_rest(tmp_path, blur_re
         assert main(["--quiet", "score", *inputs, "--model", str(model), "-o", str(out), "--resume"]) == 0
         assert "2 inputs already scored" in capsys.readouterr().err
         assert read_results(out) == [replace(full[0], score=12.5), *(full[i] for i in (2, 1, 3, 4, 5))]
+        # another grid, or a file whose settings are unknown: refused, and the file is left as it was
+        before = out.read_text()
+        assert main(["--quiet", "score", *inputs, "--model", str(model), "-o", str(out), "--resume", "--grid", "4"]) == 2
+        assert 'cannot resume' in (err := capsys.readouterr().err) and '"grid": 3' in err and '"grid": 4' in err
+        settings_path(out).unlink()
+        assert main(["--quiet", "score", *inputs, "--model", str(model), "-o", str(out), "--resume"]) == 2
+        assert "settings are unknown" in capsys.readouterr().err
+        assert out.read_text() == before
     assert main(["--quiet", "score", *inputs, "--model", str(model), "-o", str(tmp_path / "s.json"), "--resume"]) == 2
     assert "--resume needs" in capsys.readouterr().err
 

@@ -140,6 +140,17 @@ def test_scores_do_not_depend_on_batch_or_order(scorer: Scorer) -> None:
     assert [r.score for r in scorer.score(images[::-1])] == single[::-1]
 
 
+def test_grid_sets_the_crops_and_is_checked(scorer: Scorer, checkpoint: Path) -> None:
+    image = Image.fromarray(_pixels(150, 200))
+    dense = load_model(checkpoint, grid=4)
+    assert scorer.crops(image).shape[0] == 9 and dense.crops(image).shape[0] == 16
+    expected = dense.model(dense.crops(image)).score.mean().item() * (MOS["high"] - MOS["low"]) + MOS["low"]
+    assert dense.score(image).score == pytest.approx(expected, abs=1e-4)
+    assert dense.score(image).score != pytest.approx(scorer.score(image).score, abs=1e-6)
+    with pytest.raises(ValueError, match="grid must be >= 1"):
+        load_model(checkpoint, grid=0)
+
+
 def test_grayscale_and_rgba_arrays_follow_the_file_rules(scorer: Scorer) -> None:
     gray = _pixels(80, 80)[..., 0]
     assert scorer.score(gray).score == scorer.score(np.repeat(gray[..., None], 3, axis=2)).score

@@ -41,6 +41,7 @@ __all__ = [
     "prepare_output",
     "read_results",
     "score_files",
+    "settings_path",
     "write_results",
 ]
 
@@ -301,15 +302,31 @@ def read_results(path: str | Path) -> list[ScoreResult]:
     return [ScoreResult(**{field: row.get(field) for field in FIELDS}) for row in rows]
 
 
-def prepare_output(path: str | Path, resume: bool) -> set[str]:
+def settings_path(path: str | Path) -> Path:
+    """The file beside a scoring output that records what its scores were made with."""
+    return Path(f"{path}.settings.json")
+
+
+def prepare_output(path: str | Path, resume: bool, settings: dict) -> set[str]:
     """Start the output file of a scoring run that appends its results; return the paths already scored.
 
-    With ``resume`` and an existing file, its rows of scored inputs are kept (failed inputs are tried
-    again); otherwise the file starts empty. Rank 0 replaces the file atomically.
+    ``settings`` (model, grid, ...) are recorded in :func:`settings_path`. With ``resume`` and an
+    existing file, its rows of scored inputs are kept (failed inputs are tried again), provided it
+    was made with the same settings: scores of another model or grid are never mixed into one file
+    (``ValueError``). Otherwise the file starts empty. Rank 0 replaces the files atomically.
     """
-    kept = [r for r in read_results(path) if r.error is None] if resume and Path(path).exists() else []
+    kept: list[ScoreResult] = []
+    if resume and Path(path).exists():
+        recorded = settings_path(path)
+        saved = json.loads(recorded.read_text(encoding="utf-8")) if recorded.exists() else None
+        if saved != json.loads(json.dumps(settings)):
+            made_with = f"scores made with {json.dumps(saved)}" if saved else f"scores whose settings are unknown (no {recorded.name})"
+            raise ValueError(f"cannot resume {path}: it holds {made_with}, and this run uses {json.dumps(settings)}; "
+                             "write to another file, or leave out --resume to start it over")
+        kept = [r for r in read_results(path) if r.error is None]
     if is_main():
         write_results(kept, path)
+        atomic_write_text(settings_path(path), json.dumps(settings, indent=2) + "\n")
     return {r.path for r in kept}
 
 
