@@ -239,3 +239,4 @@ def test_lite0_uses_copy_free_same_padding_with_timm_keys() -> None:
     assert list(backbone.model.state_dict()) == list(timm_keys)
     assert not StrideTwoSameConv2d.fits(Conv2dSame(4, 4, 3, stride=1))
     assert not StrideTwoSameConv2d.fits(Conv2dSame(4, 4, 1, stride=2))
+    assert not StrideTwoSameConv2d.fits(torch.nn.Conv2d(4, 4, 3, stride=2))

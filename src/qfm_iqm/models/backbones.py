@@ -65,9 +65,10 @@ class StrideTwoSameConv2d(Conv2dSame):
     @staticmethod
     def fits(conv: nn.Module) -> bool:
         """Whether ``conv`` is a ``Conv2dSame`` this class computes exactly."""
+        if not isinstance(conv, Conv2dSame):
+            return False
         k_h, k_w = conv.kernel_size
-        return (isinstance(conv, Conv2dSame) and tuple(conv.stride) == (2, 2) and tuple(conv.dilation) == (1, 1)
-                and k_h == k_w and k_h >= 3 and k_h % 2 == 1)
+        return tuple(conv.stride) == (2, 2) and tuple(conv.dilation) == (1, 1) and k_h == k_w >= 3 and k_h % 2 == 1
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training or x.shape[-2] % 2 or x.shape[-1] % 2:
