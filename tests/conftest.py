@@ -50,6 +50,7 @@ def tiny_config(**overrides) -> TrainConfig:
         warmup_epochs=0.0,
         model={"preprocessing": {"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}, "dim": 64, "num_heads": 4},
         eval_grid=2,
+        teacher="ema",  # no teacher to train first
         device="cpu",
     )
     options.update(overrides)

@@ -166,7 +166,7 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, device: torch.device | 
     """Load a released model by name (see ``list_pretrained()``) or a trained checkpoint by path.
 
     ``grid``: crops per side of the test grid. Measured on 5 LIVEC splits (docs/scoring.md): 4 is
-    about 0.009 SRCC better than the default 3 on every split, and 1.7x slower.
+    about 0.01 SRCC better than the default 3 with every split model, and 1.7x slower.
     """
     model, info = load_checkpoint_model(resolve_model(name_or_path), device)
     fold_batch_norms(model.backbone)  # inference only: about 15% faster on CPU, same scores to 1e-6

@@ -74,7 +74,7 @@ def measure_scoring(model: str, batch_size: int, images: int, image_size: int, d
 
 def measure_training(model: str, batch_size: int, steps: int, image_size: int, device: str, mode: str = "qfm") -> dict:
     """Training crops/s of ``Trainer.training_step`` over ``steps`` steps after one warm-up step."""
-    from qfm_iqm.models.qfm import architecture_config
+    from qfm_iqm.models.qfm import architecture_config, build_model
     from qfm_iqm.training.config import TrainConfig
     from qfm_iqm.training.trainer import Trainer
 
@@ -82,7 +82,9 @@ def measure_training(model: str, batch_size: int, steps: int, image_size: int, d
         config = TrainConfig(mode=mode, batch_size=batch_size, device=device, model=architecture_config(model))
         paths = make_jpegs(Path(tmp), 2 * max(batch_size, config.kd_views), image_size)
         records = [ImageRecord(path=p, label=(i % 10) / 10, raw_label=(i % 10) / 10) for i, p in enumerate(paths)]
-        trainer = Trainer(config, records, Path(tmp) / "out", progress=False)
+        # a frozen teacher costs the same per step whether trained or not; its own training is not timed
+        frozen = build_model(config.model, pretrained_backbone=False) if config.teacher == "pretrained" else None
+        trainer = Trainer(config, records, Path(tmp) / "out", progress=False, teacher_model=frozen)
         kd = trainer._kd_batches() if trainer.teacher is not None else None
         batches = iter(trainer.loader)
         trainer.model.train()

@@ -65,14 +65,14 @@ class TrainConfig:
     noise_strength: float = 0.3
     noise_weight: float = 1.0
     # distillation
-    teacher: str = "ema"
+    teacher: str = "pretrained"  # beat "ema" on LIVEC/Lite0, 5 splits (docs/method.md); trains a DEIQT-mode teacher first
     ema_decay: float = 0.999
     ema_warmup: bool = True
     kd_weight: float = 1.0
     kd_views: int = 8  # extra teacher-labelled views per step
     unlabeled_dir: str | None = None
     # data and evaluation
-    eval_grid: int = 4  # test crops per side; 4 beat 3 on 10 of 10 LIVEC split models (docs/method.md)
+    eval_grid: int = 4  # test crops per side; 4 beat 3 on 25 of 25 LIVEC split models (docs/method.md)
     cache_images: bool = True
     num_workers: int = 0
     seed: int = 0
