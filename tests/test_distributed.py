@@ -213,13 +213,14 @@ def test_sigterm_saves_a_step_state_and_resume_reproduces_the_run(tmp_path, blur
 
 
 def test_stop_request_records_the_first_signal_and_a_second_ctrl_c_aborts() -> None:
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # SIG_IGN under nohup
     with StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGTERM)  # what torchrun sends its processes after a Ctrl-C
         assert stop.signum == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert {sig: signal.getsignal(sig) for sig in before} == before  # the handlers found on entry are back
 
 
 def test_cli_train_stops_on_sigterm_and_continues_with_resume(tmp_path, blur_records, monkeypatch, capsys) -> None:
