@@ -28,7 +28,7 @@ from qfm_iqm.data.images import ImageLoadError, load_image, set_max_image_pixels
 from qfm_iqm.data.transforms import Preprocessing, grid_crops
 from qfm_iqm.evaluation.quality_map import overlay_quality_map
 from qfm_iqm.training.distributed import all_gather_json, is_main, shard, world_size
-from qfm_iqm.utils.checkpoint import atomic_write_text
+from qfm_iqm.utils.checkpoint import atomic_write_json, atomic_write_text
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -326,7 +326,7 @@ def prepare_output(path: str | Path, resume: bool, settings: dict) -> set[str]:
         kept = [r for r in read_results(path) if r.error is None]
     if is_main():
         write_results(kept, path)
-        atomic_write_text(settings_path(path), json.dumps(settings, indent=2) + "\n")
+        atomic_write_json(settings_path(path), settings)
     return {r.path for r in kept}
 
 
