@@ -90,5 +90,18 @@ def test_brisque_rejects_images_too_small_for_two_scales():
 
 
 def test_unknown_baseline_names_the_known_ones():
-    with pytest.raises(ValueError, match="brisque, ridge"):
+    with pytest.raises(ValueError, match="brisque, kernel-ridge-stages, ridge, ridge-stages"):
         get_baseline("niqe")
+
+
+def test_stage_blocks_weigh_equally_in_the_kernel():
+    """One informative feature next to 99 of noise: weighting the two blocks equally finds it."""
+    rng = np.random.default_rng(0)
+    signal = rng.uniform(-2, 2, size=(200, 1))
+    features = np.hstack([signal, rng.normal(size=(200, 99))])
+    targets = np.sin(signal[:, 0])
+    errors = {}
+    for blocks in ((), (1, 99)):
+        fitted = KernelRidgeRegressor(1e-2, 1.0, blocks).fit(features[:150], targets[:150])
+        errors[blocks] = float(np.mean((fitted.predict(features[150:]) - targets[150:]) ** 2))
+    assert errors[(1, 99)] < 0.2 * errors[()]

@@ -10,7 +10,7 @@ def _unit(v):
 def _memory(semantic, labels, ids, capacity=8):
     memory = FeatureMemory(capacity, token_dtype=torch.float32)
     tokens = torch.arange(len(labels), dtype=torch.float32).view(-1, 1, 1).expand(-1, 2, 3).clone() + 1
-    memory.push(_unit(semantic), tokens, torch.tensor(labels), torch.tensor(ids))
+    memory.push(_unit(semantic), tokens[:, 0], tokens, torch.tensor(labels), torch.tensor(ids))
     return memory
 
 
@@ -44,7 +44,8 @@ def test_no_candidate_means_no_noise():
 def test_memory_is_fifo_and_bounded():
     memory = FeatureMemory(3, token_dtype=torch.float32)
     for step in range(5):
-        memory.push(_unit([[1.0, step]]), torch.full((1, 2, 2), float(step)), torch.tensor([0.1 * step]), torch.tensor([step]))
+        tokens = torch.full((1, 2, 2), float(step))
+        memory.push(_unit([[1.0, step]]), tokens[:, 0], tokens, torch.tensor([0.1 * step]), torch.tensor([step]))
     assert memory.size == 3
     assert sorted(memory.image_ids.tolist()) == [2, 3, 4]
 
@@ -55,6 +56,7 @@ def test_memory_state_round_trip():
     copy.load_state_dict(memory.state_dict())
     assert copy.size == 2 and copy.pointer == 2
     assert torch.equal(copy.tokens, memory.tokens) and torch.equal(copy.semantic, memory.semantic)
+    assert torch.equal(copy.globals, memory.globals)
 
 
 def test_noise_is_norm_matched_and_carries_no_gradient():

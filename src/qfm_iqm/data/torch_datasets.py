@@ -41,13 +41,31 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-class TrainCrops(Dataset):
-    """Random training crops: item ``i`` -> (crop (3, S, S), label float32 scalar, i).
+class EpochViews(Dataset):
+    """``views`` items per record and epoch: item ``i`` is a view of record ``i % n``, drawn with a seed
+    that depends only on (seed, epoch, i), never on worker count or sampling order. Call
+    ``set_epoch`` before each epoch; with DataLoader workers keep ``persistent_workers=False`` so the
+    workers see the new epoch."""
 
-    The crop of item ``i`` depends only on (seed, epoch, i), never on worker count or sampling order.
-    Call ``set_epoch`` before each epoch; with DataLoader workers keep ``persistent_workers=False`` so
-    the workers see the new epoch.
-    """
+    def __init__(self, num_records: int, seed: int, views: int) -> None:
+        self.num_records = num_records
+        self.seed = seed
+        self.views = views
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose views ``__getitem__`` produces."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_records * self.views
+
+    def view_seed(self, index: int) -> int:
+        return item_seed(self.seed, self.epoch, index)
+
+
+class TrainCrops(EpochViews):
+    """Random training crops: item ``i`` -> (crop (3, S, S), label float32 scalar, record index)."""
 
     def __init__(
         self,
@@ -55,24 +73,18 @@ class TrainCrops(Dataset):
         transform: TrainTransform,
         seed: int = 0,
         cache: bool = False,
+        views: int = 1,
     ) -> None:
+        super().__init__(len(records), seed, views)
         self.images = _RecordImages(records, transform.pre, cache)
         self.transform = transform
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose crops ``__getitem__`` produces."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.images.records)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        gen = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index))
-        x = self.transform(self.images.get(index), gen)
-        y = torch.tensor(self.images.records[index].label, dtype=torch.float32)
-        return x, y, index
+        gen = torch.Generator().manual_seed(self.view_seed(index))
+        record_index = index % self.num_records
+        x = self.transform(self.images.get(record_index), gen)
+        y = torch.tensor(self.images.records[record_index].label, dtype=torch.float32)
+        return x, y, record_index
 
 
 class EvalCrops(Dataset):

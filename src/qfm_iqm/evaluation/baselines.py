@@ -1,9 +1,9 @@
 """Baselines that need no download: fixed image features + a regressor retrained on every split.
 
-Two feature extractors: ``frozen`` (an ImageNet backbone's global vector averaged over the 3x3 crop
-grid) and ``brisque`` (the classical natural-scene-statistics features). Two regressors: linear
-ridge and RBF kernel ridge; hyper-parameters are chosen by 5-fold cross-validation inside the training
-part, so a split's test labels are never seen.
+Feature extractors: ``frozen`` (an ImageNet backbone's global vector, or the global average of every
+stage of it, averaged over the 3x3 crop grid) and ``brisque`` (the classical natural-scene-statistics
+features). Two regressors: linear ridge and RBF kernel ridge; hyper-parameters are chosen by 5-fold
+cross-validation inside the training part, so a split's test labels are never seen.
 """
 
 from __future__ import annotations
@@ -45,13 +45,18 @@ class KernelRidgeRegressor:
     """Kernel ridge regression with an RBF kernel on standardised features.
 
     The kernel width is ``gamma_scale / n_features`` (so that one value suits any feature count).
+    With ``blocks`` (feature counts of consecutive groups, e.g. backbone stages) each standardised
+    group is scaled by ``1 / sqrt(its size)``, so every group weighs the same in the distance.
     """
 
     alpha: float
     gamma_scale: float
+    blocks: tuple[int, ...] = ()
 
     def fit(self, features: np.ndarray, targets: np.ndarray) -> "FittedRegressor":
         mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-8
+        if self.blocks:
+            scale = scale * np.repeat(np.sqrt(np.asarray(self.blocks, dtype=float) * len(self.blocks) / sum(self.blocks)), self.blocks)
         x = (features - mean) / scale
         gamma = self.gamma_scale / x.shape[1]
         bias = float(targets.mean())
@@ -106,10 +111,19 @@ def regress_on_split(
 
 @torch.no_grad()
 def frozen_features(
-    dataset: IQADataset, backbone_name: str = "tf_efficientnet_lite0", grid: int = 3, progress: bool = True
+    dataset: IQADataset,
+    backbone_name: str = "tf_efficientnet_lite0",
+    grid: int = 3,
+    progress: bool = True,
+    every_stage: bool = False,
 ) -> np.ndarray:
-    """Per image, the backbone's global vector averaged over a ``grid x grid`` crop grid, (N, C)."""
+    """Per image, the backbone's global vector averaged over a ``grid x grid`` crop grid, (N, C).
+
+    With ``every_stage`` the vector holds the global average of every stage's output (CNNs; for
+    Lite0 2,064 values, see ``Backbone.stage_channels``)."""
     backbone = create_backbone(backbone_name).eval()
+    if every_stage:
+        backbone.use_stages(1)
     cfg = backbone.pretrained_cfg
     pre = Preprocessing(cfg["input_size"], tuple(cfg["mean"]), tuple(cfg["std"]), dataset.resize_short_side)
     loader = DataLoader(EvalCrops(dataset.records, pre, grid), batch_size=None)
@@ -147,12 +161,35 @@ def _brisque_of_dataset(dataset: IQADataset, progress: bool) -> np.ndarray:
     return brisque_features_of_files([record.path for record in dataset.records], progress)
 
 
+LITE0_STAGES = (16, 24, 40, 80, 112, 192, 320, 1280)  # Backbone.stage_channels of tf_efficientnet_lite0
+KERNEL_RIDGE_STAGE_CANDIDATES = tuple(
+    KernelRidgeRegressor(alpha, gamma_scale, LITE0_STAGES) for alpha, gamma_scale in
+    ((a, g) for a in (1e-2, 1e-1, 1.0) for g in (0.1, 0.3, 1.0, 3.0))
+)
+
+
+def _every_stage_features(dataset: IQADataset, progress: bool) -> np.ndarray:
+    return frozen_features(dataset, progress=progress, every_stage=True)
+
+
 BASELINES: dict[str, FeatureBaseline] = {
     "ridge": FeatureBaseline(
         "ridge",
         "frozen ImageNet Lite0 features (3x3 crop grid) + ridge regression",
         lambda dataset, progress: frozen_features(dataset, progress=progress),
         RIDGE_CANDIDATES,
+    ),
+    "ridge-stages": FeatureBaseline(
+        "ridge-stages",
+        "frozen ImageNet Lite0 features of every stage (global averages, 3x3 crop grid) + ridge regression",
+        _every_stage_features,
+        RIDGE_CANDIDATES,
+    ),
+    "kernel-ridge-stages": FeatureBaseline(
+        "kernel-ridge-stages",
+        "frozen Lite0 features of every stage + RBF kernel ridge, each stage weighted equally",
+        _every_stage_features,
+        KERNEL_RIDGE_STAGE_CANDIDATES,
     ),
     "brisque": FeatureBaseline(
         "brisque",

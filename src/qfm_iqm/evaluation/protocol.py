@@ -15,7 +15,7 @@ import torch
 
 from qfm_iqm import __version__
 from qfm_iqm.data.records import IQADataset, ImageRecord
-from qfm_iqm.data.splits import Split, make_splits, save_splits
+from qfm_iqm.data.splits import Split, carve_validation, make_splits, save_splits
 from qfm_iqm.evaluation.baselines import FeatureBaseline, get_baseline, regress_on_split
 from qfm_iqm.evaluation.metrics import compute_metrics, summarize
 from qfm_iqm.evaluation.predict import Predictions, predict_records
@@ -40,13 +40,18 @@ def fit_model(
     metadata: dict | None = None,
     progress: bool = True,
     resume: bool = True,
+    val_records: list[ImageRecord] | None = None,
 ) -> tuple[QFMIQM, list[dict]]:
-    """Train a model (and first its ``pretrained`` teacher, in ``deiqt`` mode, when configured)."""
+    """Train a model (and first its ``pretrained`` teacher, in ``deiqt`` mode, when configured).
+
+    ``val_records`` (never test images) are scored after every epoch for the learning curve."""
     teacher = None
     if config.distill and config.teacher == "pretrained":
         teacher_config = replace(config, mode="deiqt")
-        teacher, _ = fit_model(teacher_config, records, output_dir / "teacher", None, metadata, progress, resume)
-    trainer = Trainer(config, records, output_dir, extra_records, metadata, progress, teacher)
+        teacher, _ = fit_model(
+            teacher_config, records, output_dir / "teacher", None, metadata, progress, resume, val_records
+        )
+    trainer = Trainer(config, records, output_dir, extra_records, metadata, progress, teacher, val_records)
     history = trainer.fit(resume=resume)
     return trainer.model, history.epochs
 
@@ -84,18 +89,33 @@ def write_predictions(path: Path, dataset: IQADataset, indices: tuple[int, ...],
     atomic_write_csv(path, rows)
 
 
+def validation_part(config: TrainConfig, dataset: IQADataset, split: Split) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(fit, val)``: the split's training part less a seeded validation part of ``config.val_fraction``
+    (by reference content for synthetic datasets; seeded by the split seed). The test part is not touched."""
+    if config.val_fraction == 0:
+        return split.train, ()
+    return carve_validation(split.train, config.val_fraction, split.seed, dataset)
+
+
 def run_split(
     config: TrainConfig, dataset: IQADataset, split: Split, run_dir: Path, progress: bool = True
 ) -> dict:
-    """Train on ``split.train``, test the last-epoch model on ``split.test``; resumable."""
+    """Train on the split's training part less its validation part, scoring the validation part after
+    every epoch; then test the last-epoch model on ``split.test``, once. Resumable.
+
+    Nothing reads a test label before that final scoring: every choice (options, epochs) is made on
+    the validation scores recorded in the history.
+    """
     result_file = run_dir / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
     start = time.perf_counter()
-    metadata = training_metadata(dataset, split.seed, len(split.train))
-    train_records = [dataset.records[i] for i in split.train]
-    split_config = replace(config_for_dataset(config, dataset), seed=split.seed)
-    model, history = fit_model(split_config, train_records, run_dir, None, metadata, progress)
+    fit, val = validation_part(config, dataset, split)
+    metadata = {**training_metadata(dataset, split.seed, len(fit)), "val_size": len(val)}
+    train_records = [dataset.records[i] for i in fit]
+    val_records = [dataset.records[i] for i in val]
+    split_config = config_for_dataset(config, dataset)
+    model, history = fit_model(split_config, train_records, run_dir, None, metadata, progress, True, val_records)
     train_seconds = time.perf_counter() - start
     test_records = [dataset.records[i] for i in split.test]
     predictions = predict_records(model, test_records, config.eval_grid, resolve_device(config.device), progress=progress)
@@ -105,6 +125,9 @@ def run_split(
         split,
         predictions,
         epochs=config.epochs,
+        fit_size=len(fit),
+        val_size=len(val),
+        val_metrics={k.removeprefix("val_"): v for k, v in history[-1].items() if k.startswith("val_")},
         train_seconds=round(train_seconds, 1),
         total_seconds=round(time.perf_counter() - start, 1),
         train_crops_per_second=round(sum(e["crops_per_second"] for e in history) / len(history), 2),

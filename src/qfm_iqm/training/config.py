@@ -13,6 +13,8 @@ from qfm_iqm.models.qfm import ModelConfig
 
 MODES = ("qfm", "deiqt")
 TEACHERS = ("ema", "pretrained", "none")
+LOSSES = ("smooth_l1", "l1", "mse")
+NOISE_TARGETS = ("tokens", "global", "both")
 
 
 _NUMBER_TYPES = {"int": int, "float": float, "float | None": float}
@@ -57,6 +59,12 @@ class TrainConfig:
     step_epochs: int = 3
     step_gamma: float = 0.1
     grad_clip: float | None = 1.0
+    loss: str = "smooth_l1"  # regression loss: "smooth_l1", "l1" or "mse"
+    loss_scale: float = 1.0  # labels and predictions are multiplied by it inside the loss (100: raw MOS units)
+    crops_per_image: int = 1  # random training crops of each image per epoch (DEIQT's patch_num)
+    freeze_backbone: bool = False  # train projection + decoder only; the backbone's crops are cached
+    crop_bank: int = 16  # with a frozen backbone: the fixed random crops per image the views are drawn from
+    freeze_bn: bool = False  # keep BatchNorm statistics at their ImageNet values while fine-tuning
     amp: str = "auto"  # "auto" (bf16 on CUDA), "bf16", "off"
     # semantic noisy matching
     noise: bool = True
@@ -64,6 +72,7 @@ class TrainConfig:
     quality_tolerance: float = 0.05
     noise_strength: float = 0.3
     noise_weight: float = 1.0
+    noise_target: str = "tokens"  # what the matched noise perturbs: "tokens", "global" (c, hence the queries), "both"
     # distillation
     teacher: str = "pretrained"  # beat "ema" on LIVEC/Lite0, 5 splits (docs/method.md); trains a DEIQT-mode teacher first
     ema_decay: float = 0.999
@@ -73,6 +82,7 @@ class TrainConfig:
     unlabeled_dir: str | None = None
     # data and evaluation
     eval_grid: int = 4  # test crops per side; 4 beat 3 on 25 of 25 LIVEC split models (docs/method.md)
+    val_fraction: float = 0.2  # share of a split's training part held out for choices (the protocol)
     cache_images: bool = True
     num_workers: int = 0
     seed: int = 0
@@ -87,6 +97,14 @@ class TrainConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.teacher not in TEACHERS:
             raise ValueError(f"teacher must be one of {TEACHERS}, got {self.teacher!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.noise_target not in NOISE_TARGETS:
+            raise ValueError(f"noise_target must be one of {NOISE_TARGETS}, got {self.noise_target!r}")
+        if self.crops_per_image < 1 or self.crop_bank < 1:
+            raise ValueError("crops_per_image and crop_bank must be >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.schedule not in ("step", "cosine"):
             raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
 

@@ -7,7 +7,7 @@ from torch import Tensor
 
 
 class FeatureMemory:
-    """FIFO queue of ``(semantic descriptor, token map, label, image id)`` entries.
+    """FIFO queue of ``(semantic descriptor, global vector, token map, label, image id)`` entries.
 
     Entries are detached copies; token maps may be stored in a lower precision. ``image_id`` lets the
     matcher exclude every stored view of the image being perturbed.
@@ -19,30 +19,35 @@ class FeatureMemory:
         self.capacity = capacity
         self.token_dtype = token_dtype
         self.semantic: Tensor | None = None
+        self.globals: Tensor | None = None  # the decoder-width global vectors c
         self.tokens: Tensor | None = None
         self.labels = torch.full((capacity,), float("nan"))
         self.image_ids = torch.full((capacity,), -1, dtype=torch.long)
         self.pointer = 0
         self.size = 0
 
-    def _allocate(self, semantic: Tensor, tokens: Tensor) -> None:
+    def _allocate(self, semantic: Tensor, globals_: Tensor, tokens: Tensor) -> None:
         device = semantic.device
         self.semantic = torch.zeros(self.capacity, semantic.shape[1], device=device)
+        self.globals = torch.zeros(self.capacity, globals_.shape[1], dtype=self.token_dtype, device=device)
         self.tokens = torch.zeros(self.capacity, *tokens.shape[1:], dtype=self.token_dtype, device=device)
         self.labels = self.labels.to(device)
         self.image_ids = self.image_ids.to(device)
 
     @torch.no_grad()
-    def push(self, semantic: Tensor, tokens: Tensor, labels: Tensor, image_ids: Tensor) -> None:
+    def push(self, semantic: Tensor, globals_: Tensor, tokens: Tensor, labels: Tensor, image_ids: Tensor) -> None:
         """Enqueue a batch, overwriting the oldest entries once full."""
         if self.semantic is None:
-            self._allocate(semantic, tokens)
+            self._allocate(semantic, globals_, tokens)
         count = semantic.shape[0]
         if count > self.capacity:
-            semantic, tokens, labels, image_ids = (t[-self.capacity :] for t in (semantic, tokens, labels, image_ids))
+            semantic, globals_, tokens, labels, image_ids = (
+                t[-self.capacity :] for t in (semantic, globals_, tokens, labels, image_ids)
+            )
             count = self.capacity
         slots = (self.pointer + torch.arange(count, device=self.semantic.device)) % self.capacity
         self.semantic[slots] = semantic.detach().float()
+        self.globals[slots] = globals_.detach().to(self.token_dtype)
         self.tokens[slots] = tokens.detach().to(self.token_dtype)
         self.labels[slots] = labels.detach().float().to(self.labels.device)
         self.image_ids[slots] = image_ids.to(self.image_ids.device)
@@ -52,7 +57,7 @@ class FeatureMemory:
     def state_dict(self) -> dict:
         state = {"labels": self.labels, "image_ids": self.image_ids, "pointer": self.pointer, "size": self.size}
         if self.semantic is not None:
-            state.update(semantic=self.semantic, tokens=self.tokens)
+            state.update(semantic=self.semantic, globals=self.globals, tokens=self.tokens)
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -62,6 +67,7 @@ class FeatureMemory:
         self.size = int(state["size"])
         if "semantic" in state:
             self.semantic = state["semantic"].clone()
+            self.globals = state["globals"].clone().to(self.token_dtype)
             self.tokens = state["tokens"].clone().to(self.token_dtype)
 
 
@@ -88,7 +94,9 @@ def match_semantic_noise(
 
 
 def norm_matched_noise(tokens: Tensor, noise_tokens: Tensor, strength: float) -> Tensor:
-    """``strength * ||F_i|| / ||F_j|| * F_j`` per sample, with no gradient through the noise."""
+    """``strength * ||F_i|| / ||F_j|| * F_j`` per sample, with no gradient through the noise.
+
+    Works for token maps (B, N, d) and global vectors (B, d) alike."""
     tokens = tokens.detach()
     noise_tokens = noise_tokens.to(tokens.dtype)
     own = tokens.flatten(1).norm(dim=1)

@@ -40,5 +40,9 @@ class Teacher(nn.Module):
         self.updates += 1
 
     @torch.no_grad()
-    def pseudo_labels(self, images: Tensor) -> Tensor:
-        return self.network(images).score.float()
+    def pseudo_labels(self, inputs: Tensor, cached: bool = False) -> Tensor:
+        """Scores of images, or of cached backbone tokens (B, N, C) when ``cached``."""
+        if not cached:
+            return self.network(inputs).score.float()
+        encoded = self.network.encode_features(inputs.mean(dim=1), inputs)
+        return self.network.decode(encoded.c, encoded.tokens).score.float()

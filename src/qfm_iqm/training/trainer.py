@@ -29,7 +29,8 @@ from qfm_iqm import __version__
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.torch_datasets import TrainCrops
 from qfm_iqm.data.transforms import TrainTransform
-from qfm_iqm.evaluation.predict import model_preprocessing
+from qfm_iqm.evaluation.metrics import compute_metrics
+from qfm_iqm.evaluation.predict import model_preprocessing, predict_records
 from qfm_iqm.models.qfm import QFMIQM, build_model
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.distributed import (
@@ -42,6 +43,7 @@ from qfm_iqm.training.distributed import (
     world_size,
 )
 from qfm_iqm.training.distributed import local_device as resolve_device
+from qfm_iqm.training.feature_cache import CachedCrops, FrozenBackboneFeatures
 from qfm_iqm.training.interrupt import StopRequest, TrainingInterrupted
 from qfm_iqm.training.noise import FeatureMemory, match_semantic_noise, norm_matched_noise
 from qfm_iqm.training.teachers import Teacher
@@ -61,6 +63,16 @@ def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
         return config.step_gamma ** int(epoch // config.step_epochs)
     progress = (step - warmup) / max(1.0, config.epochs * steps_per_epoch - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def regression_loss(prediction: Tensor, target: Tensor, config: TrainConfig, reduction: str = "mean") -> Tensor:
+    """The configured loss between predictions and labels, both scaled by ``config.loss_scale``."""
+    prediction, target = prediction * config.loss_scale, target * config.loss_scale
+    if config.loss == "l1":
+        return F.l1_loss(prediction, target, reduction=reduction)
+    if config.loss == "mse":
+        return F.mse_loss(prediction, target, reduction=reduction)
+    return F.smooth_l1_loss(prediction, target, reduction=reduction)
 
 
 @dataclass
@@ -85,32 +97,39 @@ class TrainingForward(nn.Module):
 
     Returns the clean scores of a batch and, with a feature memory, the scores of the semantically
     perturbed decoder inputs of the samples that found a noise partner (``None`` if none did) and the
-    mask of those samples. The memory is fed the global batch (every process's part, see
-    :func:`all_gather_batch`); ``labelled`` is the number of leading labelled rows of the batch.
+    mask of those samples. The noise perturbs the tokens, the global vector ``c`` (which every panel
+    query carries) or both (``config.noise_target``). The memory is fed the global batch (every
+    process's part, see :func:`all_gather_batch`); ``labelled`` is the number of leading labelled rows
+    of the batch. With ``config.freeze_backbone`` the inputs are the cached backbone tokens, not images.
     """
 
     def __init__(self, model: QFMIQM, memory: FeatureMemory | None, config: TrainConfig) -> None:
         super().__init__()
         self.model = model
         self.memory = memory
+        self.cached_inputs = config.freeze_backbone
         self.quality_tolerance = config.quality_tolerance
         self.noise_strength = config.noise_strength
+        self.noise_target = config.noise_target
 
     def forward(
-        self, images: Tensor, targets: Tensor, ids: Tensor, labelled: int
+        self, inputs: Tensor, targets: Tensor, ids: Tensor, labelled: int
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         model, memory = self.model, self.memory
-        encoded = model.encode(images)
+        encoded = model.encode_features(inputs.mean(dim=1), inputs) if self.cached_inputs else model.encode(inputs)
         clean = model.decode(encoded.c, encoded.tokens).score.float()
         if memory is None:
             return clean, None, None
-        memory.push(*all_gather_batch((encoded.semantic, encoded.tokens, targets, ids), labelled))
+        memory.push(*all_gather_batch((encoded.semantic, encoded.c, encoded.tokens, targets, ids), labelled))
         slots, found = match_semantic_noise(encoded.semantic, targets, ids, memory, self.quality_tolerance)
         if not found.any():
             return clean, None, found
-        tokens = encoded.tokens[found]
-        noise = norm_matched_noise(tokens, memory.tokens[slots[found]], self.noise_strength)
-        return clean, model.decode(encoded.c[found], tokens + noise).score.float(), found
+        c, tokens, partners = encoded.c[found], encoded.tokens[found], slots[found]
+        if self.noise_target in ("tokens", "both"):
+            tokens = tokens + norm_matched_noise(tokens, memory.tokens[partners], self.noise_strength)
+        if self.noise_target in ("global", "both"):
+            c = c + norm_matched_noise(c, memory.globals[partners], self.noise_strength)
+        return clean, model.decode(c, tokens).score.float(), found
 
 
 class Trainer:
@@ -131,6 +150,7 @@ class Trainer:
         metadata: dict | None = None,
         progress: bool = True,
         teacher_model: QFMIQM | None = None,
+        val_records: list[ImageRecord] | None = None,
     ) -> None:
         if len(records) < config.batch_size:
             raise ValueError(f"{len(records)} training images are fewer than one batch of {config.batch_size}")
@@ -147,6 +167,8 @@ class Trainer:
         )
         self.model.to(self.device)
         self.pre = model_preprocessing(self.model)
+        self.val_records = val_records or []
+        self.features = self._frozen_backbone_features()
         self.loader = self._loader(records, config.batch_size, config.seed)
         self.steps_per_epoch = self.loader.batch_sampler.steps
         self.optimizer = self._optimizer()
@@ -188,8 +210,21 @@ class Trainer:
             )
         return model
 
+    def _frozen_backbone_features(self) -> FrozenBackboneFeatures | None:
+        """With ``freeze_backbone``: the backbone stops learning, and its outputs are cached."""
+        config = self.config
+        if not config.freeze_backbone:
+            return None
+        self.model.backbone.requires_grad_(False)
+        identity = (config.model.backbone, config.backbone_weights, config.model.multi_stage, config.model.stage_grid)
+        return FrozenBackboneFeatures(self.model.backbone, self.pre, config.crop_bank, identity, self.device)
+
     def _loader(self, records: list[ImageRecord], batch_size: int, seed: int) -> DataLoader:
-        dataset = TrainCrops(records, TrainTransform(self.pre), seed=seed, cache=self.config.cache_images)
+        views = self.config.crops_per_image
+        if self.features is not None:
+            dataset = CachedCrops(records, self.features, seed, views)
+        else:
+            dataset = TrainCrops(records, TrainTransform(self.pre), seed=seed, cache=self.config.cache_images, views=views)
         return DataLoader(
             dataset,
             batch_sampler=GlobalBatchSampler(len(dataset), batch_size, seed),
@@ -244,7 +279,7 @@ class Trainer:
         count = images.shape[0]
         if kd_batch is not None:
             kd_images, _, kd_ids = (t.to(self.device) for t in kd_batch)
-            pseudo = self.teacher.pseudo_labels(kd_images)
+            pseudo = self.teacher.pseudo_labels(kd_images, cached=self.features is not None)
             images = torch.cat([images, kd_images])
             targets = torch.cat([labels, pseudo])
             ids = torch.cat([ids, kd_ids])
@@ -252,15 +287,15 @@ class Trainer:
             targets = labels
         with self._autocast():
             clean, noisy, found = self.forward_pass(images, targets, ids, count)
-            loss_clean = F.smooth_l1_loss(clean[:count], labels)
+            loss_clean = regression_loss(clean[:count], labels, config)
             loss = loss_clean
             loss_kd = torch.zeros((), device=self.device)
             if kd_batch is not None:
-                loss_kd = F.smooth_l1_loss(clean[count:], targets[count:])
+                loss_kd = regression_loss(clean[count:], targets[count:], config)
                 loss = loss + config.kd_weight * loss_kd
             loss_noise = torch.zeros((), device=self.device)
             if noisy is not None:
-                loss_noise = F.smooth_l1_loss(noisy, targets[found], reduction="sum") / targets.shape[0]
+                loss_noise = regression_loss(noisy, targets[found], config, reduction="sum") / targets.shape[0]
                 loss = loss + config.noise_weight * loss_noise
         matched = found.float().mean().item() if found is not None else 0.0
         self.optimizer.zero_grad(set_to_none=True)
@@ -279,6 +314,12 @@ class Trainer:
         """Train the current epoch from step ``self.step`` on; return whether it finished, i.e. was not
         cut short by a stop request on some process (checked after every step)."""
         self.model.train()
+        if self.features is not None:
+            self.model.backbone.eval()
+        elif self.config.freeze_bn:
+            for module in self.model.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         self.loader.dataset.set_epoch(self.epoch)
         self.loader.batch_sampler.set_epoch(self.epoch, start=self.step)
         kd_batches = self._kd_batches() if self.teacher is not None else None
@@ -311,9 +352,39 @@ class Trainer:
         summary = {key: value / steps for key, value in self.epoch_totals.items()}
         summary.update(epoch=self.epoch + 1, seconds=self.epoch_seconds, crops_per_second=crops / self.epoch_seconds,
                        lr=self.optimizer.param_groups[0]["lr"])
+        if summary.get("clean"):
+            summary["noise_to_clean"] = summary["noise"] / summary["clean"]
+        summary.update(self.learning_curve_point())
         self.history.epochs.append(summary)
         self.epoch, self.step, self.epoch_totals, self.epoch_seconds = self.epoch + 1, 0, {}, 0.0
         return summary
+
+    def predict(self, records: list[ImageRecord]) -> np.ndarray:
+        """Normalised scores of ``records`` over the test-crop grid (``config.eval_grid``); from the
+        cached backbone outputs when the backbone is frozen (the same numbers, computed once)."""
+        grid = self.config.eval_grid
+        if self.features is None:
+            return predict_records(self.model, records, grid, self.device).scores
+        self.model.eval()
+        scores = []
+        with torch.inference_mode():
+            for record in records:
+                tokens = self.features.grid(record, grid).to(self.device).float()
+                encoded = self.model.encode_features(tokens.mean(dim=1), tokens)
+                scores.append(self.model.decode(encoded.c, encoded.tokens).score.float().mean().item())
+        return np.asarray(scores)
+
+    def learning_curve_point(self) -> dict[str, float]:
+        """SRCC/PLCC/RMSE on the validation records and on as many training records (the learning curve)."""
+        if not self.val_records:
+            return {}
+        point = {}
+        fitted = self.records[: len(self.val_records)]
+        for part, records in (("val", self.val_records), ("train", fitted)):
+            labels = np.array([r.label for r in records])
+            metrics = compute_metrics(self.predict(records), labels)
+            point.update({f"{part}_{key}": metrics[key] for key in ("srcc", "plcc", "rmse")})
+        return point
 
     def fit(self, resume: bool = False) -> History:
         """Train for ``config.epochs`` epochs (continuing a saved state when ``resume``).
@@ -332,6 +403,8 @@ class Trainer:
                             f"epoch {summary['epoch']}: loss {summary['total']:.4f} (clean {summary['clean']:.4f}, "
                             f"noise {summary['noise']:.4f}, kd {summary['kd']:.4f}) "
                             f"{summary['crops_per_second']:.1f} crops/s"
+                            + (f"; SRCC train {summary['train_srcc']:.4f} val {summary['val_srcc']:.4f}"
+                               if "val_srcc" in summary else "")
                         )
                 path = self.save_state()
                 if self.epoch < self.config.epochs and any_rank(self.stop.signum is not None):

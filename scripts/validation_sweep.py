@@ -1,0 +1,102 @@
+"""Choose training options on validation data only: train each variant on the fit part of a split's
+training part and record its learning curve on the validation part (the test part is never scored).
+
+    python scripts/validation_sweep.py --config benchmarks/livec_validation.yaml --output results/validation/NAME
+
+The config names a dataset, split seeds (the protocol's splits), shared training options and variants::
+
+    dataset: livec
+    seeds: [0, 1]
+    train: {freeze_backbone: true, model: {multi_stage: true}}
+    variants:
+      - {name: base}
+      - {name: rho-0.6, train: {mode: qfm, noise_strength: 0.6}}
+
+Writes ``curves.csv`` (one row per variant, seed and epoch: train/validation SRCC, PLCC, RMSE and
+the losses) and ``summary.csv`` (per variant: median over seeds of the last epoch's validation SRCC
+and PLCC, and of the best epoch's). Variants already in ``curves.csv`` are not run again. Backbone
+outputs of a frozen backbone are computed once and shared by every variant (one process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from qfm_iqm.benchmark.config import _merge
+from qfm_iqm.data.registry import load_dataset
+from qfm_iqm.data.splits import make_split
+from qfm_iqm.evaluation.protocol import config_for_dataset, fit_model, validation_part
+from qfm_iqm.training.config import TrainConfig
+from qfm_iqm.utils.allocator import reuse_freed_memory
+from qfm_iqm.utils.checkpoint import atomic_write_csv
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--data-root", default=None)
+    args = parser.parse_args(argv)
+    reuse_freed_memory()
+    spec = yaml.safe_load(Path(args.config).read_text())
+    dataset = load_dataset(spec["dataset"], args.data_root)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    curves_file = output / "curves.csv"
+    rows = list(csv.DictReader(curves_file.open())) if curves_file.exists() else []
+    done = {(r["variant"], int(r["seed"])) for r in rows}
+    for variant in spec["variants"]:
+        config = config_for_dataset(TrainConfig.from_dict(_merge(spec.get("train", {}), variant.get("train", {}))), dataset)
+        for seed in spec["seeds"]:
+            if (variant["name"], seed) in done:
+                continue
+            split = make_split(dataset, seed)
+            fit, val = validation_part(config, dataset, split)
+            start = time.perf_counter()
+            with tempfile.TemporaryDirectory() as run_dir:
+                _, history = fit_model(
+                    config, [dataset.records[i] for i in fit], Path(run_dir), progress=False, resume=False,
+                    val_records=[dataset.records[i] for i in val],
+                )
+            seconds = time.perf_counter() - start
+            for epoch in history:
+                rows.append({"variant": variant["name"], "seed": seed, "seconds": round(seconds, 1),
+                             **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in epoch.items()}})
+            last = history[-1]
+            print(f"{variant['name']} seed {seed}: val SRCC {last['val_srcc']:.4f} PLCC {last['val_plcc']:.4f} "
+                  f"(train SRCC {last['train_srcc']:.4f}) {seconds:.0f} s", flush=True)
+            write(output, rows)
+    return 0
+
+
+def write(output: Path, rows: list[dict]) -> None:
+    """``curves.csv`` and the per-variant ``summary.csv``."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    atomic_write_csv(output / "curves.csv", [columns] + [[r.get(c, "") for c in columns] for r in rows])
+    summary = [["variant", "seeds", "val_srcc_last", "val_plcc_last", "train_srcc_last", "val_srcc_best", "best_epoch"]]
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == name]
+        seeds = sorted({int(r["seed"]) for r in mine})
+        by_seed = [[r for r in mine if int(r["seed"]) == s] for s in seeds]
+        last = [rs[-1] for rs in by_seed]
+        epochs = sorted({int(r["epoch"]) for r in mine})
+        per_epoch = {e: np.median([float(r["val_srcc"]) for r in mine if int(r["epoch"]) == e]) for e in epochs}
+        best = max(per_epoch, key=per_epoch.get)
+        summary.append([name, " ".join(map(str, seeds)),
+                        f"{np.median([float(r['val_srcc']) for r in last]):.4f}",
+                        f"{np.median([float(r['val_plcc']) for r in last]):.4f}",
+                        f"{np.median([float(r['train_srcc']) for r in last]):.4f}",
+                        f"{per_epoch[best]:.4f}", best])
+    atomic_write_csv(output / "summary.csv", summary)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Outputs of a frozen backbone, computed once per crop: each image's bank of random training crops
+and its grid of test crops. With ``freeze_backbone`` the backbone never changes, so recomputing its
+output for every view of every epoch would be wasted work; only the projection and decoder train."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from qfm_iqm.data.images import load_image
+from qfm_iqm.data.records import ImageRecord
+from qfm_iqm.data.torch_datasets import EpochViews, item_seed
+from qfm_iqm.data.transforms import Preprocessing, TrainTransform, grid_crops, prepare_image
+from qfm_iqm.models.backbones import Backbone
+
+BANK_SEED = 20240721  # the bank's crops depend on the image alone, so every run and split shares them
+_STORE: dict[tuple, Tensor] = {}  # process-wide: a sweep or a protocol reuses what an earlier run computed
+
+
+def clear_feature_store() -> None:
+    """Forget every cached backbone output of this process."""
+    _STORE.clear()
+
+
+class FrozenBackboneFeatures:
+    """Backbone outputs ``tokens`` (n_crops, N, C) in float16 for a record's crop bank or crop grid.
+
+    ``identity`` names the frozen backbone (architecture, weights, stage grid); outputs are shared
+    by every instance with the same identity and preprocessing in this process.
+    """
+
+    def __init__(self, backbone: Backbone, pre: Preprocessing, bank: int, identity: tuple, device: torch.device) -> None:
+        self.backbone = backbone
+        self.pre = pre
+        self.bank_size = bank
+        self.identity = (identity, pre)
+        self.device = device
+        self.transform = TrainTransform(pre)
+
+    @torch.inference_mode()
+    def _encode(self, crops: Tensor) -> Tensor:
+        was_training = self.backbone.training
+        self.backbone.eval()
+        tokens = self.backbone(crops.to(self.device))[1].to("cpu", torch.float16)
+        self.backbone.train(was_training)
+        return tokens
+
+    def bank(self, record: ImageRecord) -> Tensor:
+        """The tokens of the record's ``bank`` fixed random training crops (flips included)."""
+        key = (self.identity, str(record.path), "bank", self.bank_size)
+        if key not in _STORE:
+            image = prepare_image(load_image(record.path), self.pre)
+            image_seed = zlib.crc32(str(record.path).encode())
+            crops = [
+                self.transform(image, torch.Generator().manual_seed(item_seed(BANK_SEED, k, image_seed)))
+                for k in range(self.bank_size)
+            ]
+            _STORE[key] = self._encode(torch.stack(crops))
+        return _STORE[key]
+
+    def grid(self, record: ImageRecord, grid: int) -> Tensor:
+        """The tokens of the record's deterministic ``grid x grid`` test crops."""
+        key = (self.identity, str(record.path), "grid", grid)
+        if key not in _STORE:
+            _STORE[key] = self._encode(grid_crops(load_image(record.path), self.pre, grid))
+        return _STORE[key]
+
+
+class CachedCrops(EpochViews):
+    """Training views from the crop banks: item ``i`` -> (tokens (N, C) float32, label, record index);
+    the bank slot of item ``i`` depends only on (seed, epoch, i)."""
+
+    def __init__(self, records: Sequence[ImageRecord], features: FrozenBackboneFeatures, seed: int, views: int) -> None:
+        super().__init__(len(records), seed, views)
+        self.records = list(records)
+        self.features = features
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
+        record = self.records[index % self.num_records]
+        tokens = self.features.bank(record)[self.view_seed(index) % self.features.bank_size].float()
+        return tokens, torch.tensor(record.label, dtype=torch.float32), index % self.num_records
