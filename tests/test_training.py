@@ -106,3 +106,15 @@ def test_dataset_resize_rule_reaches_the_model_preprocessing(tmp_path, blur_reco
     config = config_for_dataset(tiny_config(mode="deiqt", epochs=1), dataset)
     model, _ = fit_model(config, blur_records, tmp_path / "run", progress=False)
     assert load_trained_model(tmp_path / "run").config.preprocessing["resize_short_side"] == 96
+
+
+def test_ema_teacher_reaches_its_configured_decay(tmp_path, blur_records):
+    """The keep-rate rises over the lr warm-up and then is exactly ``ema_decay`` (0.98 at the end of
+    a run was the old (1+t)/(10+t) ramp's ceiling)."""
+    trainer = Trainer(tiny_config(epochs=2, warmup_epochs=1.0, ema_decay=0.999), blur_records, tmp_path, progress=False)
+    steps = trainer.steps_per_epoch
+    rates = [trainer.teacher.decay_at(t) for t in range(2 * steps)]
+    assert rates[0] == 0 and all(a < b for a, b in zip(rates[:steps], rates[1:steps]))
+    assert rates[steps:] == [0.999] * steps
+    trainer.fit()
+    assert trainer.teacher.decay_at(trainer.teacher.updates) == 0.999

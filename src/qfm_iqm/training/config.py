@@ -76,7 +76,7 @@ class TrainConfig:
     # distillation
     teacher: str = "pretrained"  # beat "ema" on LIVEC/Lite0, 5 splits (docs/method.md); trains a DEIQT-mode teacher first
     ema_decay: float = 0.999
-    ema_warmup: bool = True
+    ema_warmup: bool = True  # the keep-rate rises to ema_decay over the lr warm-up (warmup_epochs)
     kd_weight: float = 1.0
     kd_views: int = 8  # extra teacher-labelled views per step
     unlabeled_dir: str | None = None

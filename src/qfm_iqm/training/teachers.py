@@ -11,11 +11,11 @@ from torch import Tensor, nn
 class Teacher(nn.Module):
     """A frozen copy of a network that labels extra data; ``update`` follows the student (EMA only)."""
 
-    def __init__(self, network: nn.Module, ema_decay: float | None = None, ema_warmup: bool = True) -> None:
+    def __init__(self, network: nn.Module, ema_decay: float | None = None, warmup_steps: int = 0) -> None:
         super().__init__()
         self.network = copy.deepcopy(network).eval().requires_grad_(False)
         self.ema_decay = ema_decay
-        self.ema_warmup = ema_warmup
+        self.warmup_steps = warmup_steps
         self.updates = 0
 
     def train(self, mode: bool = True) -> "Teacher":
@@ -23,9 +23,12 @@ class Teacher(nn.Module):
         return super().train(False)
 
     def decay_at(self, step: int) -> float:
-        """EMA keep-rate; with warm-up it ramps as (1+t)/(10+t) up to ``ema_decay``."""
+        """EMA keep-rate: rises linearly from 0 to ``ema_decay`` over ``warmup_steps`` updates, then
+        stays there (so the configured decay is reached however short the run)."""
         assert self.ema_decay is not None
-        return min(self.ema_decay, (1 + step) / (10 + step)) if self.ema_warmup else self.ema_decay
+        if step >= self.warmup_steps:
+            return self.ema_decay
+        return self.ema_decay * step / self.warmup_steps
 
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:

@@ -244,7 +244,8 @@ class Trainer:
         if not self.config.distill:
             return None
         if self.config.teacher == "ema":
-            return Teacher(self.model, self.config.ema_decay, self.config.ema_warmup).to(self.device)
+            warmup = round(self.config.warmup_epochs * self.steps_per_epoch) if self.config.ema_warmup else 0
+            return Teacher(self.model, self.config.ema_decay, warmup).to(self.device)
         if teacher_model is None:
             raise ValueError("teacher='pretrained' needs a trained teacher model (see train_pretrained_teacher)")
         return Teacher(teacher_model).to(self.device)
