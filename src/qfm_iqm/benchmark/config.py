@@ -14,6 +14,7 @@ A benchmark is described by a YAML or JSON file::
     cross:                               # train on all of A, test on all of B
       - {train: livec, test: koniq10k}
     speed: {models: [qfm_iqm_lite0], score_batch_sizes: [16], train_batch_sizes: [16]}
+    chosen_on: {epochs: "results/validation/livec-round1 (validation parts)"}   # recorded, not read
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ class BenchmarkConfig:
     train: dict[str, Any] = field(default_factory=dict)
     cross: tuple[CrossSpec, ...] = ()
     speed: SpeedSpec | None = None
+    chosen_on: dict[str, str] = field(default_factory=dict)  # option -> the validation run that chose it
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -127,7 +129,7 @@ class BenchmarkConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchmarkConfig:
         data = _mapping(data, "the file")
-        _check_keys(data, {"name", "seeds", "datasets", "methods", "train", "cross", "speed"}, "the top level")
+        _check_keys(data, {"name", "seeds", "datasets", "methods", "train", "cross", "speed", "chosen_on"}, "the top level")
         for key in ("name", "datasets", "methods"):
             if key not in data:
                 raise ValueError(f"benchmark config: '{key}' is required")
@@ -151,7 +153,9 @@ class BenchmarkConfig:
                 method.train_config(train)
         cross = tuple(_cross(entry, k, {d.id for d in datasets}) for k, entry in enumerate(data.get("cross") or []))
         speed = _speed(data["speed"]) if data.get("speed") is not None else None
-        return cls(str(data["name"]), tuple(seeds), datasets, methods, train, cross, speed)
+        chosen_on = _mapping(data.get("chosen_on"), "'chosen_on'")
+        return cls(str(data["name"]), tuple(seeds), datasets, methods, train, cross, speed,
+                   {str(k): str(v) for k, v in chosen_on.items()})
 
     @classmethod
     def from_file(cls, path: str | Path) -> BenchmarkConfig:
