@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageFilter
 
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.training.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Models run fastest on one thread when other jobs share the CPU (use it per module)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")
