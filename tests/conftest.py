@@ -25,9 +25,12 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def livec_root() -> Path:
-    from qfm_iqm.data.livec import find_livec_root
+    """The real copy: ``$QFM_IQM_LIVEC_ROOT``, ``./datasets/livec``, or the project's ``../shared/datasets/livec``."""
+    from qfm_iqm.data.registry import default_root
 
-    root = find_livec_root()
+    found = default_root("livec")
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "livec"
+    root = found[0] if found else shared if shared.is_dir() else None
     if root is None:
         pytest.skip("real LIVE Challenge copy not found: set QFM_IQM_LIVEC_ROOT or place it at ../shared/datasets/livec")
     return root

@@ -6,7 +6,7 @@ import scipy.io
 from PIL import Image
 
 from qfm_iqm.data.images import load_image
-from qfm_iqm.data.livec import DEFAULT_LIVEC_ROOT_ENV, find_livec_root, load_livec
+from qfm_iqm.data.livec import load_livec
 from qfm_iqm.data.records import DatasetError
 from qfm_iqm.data.registry import load_dataset
 
@@ -116,9 +116,20 @@ def test_wrong_variable_name(tmp_path: Path) -> None:
         load_livec(root)
 
 
-def test_find_livec_root_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(DEFAULT_LIVEC_ROOT_ENV, str(tmp_path))
-    assert find_livec_root() == tmp_path
+def test_root_from_variable_then_datasets_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("QFM_IQM_LIVEC_ROOT", raising=False)
+    with pytest.raises(FileNotFoundError) as error:
+        load_dataset("livec")
+    for hint in ("--data-root", "QFM_IQM_LIVEC_ROOT", str(tmp_path / "datasets" / "livec"), "AllMOS_release.mat"):
+        assert hint in str(error.value)
+    make_livec(tmp_path / "datasets" / "livec")
+    assert load_dataset("livec").root == Path("datasets/livec")
+    monkeypatch.setenv("QFM_IQM_LIVEC_ROOT", str(tmp_path / "elsewhere"))
+    with pytest.raises(FileNotFoundError, match=r"elsewhere \(\$QFM_IQM_LIVEC_ROOT\) does not exist"):
+        load_dataset("livec")
+    make_livec(tmp_path / "elsewhere")
+    assert load_dataset("livec").root == tmp_path / "elsewhere"
 
 
 def test_registered_for_load_dataset(tmp_path: Path) -> None:
@@ -127,7 +138,7 @@ def test_registered_for_load_dataset(tmp_path: Path) -> None:
 
 
 @pytest.mark.livec
-def test_real_livec_copy(livec_root: Path) -> None:  # fixture skips when find_livec_root() is None
+def test_real_livec_copy(livec_root: Path) -> None:  # the fixture skips when there is no copy
     ds = load_livec(livec_root)
     assert len(ds) in (930, 1162)  # project copy (232 withheld) or full official release
     raw = ds.raw_labels()
