@@ -1,4 +1,8 @@
-"""The ``qfm-iqm`` command line: score, train, evaluate."""
+"""The ``qfm-iqm`` command line: score, train, evaluate.
+
+torch, timm and the training code are imported by the commands that use them, so that ``--help`` and
+usage errors come back at once (docs/scoring.md#start-up-time).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,17 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qfm_iqm.cli.benchmark_cmd import add_benchmark_command
 from qfm_iqm.cli.datasets_cmd import add_dataset_option_argument, add_datasets_command, parse_dataset_options
 from qfm_iqm.data.records import DatasetError, IQADataset
 from qfm_iqm.data.registry import load_dataset
-from qfm_iqm.models.pretrained import DEFAULT_MODEL, list_pretrained
-from qfm_iqm.training.config import TrainConfig
+from qfm_iqm.models.pretrained import DEFAULT_MODEL, release_name
 from qfm_iqm.utils.allocator import reuse_freed_memory
+
+if TYPE_CHECKING:
+    from qfm_iqm.training.config import TrainConfig
 
 SCORE_HELP = """Score images with a trained model (default: the released model).
 
@@ -77,7 +84,7 @@ def _score_inputs(args: argparse.Namespace) -> int:
         set_max_image_pixels(args.max_pixels or None)
     try:
         scorer = load_model(args.model, local_device(args.device), args.grid)
-        model = args.model if args.model in list_pretrained() else str(Path(args.model).resolve())
+        model = release_name(args.model) or str(Path(args.model).resolve())
         done = prepare_output(args.output, args.resume, {"model": model, "grid": args.grid}) if appendable else set()
         if done:
             _note(f"{len(done)} inputs already scored in {args.output}: skipped")
@@ -104,6 +111,8 @@ def _dataset_from_args(args: argparse.Namespace) -> IQADataset:
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    from qfm_iqm.training.config import TrainConfig
+
     config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
     overrides = list(args.set or [])
     for option in ("mode", "epochs", "batch_size", "device", "backbone_weights"):
@@ -207,7 +216,7 @@ def _evaluation_result(args: argparse.Namespace) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qfm-iqm", description="QFM-IQM no-reference image quality assessment")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_global_options(parser, in_command=False)
     commands = parser.add_subparsers(dest="name", required=True)
 
     score = commands.add_parser(
@@ -268,7 +277,27 @@ def build_parser() -> argparse.ArgumentParser:
                           help="run a baseline instead of training: ridge = frozen ImageNet Lite0 features (3x3 crops) "
                           "+ ridge regression; brisque = BRISQUE features + RBF kernel ridge")
     evaluate.set_defaults(func=_evaluate)
+    for command in commands.choices.values():
+        _add_global_options(command, in_command=True)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, in_command: bool) -> None:
+    """``--quiet`` and ``--threads``, accepted before the command and after it (where they keep the
+    value given before the command unless given again)."""
+    unset = {"default": argparse.SUPPRESS} if in_command else {}
+    parser.add_argument("--quiet", action="store_true", help="no progress bars", **unset)
+    parser.add_argument("--threads", type=int, metavar="N", **unset,
+                        help="CPU threads of PyTorch (default: PyTorch's, one per core); on a busy machine fewer "
+                        "can be faster, with the same scores")
+
+
+def _set_threads(threads: int) -> None:
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = "qfm-iqm " + shlex.join(argv)
     reuse_freed_memory()
     try:
+        if args.threads is not None:
+            _set_threads(args.threads)
         return args.func(args)
     except (DatasetError, FileNotFoundError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from qfm_iqm import __version__
 from qfm_iqm.data.records import LabelScale
-from qfm_iqm.utils.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 MODEL_FORMAT = "qfm-iqm/1"
@@ -122,6 +121,8 @@ def export_release(
 
     Returns the path of the written ``.safetensors`` file.
     """
+    from qfm_iqm.utils.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint  # torch: only here
+
     weights_path, _ = checkpoint_paths(checkpoint_dir)
     tensors, config = load_checkpoint(checkpoint_dir)
     if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
