@@ -1,5 +1,6 @@
 """`qfm-iqm train` and `qfm-iqm evaluate` end to end on a tiny CSV dataset."""
 
+import csv
 import json
 
 import pytest
@@ -40,7 +41,13 @@ def test_train_then_evaluate_checkpoint(tmp_path, csv_dataset, capsys):
     assert result["grid"] == 2  # the checkpoint's eval_grid
     assert result["metrics"] == pytest.approx(trained["metrics"])
     assert json.loads((report / "result.json").read_text())["metrics"] == result["metrics"]
-    assert len((report / "predictions.csv").read_text().splitlines()) == 1 + 3
+    with open(report / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3  # score and uncertainty on raw_label's 0-100 scale, the normalised ones beside them
+    for row in rows:
+        assert float(row["score"]) == pytest.approx(100 * float(row["score_normalised"]), abs=1e-4)
+        assert float(row["uncertainty"]) == pytest.approx(100 * float(row["uncertainty_normalised"]), abs=1e-4)
+        assert float(row["label"]) == pytest.approx(float(row["raw_label"]) / 100)
 
 
 def test_evaluate_refuses_images_the_checkpoint_trained_on(tmp_path, csv_dataset, capsys):
