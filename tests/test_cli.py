@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from dataset_fixtures import make_livec
 
 from qfm_iqm.cli.main import build_parser, main
 
@@ -48,3 +49,10 @@ def test_protocol_folder_as_model_points_to_its_split_models(tmp_path: Path, cap
     assert main(["score", str(image), "--model", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert "protocol results folder" in err and "split_0, split_1" in err
+
+
+def test_evaluate_refuses_the_release_on_the_data_it_was_trained_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The released model (named with underscores here) trained on every LIVEC image it knew."""
+    root = make_livec(tmp_path / "livec")
+    assert main(["evaluate", "--checkpoint", "qfm_iqm_lite0_livec", "--dataset", "livec", "--data-root", str(root)]) == 2
+    assert "was trained on 6 of the 6 images to test (every image of LIVEC)" in capsys.readouterr().err

@@ -275,7 +275,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, dataset: IQADataset) -> dict:
     settings = info.get("training") or info.get("settings") or {}
     grid = args.grid or settings.get("eval_grid", 3)
     predictions = predict_records(model, [dataset.records[i] for i in indices], grid, device, progress=not args.quiet)
-    result = {"checkpoint": str(args.checkpoint), "dataset": dataset.name, "trained_on": training.get("dataset"),
+    result = {"checkpoint": args.checkpoint, "dataset": dataset.name, "trained_on": training.get("dataset"),
               "tested": tested, "images": len(indices), "training_images": len(seen), "grid": grid,
               "metrics": metrics_on(dataset, indices, predictions)}
     if args.output is not None and is_main():
@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_dataset_options(evaluate)
     _add_training_options(evaluate)
-    evaluate.add_argument("--checkpoint", type=Path, metavar="NAME_OR_PATH",
+    evaluate.add_argument("--checkpoint", metavar="NAME_OR_PATH",
                           help="test this trained model (a folder, its file, or a released model) instead of "
                           "training: on the test part of the split it trained on, refusing images it trained on")
     evaluate.add_argument("--split-file", dest="split_file", type=Path,
