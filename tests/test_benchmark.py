@@ -98,7 +98,8 @@ def test_cross_dataset_pairs_handle_the_label_direction(tmp_path, label_files):
         predictions = tmp_path / "out" / "cross" / method / "blur__to__blur-dmos.csv"
         with open(predictions, newline="") as handle:
             rows = list(csv.DictReader(handle))
-        scores = [float(r["score"]) for r in rows]
+        scores = [float(r["score_normalised"]) for r in rows]  # higher is better, like label
+        assert [float(r["score"]) for r in rows] == pytest.approx([100 - 100 * x for x in scores], abs=1e-4)  # DMOS
         mos = [1 - float(r["label"]) for r in rows]  # DMOS labels normalised: 1 - MOS/100
         from qfm_iqm.evaluation.metrics import srcc
 
