@@ -24,8 +24,10 @@ def main(benchmark_dir: str) -> None:
         if "uncertainty" not in frame or not frame["uncertainty"].fillna(0).any():
             continue  # baselines have no spread (0 or empty)
         dataset, method, split = path.parts[-4:-1]
+        # files written before score/uncertainty moved to the raw-label scale hold the normalised ones as these
+        score, spread = ("score_normalised", "uncertainty_normalised") if "score_normalised" in frame else ("score", "uncertainty")
         rows.append({"dataset": dataset, "method": method, "seed": int(split.removeprefix("split_")),
-                     **spread_calibration(frame["score"], frame["label"], frame["uncertainty"])})
+                     **spread_calibration(frame[score], frame["label"], frame[spread])})
     if not rows:
         raise SystemExit(f"no predictions.csv with a spread under {root}")
     table = pd.DataFrame(rows)

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageFilter
 
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.training.config import TrainConfig
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Models run fastest on one thread when other jobs share the CPU (use it per module)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def livec_root() -> Path:
-    from qfm_iqm.data.livec import find_livec_root
+    """The real copy: ``$QFM_IQM_LIVEC_ROOT``, ``./datasets/livec``, or the project's ``../shared/datasets/livec``."""
+    from qfm_iqm.data.registry import default_root
 
-    root = find_livec_root()
+    found = default_root("livec")
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "livec"
+    root = found[0] if found else shared if shared.is_dir() else None
     if root is None:
         pytest.skip("real LIVE Challenge copy not found: set QFM_IQM_LIVEC_ROOT or place it at ../shared/datasets/livec")
     return root

@@ -6,12 +6,15 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import openpyxl
+import scipy.io
 from PIL import Image
 
 from qfm_iqm.data.records import IQADataset
 from qfm_iqm.data.splits import make_split
 
+LIVEC_TEST_IMAGES = 6  # test-phase images of make_livec by default
 _FORMATS = {".bmp": "BMP", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
@@ -58,3 +61,36 @@ def assert_parts_disjoint(parts: dict[str, tuple[int, ...]], n: int) -> None:
     """The parts of an official split are disjoint and cover the n records."""
     flat = [i for part in parts.values() for i in part]
     assert sorted(flat) == list(range(n))
+
+
+def _cell(names: list[str]) -> np.ndarray:
+    cell = np.empty((len(names), 1), dtype=object)
+    for i, n in enumerate(names):
+        cell[i, 0] = np.array([n])
+    return cell
+
+
+def make_livec(
+    root: Path,
+    names: list[str] | None = None,
+    mos: list[float] | None = None,
+    std: list[float] | None = None,
+    skip_files: tuple[str, ...] = (),
+) -> Path:
+    """Miniature LIVEC in the official layout: 7 training entries t1..t7 first, then test images."""
+    train = [f"t{i}.bmp" for i in range(1, 8)]
+    test = [f"{100 + i}.bmp" for i in range(LIVEC_TEST_IMAGES)]
+    names = names if names is not None else train + test
+    mos = mos if mos is not None else [10.0 * (i % 10) + 5 for i in range(len(names))]
+    std = std if std is not None else [15.0 + i for i in range(len(names))]
+    (root / "Data").mkdir(parents=True)
+    (root / "Images" / "trainingImages").mkdir(parents=True)
+    scipy.io.savemat(root / "Data" / "AllImages_release.mat", {"AllImages_release": _cell(names)})
+    scipy.io.savemat(root / "Data" / "AllMOS_release.mat", {"AllMOS_release": np.array([mos], dtype=np.float64)})
+    scipy.io.savemat(root / "Data" / "AllStdDev_release.mat", {"AllStdDev_release": np.array([std], dtype=np.float64)})
+    for k, n in enumerate(dict.fromkeys(names)):
+        if n in skip_files:
+            continue
+        folder = root / "Images" / ("trainingImages" if n.startswith("t") else "")
+        Image.new("RGB", (6, 5), (k * 10, 50, 100)).save(folder / n, format="BMP")
+    return root

@@ -2,6 +2,8 @@
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,7 +98,8 @@ def test_cross_dataset_pairs_handle_the_label_direction(tmp_path, label_files):
         predictions = tmp_path / "out" / "cross" / method / "blur__to__blur-dmos.csv"
         with open(predictions, newline="") as handle:
             rows = list(csv.DictReader(handle))
-        scores = [float(r["score"]) for r in rows]
+        scores = [float(r["score_normalised"]) for r in rows]  # higher is better, like label
+        assert [float(r["score"]) for r in rows] == pytest.approx([100 - 100 * x for x in scores], abs=1e-4)  # DMOS
         mos = [1 - float(r["label"]) for r in rows]  # DMOS labels normalised: 1 - MOS/100
         from qfm_iqm.evaluation.metrics import srcc
 
@@ -155,3 +158,27 @@ def test_shipped_benchmark_configs_are_valid(path):
     for method in config.methods:
         if method.trained:
             method.train_config(config.train)  # every option exists and has a valid value
+
+
+def test_set_is_checked_before_anything_runs(tmp_path, label_files, capsys):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_benchmark(label_files)))
+    out = tmp_path / "out"
+    assert main(["--quiet", "benchmark", "--config", str(config), "--output", str(out), "--set", "epoch=1"]) == 2
+    assert "unknown option 'epoch'" in capsys.readouterr().err
+    baselines = tmp_path / "baselines.json"
+    baselines.write_text(json.dumps(tiny_benchmark(label_files, [{"name": "brisque", "baseline": "brisque"}])))
+    assert main(["--quiet", "benchmark", "--config", str(baselines), "--output", str(out), "--set", "epochs=1"]) == 2
+    assert "trains no method" in capsys.readouterr().err
+    assert not (out / "blur").exists()  # no cell ran
+
+
+def test_peak_memory_of_a_child_process_is_its_own():
+    """A child started by fork + exec reports its own peak, not the (larger) peak of its parent."""
+    from qfm_iqm.evaluation.protocol import peak_rss_mib
+
+    held = bytearray(1536 * 2**20)
+    held[::4096] = b"\1" * len(range(0, len(held), 4096))  # make the pages resident
+    code = "from qfm_iqm.evaluation.protocol import peak_rss_mib; print(peak_rss_mib())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 0 < child < peak_rss_mib() - 1000

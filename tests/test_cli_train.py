@@ -1,5 +1,6 @@
 """`qfm-iqm train` and `qfm-iqm evaluate` end to end on a tiny CSV dataset."""
 
+import csv
 import json
 
 import pytest
@@ -24,14 +25,44 @@ def csv_dataset(tmp_path, blur_records):
 
 def test_train_then_evaluate_checkpoint(tmp_path, csv_dataset, capsys):
     out = tmp_path / "model"
-    assert main(["--quiet", "train", *csv_dataset, "--set", "lr=5e-4", "--output", str(out)]) == 0
+    assert main(["train", *csv_dataset, "--set", "lr=5e-4", "--output", str(out), "--quiet"]) == 0
     saved = json.loads((out / "model.json").read_text())
     assert saved["training"]["lr"] == 5e-4 and saved["train_size"] == 13  # 80% of 16, rounded
     assert saved["score_scale"]["high"] == 100 and "qfm-iqm" in saved["command"]
-    capsys.readouterr()
-    assert main(["--quiet", "evaluate", *csv_dataset, "--checkpoint", str(out), "--grid", "2"]) == 0
+    split = json.loads((out / "splits.json").read_text())["splits"]
+    assert len(split) == 1 and split[0]["seed"] == 0 and len(split[0]["train"]) == 13 and len(split[0]["test"]) == 3
+    trained = json.loads(capsys.readouterr().out)["test"]  # train reports its held-out metrics
+    assert trained["test_size"] == 3 and -1 <= trained["metrics"]["srcc"] <= 1
+    assert json.loads((out / "result.json").read_text())["metrics"] == trained["metrics"]
+    report = tmp_path / "report"
+    assert main(["--quiet", "evaluate", *csv_dataset, "--checkpoint", str(out), "--output", str(report)]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["images"] == 16 and -1 <= result["metrics"]["srcc"] <= 1
+    assert result["images"] == 3 and result["training_images"] == 0 and "seed 0" in result["tested"]
+    assert result["grid"] == 2  # the checkpoint's eval_grid
+    assert result["metrics"] == pytest.approx(trained["metrics"])
+    assert json.loads((report / "result.json").read_text())["metrics"] == result["metrics"]
+    with open(report / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3  # score and uncertainty on raw_label's 0-100 scale, the normalised ones beside them
+    for row in rows:
+        assert float(row["score"]) == pytest.approx(100 * float(row["score_normalised"]), abs=1e-4)
+        assert float(row["uncertainty"]) == pytest.approx(100 * float(row["uncertainty_normalised"]), abs=1e-4)
+        assert float(row["label"]) == pytest.approx(float(row["raw_label"]) / 100)
+
+
+def test_evaluate_refuses_images_the_checkpoint_trained_on(tmp_path, csv_dataset, capsys):
+    out = tmp_path / "model"
+    assert main(["--quiet", "train", *csv_dataset, "--split-seed", "1", "--output", str(out)]) == 0
+    other = tmp_path / "other"
+    assert main(["--quiet", "train", *csv_dataset, "--split-seed", "2", "--epochs", "0", "--output", str(other)]) == 0
+    capsys.readouterr()
+    evaluate = ["--quiet", "evaluate", *csv_dataset, "--checkpoint", str(out), "--split-file", str(other / "splits.json")]
+    assert main(evaluate) == 2
+    assert "was trained on" in capsys.readouterr().err
+    assert main([*evaluate, "--include-training-images"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["training_images"] > 0 and "WARNING" in captured.err and "not a held-out test" in captured.err
 
 
 def test_protocol_writes_results_and_does_not_redo_finished_splits(tmp_path, csv_dataset, capsys):
@@ -64,7 +95,9 @@ def test_cross_dataset_evaluation_handles_label_direction(tmp_path, csv_dataset,
     (root / "dmos.csv").write_text("\n".join(lines) + "\n")
     capsys.readouterr()
     common = ["--quiet", "evaluate", "--dataset", "csv", "--data-root", str(root), "--checkpoint", str(out), "--grid", "2"]
-    assert main([*common, "--dataset-option", "file=labels.csv"]) == 0
+    assert main([*common, "--dataset-option", "file=labels.csv"]) == 2  # --all: it trained on every image
+    assert "was trained on 16 of the 16 images" in capsys.readouterr().err
+    assert main([*common, "--dataset-option", "file=labels.csv", "--include-training-images"]) == 0
     mos = json.loads(capsys.readouterr().out)["metrics"]
     assert main([*common, "--dataset-option", "file=dmos.csv", "--dataset-option", "higher_is_better=false"]) == 0
     dmos = json.loads(capsys.readouterr().out)["metrics"]

@@ -3,48 +3,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-from PIL import Image
+from dataset_fixtures import LIVEC_TEST_IMAGES as N_TEST
+from dataset_fixtures import make_livec
 
 from qfm_iqm.data.images import load_image
-from qfm_iqm.data.livec import DEFAULT_LIVEC_ROOT_ENV, find_livec_root, load_livec
+from qfm_iqm.data.livec import load_livec
 from qfm_iqm.data.records import DatasetError
 from qfm_iqm.data.registry import load_dataset
-
-N_TEST = 6
-
-
-def _cell(names: list[str]) -> np.ndarray:
-    cell = np.empty((len(names), 1), dtype=object)
-    for i, n in enumerate(names):
-        cell[i, 0] = np.array([n])
-    return cell
-
-
-def make_livec(
-    root: Path,
-    names: list[str] | None = None,
-    mos: list[float] | None = None,
-    std: list[float] | None = None,
-    skip_files: tuple[str, ...] = (),
-) -> Path:
-    """Miniature LIVEC in the official layout: 7 training entries t1..t7 first, then test images."""
-    train = [f"t{i}.bmp" for i in range(1, 8)]
-    test = [f"{100 + i}.bmp" for i in range(N_TEST)]
-    names = names if names is not None else train + test
-    mos = mos if mos is not None else [10.0 * (i % 10) + 5 for i in range(len(names))]
-    std = std if std is not None else [15.0 + i for i in range(len(names))]
-    (root / "Data").mkdir(parents=True)
-    (root / "Images" / "trainingImages").mkdir(parents=True)
-    scipy.io.savemat(root / "Data" / "AllImages_release.mat", {"AllImages_release": _cell(names)})
-    scipy.io.savemat(root / "Data" / "AllMOS_release.mat", {"AllMOS_release": np.array([mos], dtype=np.float64)})
-    scipy.io.savemat(root / "Data" / "AllStdDev_release.mat", {"AllStdDev_release": np.array([std], dtype=np.float64)})
-    for k, n in enumerate(dict.fromkeys(names)):
-        if n in skip_files:
-            continue
-        folder = root / "Images" / ("trainingImages" if n.startswith("t") else "")
-        Image.new("RGB", (6, 5), (k * 10, 50, 100)).save(folder / n, format="BMP")
-    return root
-
 
 def test_official_format_roundtrip(tmp_path: Path) -> None:
     root = make_livec(tmp_path / "livec")
@@ -116,9 +81,20 @@ def test_wrong_variable_name(tmp_path: Path) -> None:
         load_livec(root)
 
 
-def test_find_livec_root_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(DEFAULT_LIVEC_ROOT_ENV, str(tmp_path))
-    assert find_livec_root() == tmp_path
+def test_root_from_variable_then_datasets_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("QFM_IQM_LIVEC_ROOT", raising=False)
+    with pytest.raises(FileNotFoundError) as error:
+        load_dataset("livec")
+    for hint in ("--data-root", "QFM_IQM_LIVEC_ROOT", str(tmp_path / "datasets" / "livec"), "AllMOS_release.mat"):
+        assert hint in str(error.value)
+    make_livec(tmp_path / "datasets" / "livec")
+    assert load_dataset("livec").root == Path("datasets/livec")
+    monkeypatch.setenv("QFM_IQM_LIVEC_ROOT", str(tmp_path / "elsewhere"))
+    with pytest.raises(FileNotFoundError, match=r"elsewhere \(\$QFM_IQM_LIVEC_ROOT\) does not exist"):
+        load_dataset("livec")
+    make_livec(tmp_path / "elsewhere")
+    assert load_dataset("livec").root == tmp_path / "elsewhere"
 
 
 def test_registered_for_load_dataset(tmp_path: Path) -> None:
@@ -127,7 +103,7 @@ def test_registered_for_load_dataset(tmp_path: Path) -> None:
 
 
 @pytest.mark.livec
-def test_real_livec_copy(livec_root: Path) -> None:  # fixture skips when find_livec_root() is None
+def test_real_livec_copy(livec_root: Path) -> None:  # the fixture skips when there is no copy
     ds = load_livec(livec_root)
     assert len(ds) in (930, 1162)  # project copy (232 withheld) or full official release
     raw = ds.raw_labels()

@@ -30,13 +30,7 @@ CROP = 64
 MOS = {"name": "MOS", "low": 0, "high": 100, "higher_is_better": True}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and far faster when other jobs share the CPU)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")

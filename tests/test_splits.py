@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,9 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
     save_splits(path, splits, ds.name, len(ds))
     assert load_splits(path, ds) == splits
     assert [p.name for p in path.parent.iterdir()] == ["splits.json"]  # no temp file left behind
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # a usual file, not the temp file's 0600
     assert Split.from_dict(splits[0].to_dict()) == splits[0]
 
 

@@ -132,13 +132,21 @@ def run_benchmark(
     """Run every cell of ``config`` into ``output_dir`` and write the report there.
 
     ``overrides`` (``key=value``) apply to every trained method (e.g. ``device=cuda``); they are part
-    of each cell's recorded configuration, so a folder never mixes runs with different options.
+    of each cell's recorded configuration, so a folder never mixes runs with different options. They
+    are checked before anything runs (``ValueError`` for an unknown option, a bad value, or a
+    benchmark of baselines only).
     """
     from qfm_iqm.benchmark.report import write_report
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     overrides = list(overrides or [])
+    trained = [method for method in config.methods if method.trained]
+    if overrides and not trained:
+        raise ValueError(f"--set {' '.join(overrides)}: this benchmark trains no method (baselines only), "
+                         "so there are no training options to set")
+    for method in trained:
+        method.train_config(config.train, overrides)  # unknown options and bad values fail before any cell runs
     outcome = BenchmarkOutcome()
     datasets: dict[str, IQADataset] = {}
     for spec in config.datasets:

@@ -1,4 +1,8 @@
-"""The ``qfm-iqm`` command line: score, train, evaluate."""
+"""The ``qfm-iqm`` command line: score, train, evaluate.
+
+torch, timm and the training code are imported by the commands that use them, so that ``--help`` and
+usage errors come back at once (docs/scoring.md#start-up-time).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,18 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qfm_iqm.cli.benchmark_cmd import add_benchmark_command
 from qfm_iqm.cli.datasets_cmd import add_dataset_option_argument, add_datasets_command, parse_dataset_options
 from qfm_iqm.data.records import DatasetError, IQADataset
 from qfm_iqm.data.registry import load_dataset
-from qfm_iqm.models.pretrained import DEFAULT_MODEL, list_pretrained
-from qfm_iqm.training.config import TrainConfig
+from qfm_iqm.models.pretrained import DEFAULT_MODEL, release_name
 from qfm_iqm.utils.allocator import reuse_freed_memory
+
+if TYPE_CHECKING:
+    from qfm_iqm.data.splits import Split
+    from qfm_iqm.training.config import TrainConfig
 
 SCORE_HELP = """Score images with a trained model (default: the released model).
 
@@ -77,7 +85,7 @@ def _score_inputs(args: argparse.Namespace) -> int:
         set_max_image_pixels(args.max_pixels or None)
     try:
         scorer = load_model(args.model, local_device(args.device), args.grid)
-        model = args.model if args.model in list_pretrained() else str(Path(args.model).resolve())
+        model = release_name(args.model) or str(Path(args.model).resolve())
         done = prepare_output(args.output, args.resume, {"model": model, "grid": args.grid}) if appendable else set()
         if done:
             _note(f"{len(done)} inputs already scored in {args.output}: skipped")
@@ -104,6 +112,8 @@ def _dataset_from_args(args: argparse.Namespace) -> IQADataset:
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    from qfm_iqm.training.config import TrainConfig
+
     config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
     overrides = list(args.set or [])
     for option in ("mode", "epochs", "batch_size", "device", "backbone_weights"):
@@ -131,29 +141,41 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from qfm_iqm.data.splits import load_splits, make_split
-    from qfm_iqm.evaluation.protocol import config_for_dataset, fit_model, training_metadata
-    from qfm_iqm.training.distributed import distributed_session, is_main
+    """Train on one split's training part (written to ``splits.json`` in the output folder) and test the
+    model on its test part (``result.json``, ``predictions.csv``); with ``--all`` on every image."""
+    from qfm_iqm.data.splits import load_splits, make_split, save_splits
+    from qfm_iqm.evaluation.predict import predict_records
+    from qfm_iqm.evaluation.protocol import config_for_dataset, finish_split, fit_model, training_metadata
+    from qfm_iqm.training.distributed import distributed_session, is_main, local_device
     from qfm_iqm.training.interrupt import TrainingInterrupted
 
-    config = _config_from_args(args)
     dataset = _dataset_from_args(args)
-    if args.all:
-        indices, split_seed = tuple(range(len(dataset))), None
-    else:
+    config = config_for_dataset(_config_from_args(args), dataset)
+    split = None
+    if not args.all:
         split = load_splits(args.split_file, dataset)[0] if args.split_file else make_split(dataset, args.split_seed)
-        indices, split_seed = split.train, split.seed
-    metadata = training_metadata(dataset, split_seed, len(indices), args.command_line)
+    indices = split.train if split is not None else tuple(range(len(dataset)))
+    metadata = training_metadata(dataset, split.seed if split else None, len(indices), args.command_line)
     records = [dataset.records[i] for i in indices]
     with distributed_session(config.device):
+        if split is not None and is_main():
+            save_splits(args.output / "splits.json", [split], dataset.name, len(dataset))
         try:
-            fit_model(config_for_dataset(config, dataset), records, args.output, metadata=metadata,
-                      progress=not args.quiet, resume=not args.restart)
+            model, _ = fit_model(config, records, args.output, metadata=metadata, progress=not args.quiet,
+                                 resume=not args.restart)
         except TrainingInterrupted as stop:
             _note(str(stop))
             return stop.exit_code
+        _note(f"model written to {args.output}/model.safetensors (+ model.json)")
+        if split is None:
+            _note("trained on every image (--all): no held-out images to test it on")
+            return 0
+        test = [dataset.records[i] for i in split.test]
+        device = local_device(config.device)
+        predictions = predict_records(model, test, config.eval_grid, device, progress=not args.quiet)
+        result = finish_split(args.output, dataset, split, predictions, grid=config.eval_grid)
         if is_main():
-            print(f"model written to {args.output}/model.safetensors (+ model.json)")
+            print(json.dumps({"output": str(args.output), "test": result}, indent=2))
     return 0
 
 
@@ -177,19 +199,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _evaluation_result(args: argparse.Namespace) -> dict:
     dataset = _dataset_from_args(args)
     if args.checkpoint:
-        from qfm_iqm.data.splits import load_splits
-        from qfm_iqm.evaluation.predict import predict_records
-        from qfm_iqm.evaluation.protocol import metrics_on
-        from qfm_iqm.models.qfm import load_trained_model
-        from qfm_iqm.training.distributed import local_device
-
-        device = local_device(args.device or "auto")
-        model = load_trained_model(args.checkpoint, device)
-        indices = load_splits(args.split_file, dataset)[0].test if args.split_file else tuple(range(len(dataset)))
-        records = [dataset.records[i] for i in indices]
-        predictions = predict_records(model, records, args.grid, device, progress=not args.quiet)
-        return {"checkpoint": str(args.checkpoint), "dataset": dataset.name, "images": len(indices),
-                "metrics": metrics_on(dataset, indices, predictions)}
+        return _evaluate_checkpoint(args, dataset)
     if args.baseline:
         from qfm_iqm.evaluation.protocol import run_baseline_protocol
 
@@ -205,9 +215,78 @@ def _evaluation_result(args: argparse.Namespace) -> dict:
     return {"output": str(output), "summary": result["summary"]}
 
 
+def _trained_split(path: Path, training: dict, dataset: IQADataset) -> Split | None:
+    """The split a checkpoint trained on (``None``: every image), from the ``splits.json`` beside it
+    (``train``) or in the folder above (a protocol's ``split_<seed>/``), else remade from its seed."""
+    from qfm_iqm.data.splits import load_splits, make_split
+
+    seed = training.get("split_seed")
+    if seed is None:
+        return None
+    folder = path if path.is_dir() else path.parent
+    for file in (folder / "splits.json", folder.parent / "splits.json"):
+        found = [split for split in load_splits(file, dataset) if split.seed == seed] if file.is_file() else []
+        if found:
+            return found[0]
+    split = make_split(dataset, seed)
+    if training.get("train_size") not in (None, len(split.train)):
+        raise ValueError(
+            f"{path} trained on {training['train_size']} images of the split with seed {seed}, but that split of "
+            f"this copy of {dataset.name} has {len(split.train)} training images, and no splits.json beside the "
+            "checkpoint or in the folder above says which; put the splits.json it was trained with there"
+        )
+    return split
+
+
+def _evaluate_checkpoint(args: argparse.Namespace, dataset: IQADataset) -> dict:
+    """Test a trained model on the test part of its recorded split (or of ``--split-file``), with its
+    recorded test grid; images it trained on are refused unless ``--include-training-images``."""
+    from qfm_iqm.data.splits import load_splits
+    from qfm_iqm.evaluation.predict import predict_records
+    from qfm_iqm.evaluation.protocol import metrics_on, write_predictions
+    from qfm_iqm.models.pretrained import resolve_model
+    from qfm_iqm.models.qfm import load_checkpoint_model
+    from qfm_iqm.training.distributed import is_main, local_device
+    from qfm_iqm.utils.checkpoint import atomic_write_json
+
+    device = local_device(args.device or "auto")
+    path = resolve_model(args.checkpoint)
+    model, info = load_checkpoint_model(path, device)
+    training = info.get("training_data") or info  # release copies keep it under training_data
+    same_dataset = training.get("dataset") == dataset.name
+    recorded = _trained_split(path, training, dataset) if same_dataset else None
+    if args.split_file:
+        indices, tested = load_splits(args.split_file, dataset)[0].test, f"the test part of {args.split_file}"
+    elif recorded is not None:
+        indices, tested = recorded.test, f"the test part of its split (seed {recorded.seed})"
+    else:
+        indices, tested = tuple(range(len(dataset))), f"every image of {dataset.name}"
+    trained = set(range(len(dataset)) if recorded is None else recorded.train) if same_dataset else set()
+    seen = [i for i in indices if i in trained]
+    if seen and not args.include_training_images:
+        raise ValueError(
+            f"{args.checkpoint} was trained on {len(seen)} of the {len(indices)} images to test ({tested}); "
+            "test it on held-out images (--split-file with a disjoint test part) or on another dataset, "
+            "or add --include-training-images to score them anyway"
+        )
+    if seen:
+        _note(f"WARNING: {len(seen)} of the {len(indices)} test images trained {args.checkpoint}: "
+              "these metrics are not a held-out test")
+    settings = info.get("training") or info.get("settings") or {}
+    grid = args.grid or settings.get("eval_grid", 3)
+    predictions = predict_records(model, [dataset.records[i] for i in indices], grid, device, progress=not args.quiet)
+    result = {"checkpoint": args.checkpoint, "dataset": dataset.name, "trained_on": training.get("dataset"),
+              "tested": tested, "images": len(indices), "training_images": len(seen), "grid": grid,
+              "metrics": metrics_on(dataset, indices, predictions)}
+    if args.output is not None and is_main():
+        write_predictions(args.output / "predictions.csv", dataset, indices, predictions)
+        atomic_write_json(args.output / "result.json", result)
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qfm-iqm", description="QFM-IQM no-reference image quality assessment")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_global_options(parser, in_command=False)
     commands = parser.add_subparsers(dest="name", required=True)
 
     score = commands.add_parser(
@@ -258,17 +337,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_dataset_options(evaluate)
     _add_training_options(evaluate)
-    evaluate.add_argument("--checkpoint", type=Path, help="evaluate this trained model instead of training")
-    evaluate.add_argument("--split-file", dest="split_file", type=Path, help="test part of its first split only")
-    evaluate.add_argument("--grid", type=int, default=3, help="test crops per side (checkpoint mode)")
+    evaluate.add_argument("--checkpoint", metavar="NAME_OR_PATH",
+                          help="test this trained model (a folder, its file, or a released model) instead of "
+                          "training: on the test part of the split it trained on, refusing images it trained on")
+    evaluate.add_argument("--split-file", dest="split_file", type=Path,
+                          help="checkpoint mode: test on the test part of this file's first split instead")
+    evaluate.add_argument("--include-training-images", dest="include_training_images", action="store_true",
+                          help="checkpoint mode: score images the checkpoint trained on too (with a warning)")
+    evaluate.add_argument("--grid", type=int,
+                          help="checkpoint mode: test crops per side (default: the checkpoint's eval_grid, else 3)")
     evaluate.add_argument("--repeats", type=int, default=10, help="number of splits, seeds 0..N-1")
     evaluate.add_argument("--seeds", type=int, nargs="+", help="explicit split seeds")
-    evaluate.add_argument("--output", type=Path, help="protocol results folder")
+    evaluate.add_argument("--output", type=Path,
+                          help="results folder (protocol; checkpoint mode: result.json + predictions.csv)")
     evaluate.add_argument("--baseline", choices=["ridge", "brisque"],
                           help="run a baseline instead of training: ridge = frozen ImageNet Lite0 features (3x3 crops) "
                           "+ ridge regression; brisque = BRISQUE features + RBF kernel ridge")
     evaluate.set_defaults(func=_evaluate)
+    for command in commands.choices.values():
+        _add_global_options(command, in_command=True)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, in_command: bool) -> None:
+    """``--quiet`` and ``--threads``, accepted before the command and after it (where they keep the
+    value given before the command unless given again)."""
+    unset = {"default": argparse.SUPPRESS} if in_command else {}
+    parser.add_argument("--quiet", action="store_true", help="no progress bars", **unset)
+    parser.add_argument("--threads", type=int, metavar="N", **unset,
+                        help="CPU threads of PyTorch (default: PyTorch's, one per core); on a busy machine fewer "
+                        "can be faster, with the same scores")
+
+
+def _set_threads(threads: int) -> None:
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = "qfm-iqm " + shlex.join(argv)
     reuse_freed_memory()
     try:
+        if args.threads is not None:
+            _set_threads(args.threads)
         return args.func(args)
     except (DatasetError, FileNotFoundError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,27 +19,16 @@ from qfm_iqm.data.files import (
 from qfm_iqm.data.records import DatasetError, IQADataset, LabelScale, offenders_message
 from qfm_iqm.data.registry import register_dataset
 
-DEFAULT_LIVEC_ROOT_ENV = "QFM_IQM_LIVEC_ROOT"
 LIVEC_SCALE = LabelScale(low=0.0, high=100.0, higher_is_better=True, name="MOS")
 # The release's first entries are the training-phase images t1..t7, excluded by the standard protocol.
 LIVEC_N_TRAINING_ENTRIES = 7
 _IMAGE_DIRS = ("Images", "Images/trainingImages")
 
 
-def find_livec_root() -> Path | None:
-    """``$QFM_IQM_LIVEC_ROOT`` if set, else the project's shared copy if it exists, else ``None``."""
-    env = os.environ.get(DEFAULT_LIVEC_ROOT_ENV)
-    if env:
-        return Path(env)
-    shared = Path(__file__).resolve().parents[3].parent / "shared" / "datasets" / "livec"
-    return shared if shared.is_dir() else None
-
-
 @register_dataset(
     "livec",
     expects="Data/AllImages_release.mat, Data/AllMOS_release.mat, Data/AllStdDev_release.mat and Images/",
     source="https://live.ece.utexas.edu/research/ChallengeDB/index.html",
-    default_root=find_livec_root,
     kind="authentic, 1,162 images, MOS 0..100 (higher is better)",
 )
 def load_livec(root: str | Path) -> IQADataset:

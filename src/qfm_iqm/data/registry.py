@@ -1,8 +1,14 @@
-"""Registry of datasets: a name -> a loader reading the authors' official files under a root folder."""
+"""Registry of datasets: a name -> a loader reading the authors' official files under a root folder.
+
+Where a dataset is found when no folder is given: ``$QFM_IQM_<NAME>_ROOT`` (e.g. ``QFM_IQM_LIVEC_ROOT``),
+else ``datasets/<name>`` under the current folder (as pyiqa's ``./datasets``).
+"""
 
 from __future__ import annotations
 
 import inspect
+import os
+import re
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +30,6 @@ class DatasetInfo:
     loader: Callable[..., IQADataset]
     expects: str
     source: str
-    default_root: Callable[[], Path | None] | None = None
     kind: str = ""
 
     @property
@@ -40,13 +45,12 @@ def register_dataset(
     name: str,
     expects: str,
     source: str,
-    default_root: Callable[[], Path | None] | None = None,
     kind: str = "",
 ) -> Callable:
     """Decorator registering ``loader(root, *, **options) -> IQADataset`` under ``name``."""
 
     def wrap(loader: Callable[..., IQADataset]) -> Callable[..., IQADataset]:
-        _DATASETS[name] = DatasetInfo(name, loader, expects, source, default_root, kind)
+        _DATASETS[name] = DatasetInfo(name, loader, expects, source, kind)
         return loader
 
     return wrap
@@ -57,11 +61,29 @@ def list_datasets() -> list[DatasetInfo]:
     return [_DATASETS[name] for name in sorted(_DATASETS)]
 
 
+DATASETS_FOLDER = "datasets"
+
+
+def root_variable(name: str) -> str:
+    """The environment variable naming a dataset's folder: ``QFM_IQM_<NAME>_ROOT``."""
+    return f"QFM_IQM_{re.sub(r'[^0-9A-Z]', '_', name.upper())}_ROOT"
+
+
+def default_root(name: str) -> tuple[Path, str] | None:
+    """Where dataset ``name`` is looked for without a folder, and how that was chosen: the folder in
+    ``$QFM_IQM_<NAME>_ROOT``, else ``datasets/<name>`` under the current folder if it exists."""
+    variable = root_variable(name)
+    if os.environ.get(variable):
+        return Path(os.environ[variable]), f"${variable}"
+    local = Path(DATASETS_FOLDER) / name
+    return (local, "the default folder") if local.is_dir() else None
+
+
 def load_dataset(name: str, root: str | Path | None = None, **options: Any) -> IQADataset:
     """Load a registered dataset from its unpacked official download at ``root``.
 
-    Without ``root`` the dataset's default location is used where it has one. ``options`` go to the
-    loader (see ``describe_datasets``); values may be given as text, as on the command line.
+    Without ``root`` the folder comes from :func:`default_root`. ``options`` go to the loader (see
+    ``describe_datasets``); values may be given as text, as on the command line.
     """
     _import_loaders()
     if name not in _DATASETS:
@@ -71,13 +93,19 @@ def load_dataset(name: str, root: str | Path | None = None, **options: Any) -> I
     if unknown:
         accepted = f"its options are {', '.join(info.options)}" if info.options else "it takes no options"
         raise ValueError(f"dataset {name!r} has no option {', '.join(unknown)}; {accepted}")
+    chosen = "the given folder"
     if root is None:
-        root = info.default_root() if info.default_root else None
-        if root is None:
-            raise FileNotFoundError(f"dataset {name!r}: give the folder of its official download ({info.expects})")
+        found = default_root(name)
+        if found is None:
+            raise FileNotFoundError(
+                f"dataset {name!r}: no folder given and none found; pass --data-root DIR (root= in Python), "
+                f"set {root_variable(name)}=DIR, or unpack its official download to "
+                f"{Path.cwd() / DATASETS_FOLDER / name} (it expects {info.expects})"
+            )
+        root, chosen = found
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset {name!r}: folder {root} does not exist ({info.expects})")
+        raise FileNotFoundError(f"dataset {name!r}: folder {root} ({chosen}) does not exist ({info.expects})")
     return info.loader(root, **options)
 
 

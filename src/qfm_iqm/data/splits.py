@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -14,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from qfm_iqm.data.records import DatasetError, IQADataset, offenders_message
+from qfm_iqm.utils.checkpoint import atomic_write_text
 
 SPLITS_FORMAT = "qfm-iqm-splits"
 SPLITS_VERSION = 1
@@ -141,7 +140,7 @@ def _validate(splits: Sequence[Split], n_records: int, where: str) -> None:
 
 
 def save_splits(path: str | Path, splits: Sequence[Split], dataset_name: str, n_records: int) -> None:
-    """Write ``splits`` as JSON (atomically: temporary file then ``os.replace``)."""
+    """Write ``splits`` as JSON (atomically, with the usual file mode)."""
     path = Path(path)
     _validate(splits, n_records, str(path))
     payload = {
@@ -151,17 +150,7 @@ def save_splits(path: str | Path, splits: Sequence[Split], dataset_name: str, n_
         "n_records": n_records,
         "splits": [s.to_dict() for s in splits],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(payload))
 
 
 def load_splits(path: str | Path, dataset: IQADataset) -> list[Split]:

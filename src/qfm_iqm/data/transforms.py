@@ -56,16 +56,20 @@ class Preprocessing:
         return x.sub_(mean).div_(std)
 
 
+def short_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """``(width, height)`` after a resize (aspect kept) that makes the shorter side equal ``size``."""
+    short = min(width, height)
+    if short == size:
+        return width, height
+    scale = size / short
+    return (size if width == short else max(size, round(width * scale)),
+            size if height == short else max(size, round(height * scale)))
+
+
 def resize_short_side(img: Image.Image, size: int) -> Image.Image:
     """Bicubic resize (aspect kept) so that the shorter side equals ``size``."""
-    w, h = img.size
-    short = min(w, h)
-    if short == size:
-        return img
-    scale = size / short
-    new_w = size if w == short else max(size, round(w * scale))
-    new_h = size if h == short else max(size, round(h * scale))
-    return img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    new_size = short_side_size(*img.size, size)
+    return img if new_size == img.size else img.resize(new_size, Image.Resampling.BICUBIC)
 
 
 def ensure_min_side(img: Image.Image, size: int) -> Image.Image:
@@ -116,11 +120,15 @@ def grid_crops(img: Image.Image, pre: Preprocessing, grid: int | tuple[int, int]
     Returns a float32 tensor (rows*cols, 3, S, S), rows top to bottom, each row left to right. The
     small-image rule applies first; a count of 1 gives centred crops along that axis.
     """
+    return crop_grid(pre.to_tensor_normalized(prepare_image(img, pre)), pre.input_size, grid)
+
+
+def crop_grid(x: torch.Tensor, size: int, grid: int | tuple[int, int]) -> torch.Tensor:
+    """The ``grid`` crops of size ``size`` of an image tensor (..., C, H, W) with H, W >= ``size``
+    -> (..., rows*cols, C, size, size), in the order of :func:`grid_crops`."""
     rows, cols = (grid, grid) if isinstance(grid, int) else grid
     if min(rows, cols) < 1:
         raise ValueError(f"grid must be >= 1, got {grid}")
-    s = pre.input_size
-    x = pre.to_tensor_normalized(prepare_image(img, pre))
-    _, h, w = x.shape
-    tops, lefts = grid_offsets(h, s, rows), grid_offsets(w, s, cols)
-    return torch.stack([x[:, t : t + s, l : l + s] for t in tops for l in lefts])
+    h, w = x.shape[-2:]
+    tops, lefts = grid_offsets(h, size, rows), grid_offsets(w, size, cols)
+    return torch.stack([x[..., t : t + size, l : l + size] for t in tops for l in lefts], dim=-4)

@@ -27,7 +27,19 @@ from qfm_iqm.utils.checkpoint import atomic_write_csv, atomic_write_json, atomic
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process so far, MiB.
+
+    On Linux the high-water mark of ``/proc/self/status`` (``VmHWM``), which starts afresh at ``exec``:
+    ``ru_maxrss`` of a child started by fork + exec keeps the parent's peak. Elsewhere ``ru_maxrss``
+    (KiB on Linux, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
@@ -81,10 +93,14 @@ def metrics_on(dataset: IQADataset, indices: tuple[int, ...], predictions: Predi
 
 
 def write_predictions(path: Path, dataset: IQADataset, indices: tuple[int, ...], predictions: Predictions) -> None:
-    rows = [["path", "raw_label", "label", "score", "uncertainty"]]
+    """CSV of the predictions: ``score`` and ``uncertainty`` on the scale of ``raw_label`` (the dataset's);
+    ``label``, ``score_normalised`` and ``uncertainty_normalised`` on the [0, 1] scale (higher is better)."""
+    width = dataset.scale.high - dataset.scale.low
+    rows = [["path", "raw_label", "score", "uncertainty", "label", "score_normalised", "uncertainty_normalised"]]
     for i, score, spread in zip(indices, predictions.scores, predictions.spreads):
         record = dataset.records[i]
-        rows.append([str(record.path), record.raw_label, record.label, f"{score:.6f}", f"{spread:.6f}"])
+        rows.append([str(record.path), record.raw_label, f"{dataset.scale.denormalize(score):.6f}",
+                     f"{spread * width:.6f}", record.label, f"{score:.6f}", f"{spread:.6f}"])
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(path, rows)
 

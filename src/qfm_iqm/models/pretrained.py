@@ -13,7 +13,6 @@ from pathlib import Path
 
 from qfm_iqm import __version__
 from qfm_iqm.data.records import LabelScale
-from qfm_iqm.utils.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 MODEL_FORMAT = "qfm-iqm/1"
@@ -52,11 +51,19 @@ def list_pretrained() -> list[str]:
     return sorted(_PRETRAINED)
 
 
+def release_name(name: str) -> str | None:
+    """The registered release ``name`` refers to, spelt with hyphens or underscores
+    (``qfm_iqm_lite0_livec`` is ``qfm-iqm-lite0-livec``); ``None`` if it names none."""
+    wanted = name.replace("_", "-")
+    return next((known for known in _PRETRAINED if known.replace("_", "-") == wanted), None)
+
+
 def get_pretrained(name: str) -> PretrainedModel:
-    """The registered release called ``name`` (``KeyError`` naming the available ones otherwise)."""
-    if name not in _PRETRAINED:
+    """The registered release called ``name`` (hyphens or underscores; ``KeyError`` naming the available ones otherwise)."""
+    known = release_name(name)
+    if known is None:
         raise KeyError(f"unknown released model {name!r}; available: {', '.join(list_pretrained())}")
-    return _PRETRAINED[name]
+    return _PRETRAINED[known]
 
 
 DEFAULT_MODEL = "qfm-iqm-lite0-livec"
@@ -71,11 +78,12 @@ def resolve_model(name_or_path: str | Path) -> Path:
     """The checkpoint file or folder of a released model name or of a user's checkpoint path.
 
     Raises:
-        FileNotFoundError: a registered release whose files are not installed, or a name that is
-            neither registered nor an existing path (the message says which).
+        FileNotFoundError: a registered release whose files are not installed, a name that is
+            neither registered nor an existing path, or a protocol results folder (the message names
+            its ``split_*`` model folders).
     """
-    if isinstance(name_or_path, str) and name_or_path in _PRETRAINED:
-        release = _PRETRAINED[name_or_path]
+    if isinstance(name_or_path, str) and release_name(name_or_path) is not None:
+        release = get_pretrained(name_or_path)
         if not release.installed:
             raise FileNotFoundError(
                 f"released model {release.name!r} is not installed: {release.weights_path} (and its .json) "
@@ -88,6 +96,12 @@ def resolve_model(name_or_path: str | Path) -> Path:
         raise FileNotFoundError(
             f"{str(name_or_path)!r} is neither a released model ({', '.join(list_pretrained())}) "
             "nor an existing checkpoint folder or file"
+        )
+    splits = sorted(p.name for p in path.glob("split_*") if (p / "model.safetensors").is_file()) if path.is_dir() else []
+    if splits and not (path / "model.safetensors").exists():
+        raise FileNotFoundError(
+            f"{path} is a protocol results folder, not a checkpoint: its models are in "
+            f"{', '.join(splits)}; pass one of them, e.g. {path / splits[0]}"
         )
     return path
 
@@ -107,6 +121,8 @@ def export_release(
 
     Returns the path of the written ``.safetensors`` file.
     """
+    from qfm_iqm.utils.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint  # torch: only here
+
     weights_path, _ = checkpoint_paths(checkpoint_dir)
     tensors, config = load_checkpoint(checkpoint_dir)
     if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:

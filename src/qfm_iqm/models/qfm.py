@@ -146,7 +146,8 @@ def create_model(
 
 
 def architecture_config(name: str, **overrides) -> ModelConfig:
-    """The configuration of a registered architecture (with ``overrides`` applied)."""
+    """The configuration of a registered architecture (``qfm_iqm_lite0`` or ``qfm-iqm-lite0``; ``overrides`` applied)."""
+    name = name.replace("-", "_")
     if name not in _ARCHITECTURES:
         raise KeyError(f"unknown architecture {name!r}; available: {', '.join(list_architectures())}")
     return ModelConfig(**{**_ARCHITECTURES[name], **overrides})

@@ -1,0 +1,104 @@
+"""pyiqa-style metric: ``create_metric(name)`` gives an ``nn.Module`` mapping image batches to scores.
+
+>>> import qfm_iqm
+>>> metric = qfm_iqm.create_metric("qfm-iqm-lite0-livec")
+>>> metric(images)                       # images: Bx3xHxW float in [0, 1] -> B scores (MOS 0-100)
+>>> loss_fn = qfm_iqm.create_metric(as_loss=True)
+>>> loss = -loss_fn(restored).mean()     # higher is better (``lower_better`` is False): minimise -score
+
+A tensor is scored exactly as :meth:`qfm_iqm.Scorer.score` scores an image (the same grid of crops,
+normalisation and score scale) but without 8-bit quantisation. Images whose shorter side is below
+the crop size are upscaled with torch's bicubic interpolation, which is close to, but not the same
+as, the PIL resampling used for files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qfm_iqm.api import Scorer, load_model
+from qfm_iqm.data.transforms import crop_grid, short_side_size
+from qfm_iqm.models.pretrained import DEFAULT_MODEL, list_pretrained
+
+__all__ = ["QualityMetric", "create_metric", "list_models"]
+
+
+def list_models() -> list[str]:
+    """Names of the released models that :func:`create_metric` and ``load_model`` accept."""
+    return list_pretrained()
+
+
+def _resized(x: Tensor, size: int) -> Tensor:
+    """Bicubic resize of (B, C, H, W) so that the shorter side equals ``size`` (aspect kept)."""
+    width, height = short_side_size(x.shape[-1], x.shape[-2], size)
+    if (height, width) == tuple(x.shape[-2:]):
+        return x
+    return F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+
+
+class QualityMetric(nn.Module):
+    """A QFM-IQM model as a metric: ``forward(x)`` maps Bx3xHxW floats in [0, 1] to B scores.
+
+    Scores are on the model's scale (``score_range``; MOS 0-100 for the released model), higher is
+    better unless ``lower_better``. The network is frozen and stays in eval mode; with ``as_loss``
+    gradients flow to the input, otherwise the forward pass records none. Values outside [0, 1] are
+    not clipped.
+    """
+
+    def __init__(self, scorer: Scorer, as_loss: bool = False) -> None:
+        super().__init__()
+        self.net = scorer.model.requires_grad_(False)
+        self.preprocessing = scorer.preprocessing
+        self.grid = scorer.grid
+        self.scale = scorer.scale
+        self.as_loss = as_loss
+        self.lower_better = not scorer.scale.higher_is_better
+        self.score_range = (scorer.scale.low, scorer.scale.high)
+        self.register_buffer("mean", torch.tensor(self.preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(self.preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.to(scorer.device)
+
+    def train(self, mode: bool = True) -> QualityMetric:
+        """Keep the network in eval mode whatever the mode of the module holding the metric."""
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected a Bx3xHxW image tensor, got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"expected a float tensor with values in [0, 1], got {x.dtype}")
+        with torch.set_grad_enabled(self.as_loss and torch.is_grad_enabled()):
+            pre = self.preprocessing
+            x = x.to(self.mean.device, torch.float32)
+            if pre.resize_short_side:
+                x = _resized(x, pre.resize_short_side)
+            if min(x.shape[-2:]) < pre.input_size:
+                x = _resized(x, pre.input_size)
+            crops = crop_grid((x - self.mean) / self.std, pre.input_size, self.grid)  # (B, n, 3, S, S)
+            normalised = self.net(crops.flatten(0, 1)).score.float().view(len(x), -1).mean(dim=1)
+            if self.lower_better:
+                normalised = 1.0 - normalised
+            return self.scale.low + normalised * (self.scale.high - self.scale.low)
+
+
+def create_metric(
+    name: str | Path = DEFAULT_MODEL,
+    device: torch.device | str | None = None,
+    as_loss: bool = False,
+    grid: int = 3,
+) -> QualityMetric:
+    """A released model (``list_models()``; hyphens or underscores) or a trained checkpoint as a metric.
+
+    ``device``: where it runs (default: CUDA when available, else CPU). ``as_loss``: let gradients
+    flow to the input, to train a network with the metric as its loss. ``grid``: crops per side, as
+    for ``load_model``.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return QualityMetric(load_model(name, device, grid), as_loss)

@@ -1,0 +1,70 @@
+"""``qfm_iqm.create_metric``: the pyiqa-style metric module and its use as a differentiable loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import qfm_iqm
+from qfm_iqm.models.pretrained import DEFAULT_MODEL
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    """4 smooth random 8-bit RGB images, 240x264 (no resizing before the crops)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for k in range(4):
+        small = Image.fromarray(rng.integers(0, 256, (31 + k, 34, 3), dtype=np.uint8))
+        out.append(np.asarray(small.resize((264, 240), Image.Resampling.BICUBIC)))
+    return np.stack(out)
+
+
+def _batch(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images.copy()).permute(0, 3, 1, 2).float() / 255.0
+
+
+def test_batch_scores_equal_scorer_scores(images: np.ndarray) -> None:
+    metric = qfm_iqm.create_metric(device="cpu")
+    assert isinstance(metric, torch.nn.Module) and DEFAULT_MODEL in qfm_iqm.list_models()
+    assert metric.lower_better is False and metric.score_range == (0.0, 100.0)
+    x = _batch(images).requires_grad_()
+    scores = metric(x)
+    assert scores.shape == (4,) and not scores.requires_grad  # as_loss=False records no graph
+    expected = [r.score for r in qfm_iqm.load_model().score(list(images))]
+    np.testing.assert_allclose(scores.numpy(), expected, atol=1e-3)
+    assert len(set(np.round(expected, 2))) == 4  # the images are told apart
+
+
+def test_underscore_name_and_eval_mode_kept(images: np.ndarray) -> None:
+    metric = qfm_iqm.create_metric(DEFAULT_MODEL.replace("-", "_"), device="cpu")
+    torch.nn.Sequential(metric).train()
+    assert metric.training and not metric.net.training  # dropout etc. stay off inside a training model
+    with pytest.raises(ValueError, match="Bx3xHxW"):
+        metric(_batch(images)[0])
+
+
+def test_small_images_are_upscaled_like_files() -> None:
+    """A 120x150 image is upscaled to the crop size first; torch's bicubic is close to PIL's."""
+    rng = np.random.default_rng(1)
+    small = Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)).resize((150, 120), Image.Resampling.BICUBIC)
+    pixels = np.asarray(small)
+    score = qfm_iqm.create_metric(device="cpu")(_batch(pixels[None]))
+    assert score.item() == pytest.approx(qfm_iqm.load_model().score(pixels).score, abs=1.0)
+
+
+def test_gradient_step_raises_the_score(images: np.ndarray) -> None:
+    loss_fn = qfm_iqm.create_metric(device="cpu", as_loss=True)
+    x = _batch(images).requires_grad_()
+    before = loss_fn(x)
+    (-before.sum()).backward()  # higher is better: minimise -score
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in loss_fn.parameters())  # the metric itself is frozen
+    stepped = (x - 2.0 / 255.0 * x.grad.sign()).clamp(0.0, 1.0).detach()  # a descent step on the loss
+    after = loss_fn(stepped)
+    assert bool((after > before.detach() + 0.1).all()), (before, after)
