@@ -27,12 +27,14 @@ def test_train_then_evaluate_checkpoint(tmp_path, csv_dataset, capsys):
     out = tmp_path / "model"
     assert main(["train", *csv_dataset, "--set", "lr=5e-4", "--output", str(out), "--quiet"]) == 0
     saved = json.loads((out / "model.json").read_text())
-    assert saved["training"]["lr"] == 5e-4 and saved["train_size"] == 13  # 80% of 16, rounded
+    # 80% of 16 images (13) train; 20% of those (3) are the validation part, scored every epoch
+    assert saved["training"]["lr"] == 5e-4 and saved["train_size"] == 10 and saved["val_size"] == 3
     assert saved["score_scale"]["high"] == 100 and "qfm-iqm" in saved["command"]
     split = json.loads((out / "splits.json").read_text())["splits"]
     assert len(split) == 1 and split[0]["seed"] == 0 and len(split[0]["train"]) == 13 and len(split[0]["test"]) == 3
     trained = json.loads(capsys.readouterr().out)["test"]  # train reports its held-out metrics
     assert trained["test_size"] == 3 and -1 <= trained["metrics"]["srcc"] <= 1
+    assert set(trained["val_metrics"]) == {"srcc", "plcc", "rmse"}
     assert json.loads((out / "result.json").read_text())["metrics"] == trained["metrics"]
     report = tmp_path / "report"
     assert main(["--quiet", "evaluate", *csv_dataset, "--checkpoint", str(out), "--output", str(report)]) == 0

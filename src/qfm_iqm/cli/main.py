@@ -141,11 +141,18 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    """Train on one split's training part (written to ``splits.json`` in the output folder) and test the
-    model on its test part (``result.json``, ``predictions.csv``); with ``--all`` on every image."""
+    """Train on one split's training part less its validation part (``val_fraction``; scored after every
+    epoch), written to ``splits.json`` in the output folder, then test the model on the test part once
+    (``result.json``, ``predictions.csv``); with ``--all`` on every image."""
     from qfm_iqm.data.splits import load_splits, make_split, save_splits
     from qfm_iqm.evaluation.predict import predict_records
-    from qfm_iqm.evaluation.protocol import config_for_dataset, finish_split, fit_model, training_metadata
+    from qfm_iqm.evaluation.protocol import (
+        config_for_dataset,
+        finish_split,
+        fit_model,
+        training_metadata,
+        validation_part,
+    )
     from qfm_iqm.training.distributed import distributed_session, is_main, local_device
     from qfm_iqm.training.interrupt import TrainingInterrupted
 
@@ -154,15 +161,16 @@ def _train(args: argparse.Namespace) -> int:
     split = None
     if not args.all:
         split = load_splits(args.split_file, dataset)[0] if args.split_file else make_split(dataset, args.split_seed)
-    indices = split.train if split is not None else tuple(range(len(dataset)))
-    metadata = training_metadata(dataset, split.seed if split else None, len(indices), args.command_line)
+    indices, val = validation_part(config, dataset, split) if split is not None else (tuple(range(len(dataset))), ())
+    metadata = {**training_metadata(dataset, split.seed if split else None, len(indices), args.command_line),
+                "val_size": len(val)}
     records = [dataset.records[i] for i in indices]
     with distributed_session(config.device):
         if split is not None and is_main():
             save_splits(args.output / "splits.json", [split], dataset.name, len(dataset))
         try:
-            model, _ = fit_model(config, records, args.output, metadata=metadata, progress=not args.quiet,
-                                 resume=not args.restart)
+            model, history = fit_model(config, records, args.output, metadata=metadata, progress=not args.quiet,
+                                       resume=not args.restart, val_records=[dataset.records[i] for i in val])
         except TrainingInterrupted as stop:
             _note(str(stop))
             return stop.exit_code
@@ -173,7 +181,8 @@ def _train(args: argparse.Namespace) -> int:
         test = [dataset.records[i] for i in split.test]
         device = local_device(config.device)
         predictions = predict_records(model, test, config.eval_grid, device, progress=not args.quiet)
-        result = finish_split(args.output, dataset, split, predictions, grid=config.eval_grid)
+        val_metrics = {k.removeprefix("val_"): v for k, v in history[-1].items() if k.startswith("val_")}
+        result = finish_split(args.output, dataset, split, predictions, grid=config.eval_grid, val_metrics=val_metrics)
         if is_main():
             print(json.dumps({"output": str(args.output), "test": result}, indent=2))
     return 0
@@ -219,6 +228,8 @@ def _trained_split(path: Path, training: dict, dataset: IQADataset) -> Split | N
     """The split a checkpoint trained on (``None``: every image), from the ``splits.json`` beside it
     (``train``) or in the folder above (a protocol's ``split_<seed>/``), else remade from its seed."""
     from qfm_iqm.data.splits import load_splits, make_split
+    from qfm_iqm.evaluation.protocol import validation_part
+    from qfm_iqm.training.config import TrainConfig
 
     seed = training.get("split_seed")
     if seed is None:
@@ -229,7 +240,8 @@ def _trained_split(path: Path, training: dict, dataset: IQADataset) -> Split | N
         if found:
             return found[0]
     split = make_split(dataset, seed)
-    if training.get("train_size") not in (None, len(split.train)):
+    fit_size = len(validation_part(TrainConfig.from_dict(training.get("training", {})), dataset, split)[0])
+    if training.get("train_size") not in (None, len(split.train), fit_size):
         raise ValueError(
             f"{path} trained on {training['train_size']} images of the split with seed {seed}, but that split of "
             f"this copy of {dataset.name} has {len(split.train)} training images, and no splits.json beside the "
