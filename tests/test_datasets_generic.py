@@ -132,3 +132,41 @@ def test_folder_of_unlabelled_images(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no images found under"):
         load_folder(tmp_path / "empty")
+
+
+def test_csv_without_header_is_refused_not_short_of_its_first_image(tmp_path: Path) -> None:
+    for i in range(3):
+        tiny_image(tmp_path / f"{i}.png")
+    (tmp_path / "mos.csv").write_text("0.png,10\n1.png,20\n2.png,30\n")
+    with pytest.raises(DatasetError, match=r"mos\.csv: the first row holds data \(0\.png, 10\), not column names"):
+        load_csv(tmp_path)
+    (tmp_path / "mos.csv").write_text("image,mos\n0.png,10\n1.png,20\n2.png,30\n")
+    assert len(load_csv(tmp_path)) == 3
+
+
+def test_image_paths_leaving_the_root_need_allow_outside_root(tmp_path: Path) -> None:
+    root = tmp_path / "data" / "set"
+    tiny_image(root / "a.png")
+    outside = tiny_image(tmp_path / "secret.png")
+    write_csv(root / "mos.csv", ["image", "mos"], [["a.png", 10], ["../../secret.png", 20], [str(outside), 30]])
+    message = r"outside their folder .* \(2 in total\): \.\./\.\./secret\.png, /.*secret\.png"
+    with pytest.raises(DatasetError, match=message):
+        load_csv(root)
+    with pytest.raises(DatasetError, match="outside their folder"):
+        load_csv(root, image_root=".", allow_outside_root="false")
+    ds = load_dataset("csv", root, allow_outside_root="true")
+    assert [r.path.resolve() for r in ds.records] == [root / "a.png", outside, outside]
+
+
+def test_label_file_encodings(tmp_path: Path) -> None:
+    tiny_image(tmp_path / "café.png")
+    text = "image,mos\ncafé.png,10\n"
+    for encoding in ("utf-16", "utf-32", "utf-8-sig", "cp1252"):
+        (tmp_path / "mos.csv").write_bytes(text.encode(encoding))
+        assert load_csv(tmp_path, low=0, high=100).records[0].raw_label == 10.0, encoding
+    (tmp_path / "mos.csv").write_bytes(text.encode("utf-16-le"))  # no byte-order mark
+    with pytest.raises(DatasetError, match="mos.csv holds NUL bytes: UTF-16 or UTF-32 text without a byte-order mark"):
+        load_csv(tmp_path)
+    (tmp_path / "mos.csv").write_bytes(b"image,mos\n\x81x.png,10\n")  # 0x81: not UTF-8, undefined in Windows-1252
+    with pytest.raises(DatasetError, match=r"it is not UTF-8 \(byte 10 is invalid\) nor Windows-1252 \(byte 10"):
+        load_csv(tmp_path)

@@ -10,7 +10,7 @@ import json
 import os
 import signal
 import socket
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +20,11 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import tiny_config
-from qfm_iqm.api import ScoreResult
 from qfm_iqm.cli.main import main
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.evaluation.predict import predict_records
 from qfm_iqm.models.backbones import Backbone, list_backbones, register_backbone
 from qfm_iqm.models.qfm import load_trained_model
-from qfm_iqm.scoring import append_results, read_results, settings_path, write_results
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.distributed import GlobalBatchSampler, distributed_session, shard
 from qfm_iqm.training.interrupt import StopRequest, TrainingInterrupted
@@ -248,48 +246,6 @@ def test_cli_train_stops_on_sigterm_and_continues_with_resume(tmp_path, blur_rec
     assert [epoch["epoch"] for epoch in history["epochs"]] == [1, 2]
     with pytest.raises(SystemExit):
         main([*command, "--resume", "--restart"])
-
-
-def test_score_resume_skips_scored_inputs_and_appends_the_rest(tmp_path, blur_records, capsys) -> None:
-    model = tmp_path / "model"
-    Trainer(tiny_config(mode="deiqt", epochs=1), blur_records, model, progress=False).fit()
-    inputs = [str(r.path) for r in blur_records[:6]]
-    for suffix in ("csv", "jsonl"):
-        out = tmp_path / f"scores.{suffix}"
-        assert main(["--quiet", "score", *inputs, "--model", str(model), "-o", str(out)]) == 0
-        full = read_results(out)
-        # an interrupted run: 3 rows (the 2nd a failure), then a line cut short; 12.5 marks a kept row
-        write_results([replace(full[0], score=12.5), ScoreResult(None, None, inputs[1], "failed"), full[2]], out)
-        with open(out, "a") as handle:
-            handle.write(inputs[3][:10])
-        capsys.readouterr()
-        assert main(["--quiet", "score", *inputs, "--model", str(model), "-o", str(out), "--resume"]) == 0
-        assert "2 inputs already scored" in capsys.readouterr().err
-        assert read_results(out) == [replace(full[0], score=12.5), *(full[i] for i in (2, 1, 3, 4, 5))]
-        # another grid, or a file whose settings are unknown: refused, and the file is left as it was
-        before = out.read_text()
-        assert main(["--quiet", "score", *inputs, "--model", str(model), "-o", str(out), "--resume", "--grid", "4"]) == 2
-        assert 'cannot resume' in (err := capsys.readouterr().err) and '"grid": 3' in err and '"grid": 4' in err
-        settings_path(out).unlink()
-        assert main(["--quiet", "score", *inputs, "--model", str(model), "-o", str(out), "--resume"]) == 2
-        assert "settings are unknown" in capsys.readouterr().err
-        assert out.read_text() == before
-    assert main(["--quiet", "score", *inputs, "--model", str(model), "-o", str(tmp_path / "s.json"), "--resume"]) == 2
-    assert "--resume needs" in capsys.readouterr().err
-
-
-def test_scored_rows_read_back(tmp_path) -> None:
-    results = [ScoreResult(0.25, 0.125, "a.png"), ScoreResult(None, None, "b,c.png", "bad, really")]
-    for suffix in ("csv", "jsonl", "json"):
-        path = tmp_path / f"r.{suffix}"
-        write_results(results[:1], path)
-        if suffix == "json":
-            with pytest.raises(ValueError, match="cannot be appended"):
-                append_results(results[1:], path)
-            write_results(results, path)
-        else:
-            append_results(results[1:], path)
-        assert [asdict(r) for r in read_results(path)] == [asdict(r) for r in results]
 
 
 def test_distributed_protocol_writes_one_result_with_every_test_image_once(two_processes, blur_records, tmp_path) -> None:

@@ -6,8 +6,11 @@ import csv
 import io
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+import qfm_iqm.api
 from qfm_iqm import ScoreResult, Scorer, load_model
 from qfm_iqm.cli.main import main
 from qfm_iqm.data.images import ImageLoadError, set_max_image_pixels
@@ -23,7 +27,8 @@ from qfm_iqm.evaluation import quality_map as qmap
 from qfm_iqm.models import pretrained
 from qfm_iqm.models.pretrained import DEFAULT_MODEL, export_release, list_pretrained, register_pretrained
 from qfm_iqm.models.qfm import ModelConfig, build_model, load_trained_model
-from qfm_iqm.scoring import find_images, score_files
+from qfm_iqm import scoring
+from qfm_iqm.scoring import find_images, journal_path, read_results, score_files, settings_path, write_results
 from qfm_iqm.utils.checkpoint import load_checkpoint, save_checkpoint
 
 CROP = 64
@@ -412,3 +417,159 @@ def test_installed_command_help() -> None:
     command = Path(sys.executable).parent / "qfm-iqm"
     done = subprocess.run([str(command), "score", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--max-pixels" in done.stdout and "upscaled" in done.stdout
+
+
+# -- the -o file: never lost, one row per file, resumable ------------------------------------------
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs."""
+
+
+def _die_at(monkeypatch, image: int, how: str) -> None:
+    """Make the ``image``-th scored image (1-based) end the run: SIGTERM to this process, or a hard kill."""
+    original = Scorer.score_crops
+    calls = iter(range(1, 10**6))
+
+    def score_crops(self: Scorer, *args, **kwargs) -> ScoreResult:
+        if next(calls) == image:
+            if how == "kill":
+                raise _Killed
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Scorer, "score_crops", score_crops)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "json", "jsonl"])
+@pytest.mark.parametrize("how", ["sigterm", "kill"])
+def test_stopped_or_killed_run_then_resume_gives_the_rows_of_an_uninterrupted_run(
+    checkpoint: Path, image_folder: Path, tmp_path: Path, monkeypatch, capsys, suffix: str, how: str
+) -> None:
+    command = ["--quiet", "score", str(image_folder), str(tmp_path / "missing.png"), "--model", str(checkpoint)]
+    whole = tmp_path / f"whole.{suffix}"
+    assert main([*command, "-o", str(whole)]) == 1
+    out = tmp_path / f"cut.{suffix}"
+    monkeypatch.setattr(scoring, "SYNC_EVERY", 2)  # rows are flushed every 2 files
+    _die_at(monkeypatch, 3, how)  # broken.jpg, img0, img1 done; stopped or killed in img2
+    if how == "kill":
+        with pytest.raises(_Killed):
+            main([*command, "-o", str(out)])
+        with open(journal_path(out), "a") as journal:
+            journal.write('{"path": "' + str(image_folder))  # a row cut short by the kill
+    else:
+        assert main([*command, "-o", str(out)]) == 128 + signal.SIGTERM
+        assert "stopped by SIGTERM after 4 of 7 inputs; its rows are kept in" in capsys.readouterr().err
+    assert not out.exists() and not settings_path(out).exists()
+    rows = journal_path(out).read_text().splitlines()[1:]  # after the line of settings
+    assert len(rows) == {"kill": 2 + 1, "sigterm": 4}[how]  # killed: the last flush and the cut row
+    monkeypatch.undo()
+    assert main([*command, "-o", str(out)]) == 2
+    assert "holds the rows of an interrupted run: add --resume" in capsys.readouterr().err
+    assert main([*command, "-o", str(out), "--resume"]) == 1
+    assert out.read_text() == whole.read_text()
+    assert json.loads(settings_path(out).read_text()) == json.loads(settings_path(whole).read_text())
+    assert not journal_path(out).exists()
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("the model must not be loaded")
+
+
+def test_existing_output_is_only_replaced_with_overwrite_and_once_complete(
+    checkpoint: Path, image_folder: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    command = ["--quiet", "score", str(image_folder / "img0.png"), "--model", str(checkpoint)]
+    out = tmp_path / "scores.csv"
+    out.write_text("precious results\n")
+    monkeypatch.setattr(qfm_iqm.api, "load_model", _no_model)
+    assert main([*command, "-o", str(out)]) == 2  # refused before the model loads
+    assert "scores.csv exists: add --overwrite" in capsys.readouterr().err
+    (tmp_path / "folder.csv").mkdir()
+    assert main([*command, "-o", str(tmp_path / "folder.csv")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    monkeypatch.undo()
+    _die_at(monkeypatch, 1, "kill")
+    with pytest.raises(_Killed):
+        main([*command, "-o", str(out), "--overwrite"])
+    assert out.read_text() == "precious results\n"
+    monkeypatch.undo()
+    assert main([*command, "-o", str(out), "--overwrite"]) == 0
+    assert [r.path for r in read_results(out)] == [str(image_folder / "img0.png")]
+
+
+@pytest.mark.parametrize(("suffix", "text"), [("csv", "name,mos\na.png,3\n"), ("jsonl", '{"name": "a.png"}\n'),
+                                              ("json", '{"path": "a.png"}\n'), ("csv", "path,score,uncertainty,error\n"
+                                                                                "a.png,high,0.1,\n")])
+def test_resume_refuses_a_file_that_is_not_a_score_file(
+    checkpoint: Path, image_folder: Path, tmp_path: Path, capsys, suffix: str, text: str
+) -> None:
+    command = ["--quiet", "score", str(image_folder / "img0.png"), "--model", str(checkpoint)]
+    out = tmp_path / f"scores.{suffix}"
+    assert main([*command, "-o", str(out)]) == 0  # a score file and its settings, then other content
+    out.write_text(text)
+    assert main([*command, "-o", str(out), "--resume"]) == 2
+    assert f"scores.{suffix}" in (err := capsys.readouterr().err) and "not a " in err
+    assert out.read_text() == text
+
+
+def test_resume_keeps_scored_rows_retries_failed_ones_and_checks_settings(
+    checkpoint: Path, image_folder: Path, tmp_path: Path, capsys
+) -> None:
+    inputs = [str(p) for p in sorted(image_folder.glob("img*.png"))]
+    command = ["--quiet", "score", *inputs, "--model", str(checkpoint)]
+    for suffix in ("csv", "json", "jsonl"):
+        out = tmp_path / f"scores.{suffix}"
+        assert main([*command, "-o", str(out)]) == 0
+        full = read_results(out)
+        # 3 rows kept (the 2nd a failure); 12.5 marks a kept row; an extra row of a file not named
+        write_results([replace(full[0], score=12.5), ScoreResult(None, None, inputs[1], "failed"), full[2],
+                       ScoreResult(1.0, 0.5, "elsewhere.png")], out)
+        capsys.readouterr()
+        assert main([*command, "-o", str(out), "--resume"]) == 0
+        assert "2 inputs already scored" in capsys.readouterr().err
+        assert read_results(out) == [ScoreResult(1.0, 0.5, "elsewhere.png"), replace(full[0], score=12.5), *full[1:]]
+        # another grid, or a file whose settings are unknown: refused, and the file is left as it was
+        before = out.read_text()
+        assert main([*command, "-o", str(out), "--resume", "--grid", "4"]) == 2
+        assert "cannot resume" in (err := capsys.readouterr().err) and '"grid": 3' in err and '"grid": 4' in err
+        settings_path(out).unlink()
+        assert main([*command, "-o", str(out), "--resume"]) == 2
+        assert "settings its scores were made with are unknown" in capsys.readouterr().err
+        assert out.read_text() == before
+    assert main([*command, "--resume"]) == 2
+    assert "--resume and --overwrite need -o FILE" in capsys.readouterr().err
+
+
+def test_results_files_read_back(tmp_path: Path) -> None:
+    results = [ScoreResult(0.25, 0.125, "a.png"), ScoreResult(None, None, "b,c.png", "bad, really")]
+    for suffix in ("csv", "jsonl", "json"):
+        write_results(results, tmp_path / f"r.{suffix}")
+        assert read_results(tmp_path / f"r.{suffix}") == results
+
+
+def test_the_same_file_named_several_ways_is_scored_once(image_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link").symlink_to(image_folder, target_is_directory=True)
+    named = ["images/img0.png", str(image_folder / "img0.png"), "images/../images/img0.png", "link/img0.png",
+             "./images/img1.png", "link"]
+    files, _ = find_images(named)
+    expected = ["images/img0.png", "images/img1.png", "link/broken.jpg", "link/img2.png", "link/img3.png",
+                "link/img4.png"]
+    assert [f.path for f in files] == expected
+
+
+def test_resume_from_another_working_directory_skips_what_is_scored(
+    scorer: Scorer, checkpoint: Path, image_folder: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--quiet", "score", "images/img0.png", "images/img1.png", "--model", str(checkpoint),
+                 "-o", "scores.jsonl"]) == 0
+    monkeypatch.chdir(image_folder)
+    capsys.readouterr()
+    assert main(["--quiet", "score", "img0.png", str(image_folder / "img1.png"), "img2.png", "--model",
+                 str(checkpoint), "-o", "../scores.jsonl", "--resume"]) == 0
+    assert "2 inputs already scored" in capsys.readouterr().err
+    rows = read_results(tmp_path / "scores.jsonl")  # relative paths stay relative to the file's first run
+    assert [r.path for r in rows] == ["images/img0.png", "images/img1.png", "images/img2.png"]
+    assert rows[2].score == scorer.score(image_folder / "img2.png").score

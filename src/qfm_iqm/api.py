@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Union
 
@@ -170,5 +170,7 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, device: torch.device | 
     """
     model, info = load_checkpoint_model(resolve_model(name_or_path), device)
     fold_batch_norms(model.backbone)  # inference only: about 15% faster on CPU, same scores to 1e-6
-    scale = LabelScale(**info["score_scale"]) if "score_scale" in info else NORMALISED_SCALE
+    scale = NORMALISED_SCALE
+    if "score_scale" in info:  # checked on loading; keys of newer versions are left out
+        scale = LabelScale(**{field.name: info["score_scale"][field.name] for field in fields(LabelScale)})
     return Scorer(model, scale, device, grid, info)

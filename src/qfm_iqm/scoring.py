@@ -1,5 +1,6 @@
 """Scoring many files: input discovery, parallel decoding that never fails a batch, sharding across
-the processes of a ``torchrun`` run, result writers and readers (for resuming)."""
+the processes of a ``torchrun`` run, result writers and readers, and the ``-o`` file of a run that is
+never left half-written and can be resumed."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -27,18 +28,19 @@ from qfm_iqm.data.files import IMAGE_EXTENSIONS
 from qfm_iqm.data.images import ImageLoadError, load_image, set_max_image_pixels
 from qfm_iqm.data.transforms import Preprocessing, grid_crops
 from qfm_iqm.evaluation.quality_map import overlay_quality_map
-from qfm_iqm.training.distributed import all_gather_json, is_main, shard, world_size
+from qfm_iqm.training.distributed import all_gather_json, barrier, is_main, shard, world_size
 from qfm_iqm.utils.checkpoint import atomic_write_json, atomic_write_text
 
 __all__ = [
     "OUTPUT_FORMATS",
     "InputFile",
-    "append_results",
+    "ScoreOutput",
     "auto_workers",
     "find_images",
     "format_table",
+    "input_key",
+    "journal_path",
     "output_format",
-    "prepare_output",
     "read_results",
     "score_files",
     "settings_path",
@@ -47,6 +49,8 @@ __all__ = [
 
 OUTPUT_FORMATS = (".csv", ".json", ".jsonl")
 FIELDS = ("path", "score", "uncertainty", "error")
+SCORES_FORMAT = "qfm-iqm-scores/1"
+SYNC_EVERY = 256  # files per process between two flushes of finished rows
 
 
 class InputFile(NamedTuple):
@@ -54,6 +58,12 @@ class InputFile(NamedTuple):
 
     path: str
     error: str | None = None
+
+
+def input_key(path: str, base: str | None = None) -> str:
+    """What identifies an input: its absolute path with symlinks and ``..`` resolved (a relative path is
+    taken from ``base``, by default the working directory)."""
+    return os.path.realpath(os.path.join(base or os.getcwd(), path))
 
 
 def _is_image_file(path: Path) -> bool:
@@ -73,7 +83,8 @@ def find_images(inputs: Sequence[str | os.PathLike], recursive: bool = True) -> 
     recursively unless ``recursive`` is false. A pattern (``*``, ``?``, ``[``) that is not an existing
     path is expanded (``**`` matches folders at any depth); matched folders are expanded as above and
     matched files are kept if they have an image extension; a pattern that matches nothing becomes a
-    failed input. Duplicates are dropped, first occurrence kept. Warnings name folders without images.
+    failed input. Inputs naming the same file (see :func:`input_key`) are kept once, as first named.
+    Warnings name folders without images.
     """
     files: list[InputFile] = []
     warnings: list[str] = []
@@ -96,7 +107,10 @@ def find_images(inputs: Sequence[str | os.PathLike], recursive: bool = True) -> 
                 files.extend(InputFile(str(p)) for p in found)
             else:
                 files.append(InputFile(text, "no image file matches this pattern"))
-    return list(dict.fromkeys(files)), warnings
+    unique: dict[str, InputFile] = {}
+    for file in files:
+        unique.setdefault(input_key(file.path), file)
+    return list(unique.values()), warnings
 
 
 def auto_workers(num_files: int, batch_size: int) -> int:
@@ -206,8 +220,9 @@ def score_files(
     workers: int = 0,
     progress: bool = False,
     map_dir: str | Path | None = None,
-    sync_every: int = 256,
+    sync_every: int = SYNC_EVERY,
     on_results: Callable[[list[ScoreResult]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[ScoreResult]:
     """Score files in input order; a file that cannot be scored gives a result with ``error`` set.
 
@@ -219,6 +234,10 @@ def score_files(
     results. After every ``sync_every`` files per process the new results are gathered and, on rank 0,
     passed in input order to ``on_results`` (e.g. to append them to the output file, so that an
     interrupted run keeps what it scored).
+
+    When ``should_stop()`` turns true (e.g. on SIGTERM), the files scored so far are gathered and passed
+    on as above, and the results so far are returned: fewer than the files. Under ``torchrun`` the
+    processes stop together at the end of the round in which one of them stopped.
     """
     if batch_size < 1 or workers < 0:
         raise ValueError(f"need batch_size >= 1 and workers >= 0, got {batch_size} and {workers}")
@@ -232,16 +251,24 @@ def score_files(
         scorer, [entries[i] for i in mine], [names[i] for i in mine] if names is not None else None,
         batch_size, workers, progress and is_main(), map_dir,
     )
+    stopping = should_stop or (lambda: False)
     results: list[ScoreResult] = []
     rounds = math.ceil(math.ceil(len(entries) / world_size()) / sync_every)
     with closing(scores):
         for start in range(0, rounds * sync_every, sync_every):
-            local = [[index, asdict(next(scores))] for index in mine[start : start + sync_every]]
-            gathered = sorted((row for part in all_gather_json(local) for row in part), key=lambda row: row[0])
+            local = []
+            for index in mine[start : start + sync_every]:
+                if stopping():
+                    break
+                local.append([index, asdict(next(scores))])
+            parts = all_gather_json([stopping(), local])
+            gathered = sorted((row for _, part in parts for row in part), key=lambda row: row[0])
             new = [ScoreResult(**fields) for _, fields in gathered]
             results.extend(new)
-            if on_results is not None and is_main():
+            if on_results is not None and is_main() and new:
                 on_results(new)
+            if any(stopped for stopped, _ in parts):
+                break
     return results
 
 
@@ -253,13 +280,12 @@ def output_format(path: str | Path) -> str:
     return suffix
 
 
-def _serialise(results: Sequence[ScoreResult], kind: str, header: bool = True) -> str:
+def _serialise(results: Sequence[ScoreResult], kind: str) -> str:
     rows = [{field: asdict(r)[field] for field in FIELDS} for r in results]
     if kind == ".csv":
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
-        if header:
-            writer.writeheader()
+        writer.writeheader()
         writer.writerows(rows)
         return buffer.getvalue()
     if kind == ".json":
@@ -269,37 +295,68 @@ def _serialise(results: Sequence[ScoreResult], kind: str, header: bool = True) -
 
 def write_results(results: Sequence[ScoreResult], path: str | Path) -> None:
     """Write results as CSV (path,score,uncertainty,error; empty cells for missing values), a JSON
-    list of objects or JSON lines (``null`` for missing values), chosen by ``path``'s extension."""
+    list of objects or JSON lines (``null`` for missing values), chosen by ``path``'s extension; the
+    file is written beside ``path`` and moved into place."""
     atomic_write_text(path, _serialise(results, output_format(path)))
 
 
-def append_results(results: Sequence[ScoreResult], path: str | Path) -> None:
-    """Append results to a CSV or JSON-lines file written by :func:`write_results` (one write, synced)."""
-    kind = output_format(path)
-    if kind == ".json":
-        raise ValueError(f"{path}: a .json output holds one list and cannot be appended to; use .csv or .jsonl")
-    with open(path, "a", encoding="utf-8", newline="") as handle:
-        handle.write(_serialise(results, kind, header=False))
-        handle.flush()
-        os.fsync(handle.fileno())
+def _row(data: object, where: str) -> ScoreResult:
+    """A result from a parsed row: the fields of :data:`FIELDS`, and either two numbers or an error."""
+    if isinstance(data, dict) and list(data) == list(FIELDS):
+        path, score, spread, error = (data[field] for field in FIELDS)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (score, spread))
+        if isinstance(path, str) and path and (
+            (error is None and numbers) or (isinstance(error, str) and error and score is None and spread is None)
+        ):
+            return ScoreResult(float(score) if numbers else None, float(spread) if numbers else None, path, error)
+    shown = json.dumps(data)
+    raise ValueError(f"{where}: not a row of scores: {shown if len(shown) <= 80 else shown[:77] + '...'}")
+
+
+def _csv_cell(key: str, value: str | None) -> object:
+    """A CSV cell as a row value: ``None`` when empty, a number in the score columns when it is one."""
+    if not value:
+        return None
+    try:
+        return float(value) if key in ("score", "uncertainty") else value
+    except ValueError:
+        return value
+
+
+def _parse_rows(text: str, kind: str, where: str, first_line: int = 1) -> list[ScoreResult]:
+    """The rows of a results file's ``text`` in format ``kind``; ``ValueError`` naming ``where`` and the
+    line for anything that is not a row of scores."""
+    if kind == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if reader.fieldnames != list(FIELDS):
+            raise ValueError(f"{where}: not a file of scores: its header is not {','.join(FIELDS)}")
+        try:
+            return [_row({k: _csv_cell(k, v) for k, v in row.items()}, f"{where}, line {reader.line_num}")
+                    for row in reader]
+        except csv.Error as exc:
+            raise ValueError(f"{where}: not a file of scores: {exc}") from exc
+    try:
+        if kind == ".json":
+            rows = json.loads(text)
+            if not isinstance(rows, list):
+                raise ValueError(f"{where}: not a file of scores: it holds no JSON list")
+            return [_row(row, f"{where}, entry {i + 1}") for i, row in enumerate(rows)]
+        lines = enumerate(text.splitlines(), start=first_line)
+        return [_row(json.loads(line), f"{where}, line {n}") for n, line in lines if line.strip()]
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{where}: not a file of scores: {exc}") from exc
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a file of scores: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
 def read_results(path: str | Path) -> list[ScoreResult]:
-    """Read a file written by :func:`write_results` / :func:`append_results`; a last line cut short by
-    an interruption (no final newline) is ignored."""
-    kind = output_format(path)
-    text = Path(path).read_text(encoding="utf-8")
-    if kind == ".json":
-        rows = json.loads(text) if text.strip() else []
-    else:
-        lines = io.StringIO(text[: text.rfind("\n") + 1])
-        if kind == ".csv":
-            rows = [{key: value or None for key, value in row.items()} for row in csv.DictReader(lines)]
-            for row in rows:
-                row.update({key: float(row[key]) for key in ("score", "uncertainty") if row[key] is not None})
-        else:
-            rows = [json.loads(line) for line in lines if line.strip()]
-    return [ScoreResult(**{field: row.get(field) for field in FIELDS}) for row in rows]
+    """Read a file written by :func:`write_results` (``ValueError`` for a file that is not one)."""
+    return _parse_rows(_read_text(Path(path)), output_format(path), str(path))
 
 
 def settings_path(path: str | Path) -> Path:
@@ -307,27 +364,120 @@ def settings_path(path: str | Path) -> Path:
     return Path(f"{path}.settings.json")
 
 
-def prepare_output(path: str | Path, resume: bool, settings: dict) -> set[str]:
-    """Start the output file of a scoring run that appends its results; return the paths already scored.
+def journal_path(path: str | Path) -> Path:
+    """The file beside a scoring output that collects its rows while a run is under way."""
+    return Path(f"{path}.partial")
 
-    ``settings`` (model, grid, ...) are recorded in :func:`settings_path`. With ``resume`` and an
-    existing file, its rows of scored inputs are kept (failed inputs are tried again), provided it
-    was made with the same settings: scores of another model or grid are never mixed into one file
-    (``ValueError``). Otherwise the file starts empty. Rank 0 replaces the files atomically.
+
+class ScoreOutput:
+    """The ``-o`` file of a scoring run, which is never left half-written.
+
+    Rows are appended to the journal :func:`journal_path` as they are scored: a first line recording
+    the settings (model, grid, ...) and the working directory that relative paths are taken from,
+    then one JSON line per row. Once every input has a row, the file is written beside its place and
+    moved into it, the settings go to :func:`settings_path` and the journal is removed. An existing
+    file or journal is only replaced with ``overwrite``; with ``resume`` their rows are kept (those
+    of the journal, which holds the file's rows and newer ones, when it exists), provided they were
+    made with the same settings, and the inputs they hold scores of are skipped.
+
+    The file holds one row per input, in input order, after the kept rows of files this run does not
+    name. Inputs are matched to kept rows by :func:`input_key`; paths are written as given, except
+    that a relative path given in another working directory than the file's is written relative to
+    the file's. Under ``torchrun`` every process checks and reads; rank 0 alone writes.
     """
-    kept: list[ScoreResult] = []
-    if resume and Path(path).exists():
-        recorded = settings_path(path)
-        saved = json.loads(recorded.read_text(encoding="utf-8")) if recorded.exists() else None
-        if saved != json.loads(json.dumps(settings)):
-            made_with = f"scores made with {json.dumps(saved)}" if saved else f"scores whose settings are unknown (no {recorded.name})"
-            raise ValueError(f"cannot resume {path}: it holds {made_with}, and this run uses {json.dumps(settings)}; "
-                             "write to another file, or leave out --resume to start it over")
-        kept = [r for r in read_results(path) if r.error is None]
-    if is_main():
-        write_results(kept, path)
-        atomic_write_json(settings_path(path), settings)
-    return {r.path for r in kept}
+
+    def __init__(self, path: str | Path, settings: dict, resume: bool = False, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        output_format(self.path)
+        self.journal = journal_path(self.path)
+        if self.path.is_dir():
+            raise ValueError(f"output {path} is a folder; -o takes a file name ending in {', '.join(OUTPUT_FORMATS)}")
+        if resume and overwrite:
+            raise ValueError("resume and overwrite exclude each other")
+        if not (resume or overwrite) and self.journal.exists():
+            raise ValueError(f"{self.journal} holds the rows of an interrupted run: add --resume to continue it, "
+                             "or --overwrite to start over")
+        if not (resume or overwrite) and self.path.exists():
+            raise ValueError(f"{path} exists: add --overwrite to replace it (it is kept until the new results are "
+                             "complete), or --resume to score only the inputs it lacks")
+        self.settings = json.loads(json.dumps(settings))
+        self.base = os.getcwd()
+        self.previous: dict[str, ScoreResult] = {}
+        if resume and (self.journal.exists() or self.path.exists()):
+            self._read_previous()
+
+    def _read_previous(self) -> None:
+        """Load the rows to keep from the journal, else from the file, after checking their settings."""
+        if self.journal.exists():
+            source = self.journal
+            text = _read_text(source)
+            header, _, rest = text[: text.rfind("\n") + 1].partition("\n")  # a last line cut short is dropped
+            record = _json_or_none(header)
+            read_rows = partial(_parse_rows, rest, ".jsonl", str(source), first_line=2)
+        else:
+            source, recorded = self.path, settings_path(self.path)
+            record = _json_or_none(_read_text(recorded)) if recorded.exists() else None
+            read_rows = partial(read_results, source)
+        if not (isinstance(record, dict) and record.get("format") == SCORES_FORMAT
+                and isinstance(record.get("base"), str) and "settings" in record):
+            where = source if source == self.journal else f"{source} ({settings_path(source).name} is missing or damaged)"
+            raise ValueError(f"cannot resume {where}: the settings its scores were made with are unknown; "
+                             "write to another file, or use --overwrite to start it over")
+        if record["settings"] != self.settings:
+            raise ValueError(f"cannot resume {source}: it holds scores made with {json.dumps(record['settings'])}, "
+                             f"and this run uses {json.dumps(self.settings)}; write to another file, "
+                             "or use --overwrite to start it over")
+        self.base = record["base"]
+        self.previous = {input_key(r.path, self.base): r for r in read_rows()}
+
+    def pending(self, files: Sequence[InputFile]) -> list[InputFile]:
+        """The files without a scored row among the kept ones."""
+        kept = {key for key, row in self.previous.items() if row.error is None}
+        return [file for file in files if input_key(file.path) not in kept]
+
+    def _record(self) -> dict:
+        return {"format": SCORES_FORMAT, "settings": self.settings, "base": self.base}
+
+    def _stored(self, result: ScoreResult) -> ScoreResult:
+        """``result`` with its path as the file holds it (relative to the file's working directory)."""
+        if os.path.isabs(result.path) or self.base == os.getcwd():
+            return result
+        return replace(result, path=os.path.relpath(os.path.abspath(result.path), self.base))
+
+    def start(self) -> None:
+        """Begin the journal with the settings and the kept rows (rank 0, once every process has checked)."""
+        barrier()
+        if is_main():
+            rows = _serialise(list(self.previous.values()), ".jsonl")
+            atomic_write_text(self.journal, json.dumps(self._record()) + "\n" + rows)
+
+    def append(self, results: Sequence[ScoreResult]) -> None:
+        """Add rows to the journal (one write, synced)."""
+        with open(self.journal, "a", encoding="utf-8", newline="") as handle:
+            handle.write(_serialise([self._stored(r) for r in results], ".jsonl"))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def finish(self, files: Sequence[InputFile], results: Sequence[ScoreResult]) -> None:
+        """Write the file from the kept rows and ``results`` (one for each of ``files`` not kept), then
+        its settings, and remove the journal (rank 0)."""
+        if not is_main():
+            return
+        rows = dict(self.previous)
+        rows.update((input_key(r.path), self._stored(r)) for r in results)
+        named = dict.fromkeys(input_key(file.path) for file in files)
+        others = [key for key in rows if key not in named]
+        settings_path(self.path).unlink(missing_ok=True)  # never a file beside settings it was not made with
+        write_results([rows[key] for key in [*others, *named]], self.path)
+        atomic_write_json(settings_path(self.path), self._record())
+        self.journal.unlink()
+
+
+def _json_or_none(text: str) -> object:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
 
 
 def format_table(results: Sequence[ScoreResult]) -> str:

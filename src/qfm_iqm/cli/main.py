@@ -34,13 +34,17 @@ or --grid N), so scores do not depend on batch size, order or workers. Images wh
 is below the crop size (224 px for the released model) are first upscaled (bicubic, aspect kept)
 until it equals it.
 
-Output: a table on stdout, or -o FILE as .csv (path,score,uncertainty,error), .json or .jsonl.
-Inputs that cannot be scored are listed on stderr and written with an empty score and the error.
-Under torchrun the inputs are shared out across the processes and rank 0 writes the one output
-file; .csv and .jsonl files grow as results come in, and --resume skips the inputs already scored
-in the file (failed ones are tried again) and appends the rest (see docs/distributed.md). The model
-and grid are recorded in FILE.settings.json, and --resume refuses a file made with others.
-Exit status: 0 all scored, 1 some inputs failed (the others are still written), 2 usage error."""
+Output: a table on stdout, or -o FILE as .csv (path,score,uncertainty,error), .json or .jsonl,
+one row per file (the same file named twice, or through a symlink or "..", is scored once), in
+input order. Inputs that cannot be scored are listed on stderr and written with an empty score and
+the error. Rows are collected in FILE.partial while the run goes on; FILE is written whole at the
+end, and an existing FILE is only replaced with --overwrite. --resume keeps the rows of FILE (or of
+an interrupted run's FILE.partial) and scores the other inputs (failed ones again); the model and
+grid are recorded in FILE.settings.json, and --resume refuses a file made with others. SIGTERM or
+Ctrl-C stops the run after the current image, keeping its rows for --resume. Under torchrun the
+inputs are shared out across the processes and rank 0 writes (see docs/distributed.md).
+Exit status: 0 all scored, 1 some inputs failed (the others are still written), 2 usage error (bad
+option, input, output file or model checkpoint), 130/143 stopped by Ctrl-C/SIGTERM."""
 
 
 def _note(message: str) -> None:
@@ -59,49 +63,58 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _score_inputs(args: argparse.Namespace) -> int:
-    from functools import partial
+    import signal
 
     from PIL import Image
 
     from qfm_iqm.api import load_model
     from qfm_iqm.data.images import set_max_image_pixels
-    from qfm_iqm.scoring import (append_results, auto_workers, find_images, format_table, output_format,
-                                 prepare_output, score_files, write_results)
+    from qfm_iqm.scoring import SYNC_EVERY, ScoreOutput, auto_workers, find_images, format_table, score_files
     from qfm_iqm.training.distributed import is_main, local_device
+    from qfm_iqm.training.interrupt import StopRequest
 
-    appendable = args.output is not None and output_format(args.output) != ".json"
-    if args.resume and not appendable:
-        raise ValueError("--resume needs -o FILE.csv or FILE.jsonl (the file that results are appended to)")
     if args.batch_size < 1 or (args.workers is not None and args.workers < 0):
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
+    if (args.resume or args.overwrite) and args.output is None:
+        raise ValueError("--resume and --overwrite need -o FILE")
+    output = None
+    if args.output is not None:
+        model = release_name(args.model) or str(Path(args.model).resolve())
+        output = ScoreOutput(args.output, {"model": model, "grid": args.grid}, args.resume, args.overwrite)
     files, warnings = find_images(args.paths, args.recursive)
     for warning in warnings:
         _note(f"warning: {warning}")
     if all(file.error is not None for file in files):
         _note(f"error: no images found in {' '.join(args.paths)}")
         return 2
+    pending = output.pending(files) if output else files
+    if len(pending) < len(files):
+        _note(f"{len(files) - len(pending)} inputs already scored in {args.output}: skipped")
     previous_limit = Image.MAX_IMAGE_PIXELS
     if args.max_pixels is not None:
         set_max_image_pixels(args.max_pixels or None)
     try:
         scorer = load_model(args.model, local_device(args.device), args.grid)
-        model = release_name(args.model) or str(Path(args.model).resolve())
-        done = prepare_output(args.output, args.resume, {"model": model, "grid": args.grid}) if appendable else set()
-        if done:
-            _note(f"{len(done)} inputs already scored in {args.output}: skipped")
-        files = [file for file in files if file.path not in done]
-        workers = auto_workers(len(files), args.batch_size) if args.workers is None else args.workers
-        append = partial(append_results, path=args.output) if appendable else None
-        results = score_files(scorer, files, args.batch_size, workers, not args.quiet, args.map, on_results=append)
+        if output:
+            output.start()
+        workers = auto_workers(len(pending), args.batch_size) if args.workers is None else args.workers
+        with StopRequest() as stop:
+            results = score_files(scorer, pending, args.batch_size, workers, not args.quiet, args.map, SYNC_EVERY,
+                                  output.append if output else None, lambda: stop.signum is not None)
     finally:
         set_max_image_pixels(previous_limit)
     failed = [r for r in results if r.error is not None]
     for result in failed:
         _note(f"failed: {result.path}: {result.error}")
-    if is_main() and args.output is None:
+    if is_main() and output is None:
         print(format_table(results))
-    elif is_main() and not appendable:
-        write_results(results, args.output)
+    if len(results) < len(pending):
+        signum = stop.signum or signal.SIGTERM  # another process received it
+        kept = f"; its rows are kept in {output.journal}: run the same command with --resume to go on" if output else ""
+        _note(f"stopped by {signal.Signals(signum).name} after {len(results)} of {len(pending)} inputs{kept}")
+        return 128 + signum
+    if output:
+        output.finish(files, results)
     if failed:
         _note(f"{len(failed)} of {len(results)} inputs failed")
     return 1 if failed else 0
@@ -323,8 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="search folders recursively (default: yes)")
     score.add_argument("--max-pixels", dest="max_pixels", type=int, metavar="N",
                        help="decompression-bomb limit in pixels (default: Pillow's, about 89.5 million; 0: no limit)")
-    score.add_argument("--resume", action="store_true",
-                       help="skip inputs already scored in the -o file (.csv or .jsonl) and append the others")
+    existing = score.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="keep the rows of the -o file (or of its interrupted run) and score only the other inputs")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace an existing -o file (kept until the new results are complete)")
     score.set_defaults(func=_score)
 
     add_datasets_command(commands)

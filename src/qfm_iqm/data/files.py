@@ -6,6 +6,7 @@ so a malformed download never loads as a silent partial dataset.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import math
@@ -85,16 +86,29 @@ def cell_text(value: object) -> str:
     return str(value).strip()
 
 
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
 def read_text(path: Path) -> str:
-    """Text of ``path``: UTF-8 (a BOM is dropped), else Windows-1252 as older releases are encoded."""
+    """Text of ``path``: UTF-16 or UTF-32 when a byte-order mark says so, else UTF-8 (a BOM is dropped),
+    else Windows-1252 as older releases are encoded; ``DatasetError`` naming the encoding otherwise."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DatasetError(f"cannot read {path}: {exc}") from exc
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return data.decode("cp1252", errors="replace")
+    encoding = next((name for bom, name in _BOMS if data.startswith(bom)), None)
+    if encoding is None and b"\x00" in data:
+        raise DatasetError(f"{path} holds NUL bytes: UTF-16 or UTF-32 text without a byte-order mark, or no "
+                           "text at all; save it as UTF-8")
+    candidates = [(encoding, encoding.upper())] if encoding else [("utf-8-sig", "UTF-8"), ("cp1252", "Windows-1252")]
+    problems = []
+    for codec, label in candidates:
+        try:
+            return data.decode(codec)
+        except UnicodeDecodeError as exc:
+            problems.append(f"{label} (byte {exc.start} is invalid)")
+    raise DatasetError(f"cannot decode {path}: it is not {' nor '.join(problems)} text; save it as UTF-8")
 
 
 def _column_key(name: str) -> str:
@@ -145,7 +159,8 @@ def _checked_rows(path: Path, header: list[str], rows: Iterable[Sequence[object]
 
 
 def read_csv(path: Path) -> Table:
-    """A comma-, tab- or semicolon-separated file with a header row (quoting, CRLF and BOM handled)."""
+    """A comma-, tab- or semicolon-separated file with a header row (quoting, CRLF and BOM handled); a
+    first row holding a number or an image file name is refused as a missing header."""
     if not path.is_file():
         raise DatasetError(f"label file missing: {path}")
     text = read_text(path)
@@ -159,7 +174,19 @@ def read_csv(path: Path) -> Table:
         raise DatasetError(f"{path} is empty") from None
     except csv.Error as exc:
         raise DatasetError(f"{path}: not a readable CSV file: {exc}") from exc
+    data = [cell for cell in header if _is_number(cell) or os.path.splitext(cell)[1].lower() in IMAGE_EXTENSIONS]
+    if data:
+        raise DatasetError(f"{path}: the first row holds data ({', '.join(data[:3])}), not column names; "
+                           "label files need a header row (e.g. image,mos)")
     return _checked_rows(path, header, rows)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_xlsx(path: Path, required: Sequence[str], prefer_sheet: str | None = None) -> Table:
@@ -286,9 +313,22 @@ class ImageFinder:
         return []
 
 
-def resolve_images(finder: ImageFinder | Sequence[ImageFinder], names: Sequence[str], what: str) -> list[Path]:
-    """Paths of ``names`` (through one finder, or one finder per name); raises listing the missing
-    names, or the ambiguous ones (several files differing only in letter case or extension)."""
+def leaves_folder(name: str) -> bool:
+    """Whether an image name listed in a label file points outside its folder (absolute, or ``..``
+    climbing out of it)."""
+    return os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == os.pardir
+
+
+def resolve_images(
+    finder: ImageFinder | Sequence[ImageFinder], names: Sequence[str], what: str, allow_outside: bool = False
+) -> list[Path]:
+    """Paths of ``names`` (through one finder, or one finder per name); raises listing the names that
+    leave their folder (unless ``allow_outside``), the missing names, or the ambiguous ones (several
+    files differing only in letter case or extension)."""
+    outside = [] if allow_outside else [name for name in names if leaves_folder(name)]
+    if outside:
+        raise DatasetError(offenders_message(f"{what} outside their folder (absolute, or leaving it through "
+                                             f"'{os.pardir}')", outside))
     finders = [finder] * len(names) if isinstance(finder, ImageFinder) else list(finder)
     paths: list[Path] = []
     missing: list[str] = []

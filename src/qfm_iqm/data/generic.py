@@ -127,6 +127,7 @@ def load_csv(
     higher_is_better: bool | str = True,
     exclude: str | None = None,
     dataset_name: str | None = None,
+    allow_outside_root: bool | str = False,
 ) -> IQADataset:
     """Load any CSV of image paths and scores.
 
@@ -137,7 +138,8 @@ def load_csv(
     (default: the root; a relative ``image_root`` is taken from the root). ``low``/``high`` give the score scale (default:
     the observed minimum and maximum) and ``higher_is_better`` its direction. ``exclude`` is a regular
     expression: rows whose image path matches it are dropped (e.g. ``_patch_`` for FLIVE patches).
-    ``dataset_name`` names the dataset (default: the CSV file's stem).
+    ``dataset_name`` names the dataset (default: the CSV file's stem). Image paths that are absolute
+    or leave ``image_root`` through ``..`` are refused unless ``allow_outside_root`` is true.
     The split comes from ``split_file`` (a pyiqa pickle; ``split_index`` picks the split, its indices
     count the rows kept) or from ``split_column`` (``auto``: ``official_split`` then ``split``;
     ``none``: no split).
@@ -183,7 +185,8 @@ def load_csv(
     else:
         split = _column_split(table, rows, names, split_column)
     folder = root / Path(image_root).expanduser() if image_root is not None else root
-    paths = resolve_images(ImageFinder([folder]), names, f"images listed in {table.path.name}")
+    outside = option_bool(allow_outside_root, "allow_outside_root")
+    paths = resolve_images(ImageFinder([folder]), names, f"images listed in {table.path.name}", outside)
     return IQADataset(
         name=dataset_name or table.path.stem,
         root=root,

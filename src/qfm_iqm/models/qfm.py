@@ -156,15 +156,15 @@ def architecture_config(name: str, **overrides) -> ModelConfig:
 def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[QFMIQM, dict]:
     """Load a trained model and its checkpoint JSON from a folder or its ``.safetensors``/``.json`` file.
 
-    No network access. Floating-point tensors stored in lower precision (fp16 release copies) are cast
-    to float32; the model is returned in eval mode on ``device``.
+    No network access. The JSON and the weights' header are checked before anything is built
+    (``CheckpointError``, a ``ValueError``, naming the file and the field; see
+    :mod:`qfm_iqm.models.validation`). Floating-point tensors stored in lower precision (fp16 release
+    copies) are cast to float32; the model is returned in eval mode on ``device``.
     """
-    from qfm_iqm.utils.checkpoint import load_checkpoint
+    from qfm_iqm.models.validation import read_model_checkpoint
 
-    tensors, config = load_checkpoint(path)
-    if not isinstance(config, dict) or "model" not in config:
-        raise ValueError(f"{path} is not a QFM-IQM model checkpoint (its JSON has no 'model' entry)")
-    model = build_model(ModelConfig.from_dict(config["model"]), pretrained_backbone=False)
+    model_config, tensors, config = read_model_checkpoint(path)
+    model = build_model(model_config, pretrained_backbone=False)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
     return model.to(device).eval(), config
 

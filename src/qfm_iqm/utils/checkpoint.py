@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,15 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 __all__ = [
+    "CheckpointError",
+    "TensorInfo",
     "atomic_write_json",
     "atomic_write_text",
     "checkpoint_paths",
     "flatten_state",
+    "inspect_checkpoint",
     "load_checkpoint",
+    "load_tensors",
     "load_training_state",
     "save_checkpoint",
     "save_training_state",
@@ -45,6 +50,18 @@ TRAINING_STATE_FORMAT = "qfm-iqm-training-state/1"
 _CONFIG_HASH_KEY = "config_sha256"
 _TENSOR, _NDARRAY, _TUPLE, _DICT = "__tensor__", "__ndarray__", "__tuple__", "__dict__"
 _MARKERS = frozenset({_TENSOR, _NDARRAY, _TUPLE, _DICT})
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable or corrupt, or its JSON does not describe the weights beside it."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor as the safetensors header declares it: dtype code (``F32``, ``I64``, ...) and shape."""
+
+    dtype: str
+    shape: tuple[int, ...]
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -147,14 +164,12 @@ def checkpoint_paths(directory_or_file: str | Path, name: str = "model") -> tupl
     return path / f"{name}.safetensors", path / f"{name}.json"
 
 
-def load_checkpoint(directory_or_file: str | Path, name: str = "model") -> tuple[dict[str, Tensor], Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, given its directory or either file.
-
-    Returns ``(tensors, config)`` with tensors on CPU.
+def inspect_checkpoint(directory_or_file: str | Path, name: str = "model") -> tuple[dict[str, TensorInfo], Any]:
+    """The tensors a checkpoint declares (from the safetensors header; no tensor is read) and its JSON.
 
     Raises:
         FileNotFoundError: a file of the pair is missing (the message names it).
-        ValueError: a file is corrupt, or the JSON does not belong to the weights.
+        CheckpointError: a file is unreadable or corrupt, or the JSON does not belong to the weights.
     """
     weights_path, config_path = checkpoint_paths(directory_or_file, name)
     for path in (weights_path, config_path):
@@ -163,21 +178,45 @@ def load_checkpoint(directory_or_file: str | Path, name: str = "model") -> tuple
     try:
         with safe_open(str(weights_path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-        tensors = load_file(str(weights_path), device="cpu")
+            header = {}
+            for key in handle.keys():
+                part = handle.get_slice(key)
+                header[key] = TensorInfo(part.get_dtype(), tuple(part.get_shape()))
+        config_bytes = config_path.read_bytes()
     except SafetensorError as exc:
-        raise ValueError(f"corrupt checkpoint file {weights_path}: {exc}") from exc
-    config_bytes = config_path.read_bytes()
+        raise CheckpointError(f"corrupt checkpoint file {weights_path}: {exc}") from exc
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint file {exc.filename or weights_path}: {exc.strerror}") from exc
     expected = metadata.get(_CONFIG_HASH_KEY)
     if expected is not None and hashlib.sha256(config_bytes).hexdigest() != expected:
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint file {config_path} does not belong to {weights_path} "
             "(interrupted save or edited JSON)"
         )
     try:
         config = json.loads(config_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"corrupt checkpoint file {config_path}: {exc}") from exc
-    return tensors, config
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise CheckpointError(f"corrupt checkpoint file {config_path}: {reason}") from exc
+    return header, config
+
+
+def load_checkpoint(directory_or_file: str | Path, name: str = "model") -> tuple[dict[str, Tensor], Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, given its directory or either file.
+
+    Returns ``(tensors, config)`` with tensors on CPU. Raises as :func:`inspect_checkpoint`.
+    """
+    _, config = inspect_checkpoint(directory_or_file, name)
+    return load_tensors(directory_or_file, name), config
+
+
+def load_tensors(directory_or_file: str | Path, name: str = "model") -> dict[str, Tensor]:
+    """The tensors of a checkpoint's ``.safetensors`` file, on CPU (``CheckpointError`` if corrupt)."""
+    weights_path, _ = checkpoint_paths(directory_or_file, name)
+    try:
+        return load_file(str(weights_path), device="cpu")
+    except SafetensorError as exc:
+        raise CheckpointError(f"corrupt checkpoint file {weights_path}: {exc}") from exc
 
 
 def flatten_state(obj: Any, prefix: str = "") -> tuple[dict[str, Tensor], Any]:
