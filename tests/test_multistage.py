@@ -129,3 +129,19 @@ def test_protocol_reads_no_test_label_before_the_final_scoring(tmp_path, blur_re
     (details,) = scored
     assert details["val_size"] == 4 and details["fit_size"] == 8
     assert all(math.isfinite(epoch[key]) for epoch in details["history"] for key in ("total", "noise", "kd", "val_srcc"))
+
+
+def test_frozen_backbone_outputs_are_kept_on_disk_for_later_runs(tmp_path, blur_records):
+    from qfm_iqm.data.transforms import Preprocessing
+    from qfm_iqm.training.feature_cache import FrozenBackboneFeatures
+
+    backbone = create_backbone("tf_efficientnet_lite0", pretrained=False).use_stages(2)
+    pre = Preprocessing(64, (0.5,) * 3, (0.5,) * 3)
+    clear_feature_store()
+    first = FrozenBackboneFeatures(backbone, pre, 2, ("lite0",), torch.device("cpu"), tmp_path / "cache")
+    bank, grid = first.bank(blur_records[0]), first.grid(blur_records[0], 2)
+    assert bank.shape == (2, 4, 2064) and grid.shape == (4, 4, 2064)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+    clear_feature_store()
+    later = FrozenBackboneFeatures(None, pre, 2, ("lite0",), torch.device("cpu"), tmp_path / "cache")  # no backbone
+    assert torch.equal(later.bank(blur_records[0]), bank) and torch.equal(later.grid(blur_records[0], 2), grid)

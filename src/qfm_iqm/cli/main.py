@@ -163,6 +163,7 @@ def _train(args: argparse.Namespace) -> int:
         config_for_dataset,
         finish_split,
         fit_model,
+        last_validation_metrics,
         training_metadata,
         validation_part,
     )
@@ -194,8 +195,8 @@ def _train(args: argparse.Namespace) -> int:
         test = [dataset.records[i] for i in split.test]
         device = local_device(config.device)
         predictions = predict_records(model, test, config.eval_grid, device, progress=not args.quiet)
-        val_metrics = {k.removeprefix("val_"): v for k, v in history[-1].items() if k.startswith("val_")}
-        result = finish_split(args.output, dataset, split, predictions, grid=config.eval_grid, val_metrics=val_metrics)
+        result = finish_split(args.output, dataset, split, predictions, grid=config.eval_grid,
+                              val_metrics=last_validation_metrics(history))
         if is_main():
             print(json.dumps({"output": str(args.output), "test": result}, indent=2))
     return 0

@@ -113,6 +113,12 @@ def validation_part(config: TrainConfig, dataset: IQADataset, split: Split) -> t
     return carve_validation(split.train, config.val_fraction, split.seed, dataset)
 
 
+def last_validation_metrics(history: list[dict]) -> dict[str, float]:
+    """The validation metrics of the last epoch of a training history (empty without any)."""
+    last = history[-1] if history else {}
+    return {key.removeprefix("val_"): value for key, value in last.items() if key.startswith("val_")}
+
+
 def run_split(
     config: TrainConfig, dataset: IQADataset, split: Split, run_dir: Path, progress: bool = True
 ) -> dict:
@@ -143,7 +149,7 @@ def run_split(
         epochs=config.epochs,
         fit_size=len(fit),
         val_size=len(val),
-        val_metrics={k.removeprefix("val_"): v for k, v in history[-1].items() if k.startswith("val_")},
+        val_metrics=last_validation_metrics(history),
         train_seconds=round(train_seconds, 1),
         total_seconds=round(time.perf_counter() - start, 1),
         train_crops_per_second=round(sum(e["crops_per_second"] for e in history) / len(history), 2),

@@ -64,6 +64,7 @@ class TrainConfig:
     crops_per_image: int = 1  # random training crops of each image per epoch (DEIQT's patch_num)
     freeze_backbone: bool = False  # train projection + decoder only; the backbone's crops are cached
     crop_bank: int = 16  # with a frozen backbone: the fixed random crops per image the views are drawn from
+    feature_cache_dir: str | None = None  # with a frozen backbone: keep its outputs there for later runs
     freeze_bn: bool = False  # keep BatchNorm statistics at their ImageNet values while fine-tuning
     amp: str = "auto"  # "auto" (bf16 on CUDA), "bf16", "off"
     # semantic noisy matching

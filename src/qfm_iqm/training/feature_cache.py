@@ -4,9 +4,12 @@ output for every view of every epoch would be wasted work; only the projection a
 
 from __future__ import annotations
 
+import hashlib
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -29,16 +32,43 @@ class FrozenBackboneFeatures:
     """Backbone outputs ``tokens`` (n_crops, N, C) in float16 for a record's crop bank or crop grid.
 
     ``identity`` names the frozen backbone (architecture, weights, stage grid); outputs are shared
-    by every instance with the same identity and preprocessing in this process.
+    by every instance with the same identity and preprocessing in this process, and kept in
+    ``cache_dir`` (one ``.npy`` file per image and crop set) for later processes when it is given.
     """
 
-    def __init__(self, backbone: Backbone, pre: Preprocessing, bank: int, identity: tuple, device: torch.device) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        pre: Preprocessing,
+        bank: int,
+        identity: tuple,
+        device: torch.device,
+        cache_dir: str | Path | None = None,
+    ) -> None:
         self.backbone = backbone
         self.pre = pre
         self.bank_size = bank
-        self.identity = (identity, pre)
+        self.identity = (identity, pre, BANK_SEED)
         self.device = device
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.transform = TrainTransform(pre)
+
+    def _cached(self, key: tuple, compute: Callable[[], Tensor]) -> Tensor:
+        if key in _STORE:
+            return _STORE[key]
+        file = None
+        if self.cache_dir is not None:
+            file = self.cache_dir / f"{hashlib.sha1(repr(key).encode()).hexdigest()}.npy"
+            if file.is_file():
+                _STORE[key] = torch.from_numpy(np.load(file))
+                return _STORE[key]
+        tokens = _STORE[key] = compute()
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            partial = file.with_suffix(".partial.npy")
+            np.save(partial, tokens.numpy())
+            partial.replace(file)
+        return tokens
 
     @torch.inference_mode()
     def _encode(self, crops: Tensor) -> Tensor:
@@ -50,23 +80,22 @@ class FrozenBackboneFeatures:
 
     def bank(self, record: ImageRecord) -> Tensor:
         """The tokens of the record's ``bank`` fixed random training crops (flips included)."""
-        key = (self.identity, str(record.path), "bank", self.bank_size)
-        if key not in _STORE:
+
+        def compute() -> Tensor:
             image = prepare_image(load_image(record.path), self.pre)
             image_seed = zlib.crc32(str(record.path).encode())
             crops = [
                 self.transform(image, torch.Generator().manual_seed(item_seed(BANK_SEED, k, image_seed)))
                 for k in range(self.bank_size)
             ]
-            _STORE[key] = self._encode(torch.stack(crops))
-        return _STORE[key]
+            return self._encode(torch.stack(crops))
+
+        return self._cached((self.identity, str(record.path), "bank", self.bank_size), compute)
 
     def grid(self, record: ImageRecord, grid: int) -> Tensor:
         """The tokens of the record's deterministic ``grid x grid`` test crops."""
         key = (self.identity, str(record.path), "grid", grid)
-        if key not in _STORE:
-            _STORE[key] = self._encode(grid_crops(load_image(record.path), self.pre, grid))
-        return _STORE[key]
+        return self._cached(key, lambda: self._encode(grid_crops(load_image(record.path), self.pre, grid)))
 
 
 class CachedCrops(EpochViews):

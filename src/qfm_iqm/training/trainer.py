@@ -217,7 +217,9 @@ class Trainer:
             return None
         self.model.backbone.requires_grad_(False)
         identity = (config.model.backbone, config.backbone_weights, config.model.multi_stage, config.model.stage_grid)
-        return FrozenBackboneFeatures(self.model.backbone, self.pre, config.crop_bank, identity, self.device)
+        return FrozenBackboneFeatures(
+            self.model.backbone, self.pre, config.crop_bank, identity, self.device, config.feature_cache_dir
+        )
 
     def _loader(self, records: list[ImageRecord], batch_size: int, seed: int) -> DataLoader:
         views = self.config.crops_per_image
