@@ -70,7 +70,7 @@ def run_cell(
     command = f"qfm-iqm benchmark (method {method.name}, dataset {dataset.name})"
     if method.trained:
         return run_protocol(method.train_config(config.train, overrides), dataset, seeds, cell_dir, command, progress)
-    return run_baseline_protocol(method.baseline, dataset, seeds, cell_dir, command, progress)
+    return run_baseline_protocol(method.baseline, dataset, seeds, cell_dir, command, progress, cell_dir.parent)
 
 
 def cross_predictions(
@@ -94,7 +94,7 @@ def cross_predictions(
         return predict_records(model, list(test_set.records), train_config.eval_grid, device, progress=progress)
     baseline = get_baseline(method.baseline)
     train_features, test_features = (
-        baseline.cached_features(datasets[key], output_dir / key / method.name / "features.npy", progress)
+        baseline.cached_features(datasets[key], output_dir / key, progress)
         for key in (pair.train, pair.test)
     )
     labels = train_set.labels()

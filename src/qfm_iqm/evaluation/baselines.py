@@ -139,9 +139,11 @@ class FeatureBaseline:
     description: str
     features: Callable[[IQADataset, bool], np.ndarray]
     candidates: tuple
+    feature_set: str  # names the features: baselines with the same set share one cache file
 
-    def cached_features(self, dataset: IQADataset, cache_file: Path, progress: bool = True) -> np.ndarray:
-        """The features of every record, computed once and kept in ``cache_file`` (.npy)."""
+    def cached_features(self, dataset: IQADataset, cache_dir: Path, progress: bool = True) -> np.ndarray:
+        """The features of every record, computed once and kept in ``cache_dir/features-<set>.npy``."""
+        cache_file = cache_dir / f"features-{self.feature_set}.npy"
         if cache_file.exists():
             features = np.load(cache_file)
             if features.shape[0] == len(dataset):
@@ -178,24 +180,28 @@ BASELINES: dict[str, FeatureBaseline] = {
         "frozen ImageNet Lite0 features (3x3 crop grid) + ridge regression",
         lambda dataset, progress: frozen_features(dataset, progress=progress),
         RIDGE_CANDIDATES,
+        "lite0-last-stage",
     ),
     "ridge-stages": FeatureBaseline(
         "ridge-stages",
         "frozen ImageNet Lite0 features of every stage (global averages, 3x3 crop grid) + ridge regression",
         _every_stage_features,
         RIDGE_CANDIDATES,
+        "lite0-every-stage",
     ),
     "kernel-ridge-stages": FeatureBaseline(
         "kernel-ridge-stages",
         "frozen Lite0 features of every stage + RBF kernel ridge, each stage weighted equally",
         _every_stage_features,
         KERNEL_RIDGE_STAGE_CANDIDATES,
+        "lite0-every-stage",
     ),
     "brisque": FeatureBaseline(
         "brisque",
         "BRISQUE features + RBF kernel ridge regression (retrained per split)",
         _brisque_of_dataset,
         KERNEL_RIDGE_CANDIDATES,
+        "brisque",
     ),
 }
 

@@ -273,14 +273,16 @@ def run_baseline_protocol(
     output_dir: str | Path,
     command: str | None = None,
     progress: bool = True,
+    features_dir: Path | None = None,
 ) -> dict:
     """A feature baseline (see ``qfm_iqm.evaluation.baselines``) on the protocol's splits.
 
-    Writes the same files as ``run_protocol``; the features are cached in ``output_dir``.
+    Writes the same files as ``run_protocol``; the features are cached in ``features_dir`` (default
+    ``output_dir``), where baselines of the same feature set share them.
     """
     baseline = get_baseline(name)
     output_dir, splits = _prepare_protocol(output_dir, dataset, seeds, {"baseline": name})
-    features = baseline.cached_features(dataset, output_dir / "features.npy", progress)
+    features = baseline.cached_features(dataset, features_dir or output_dir, progress)
     runs = [baseline_split(baseline, features, dataset, split, output_dir / f"split_{split.seed}") for split in splits]
     details = {"baseline": name, "description": baseline.description}
     return write_protocol_results(output_dir, dataset, f"baseline-{name}", seeds, runs, details, command)
