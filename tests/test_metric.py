@@ -68,3 +68,22 @@ def test_gradient_step_raises_the_score(images: np.ndarray) -> None:
     stepped = (x - 2.0 / 255.0 * x.grad.sign()).clamp(0.0, 1.0).detach()  # a descent step on the loss
     after = loss_fn(stepped)
     assert bool((after > before.detach() + 0.1).all()), (before, after)
+
+
+def test_scores_stay_on_the_scale_whatever_the_network_outputs(images: np.ndarray) -> None:
+    """A head scaled 50x drives the raw output far outside [0, 1]: ``score`` and the metric clamp it
+    to the model's range; the loss keeps the unclamped value (its gradient must not vanish)."""
+    metric = qfm_iqm.create_metric(DEFAULT_MODEL, device="cpu", grid=1)
+    loss = qfm_iqm.create_metric(DEFAULT_MODEL, device="cpu", grid=1, as_loss=True)
+    scorer = qfm_iqm.load_model(DEFAULT_MODEL, "cpu", grid=1)
+    for net in (metric.net, loss.net, scorer.model):
+        with torch.no_grad():
+            net.decoder.head.weight.mul_(50.0)
+    x = _batch(images)
+    raw = loss(x).detach()
+    assert (raw < 0).any() or (raw > 100).any()
+    clamped = metric(x)
+    assert ((clamped >= 0) & (clamped <= 100)).all()
+    assert torch.allclose(clamped, raw.clamp(0, 100), atol=1e-3)
+    scores = [result.score for result in scorer.score(list(images))]
+    assert all(0 <= s <= 100 for s in scores)

@@ -120,8 +120,10 @@ class Scorer:
         return grid_crops(image, self.preprocessing, self.grid)
 
     def score_crops(self, crops: torch.Tensor, path: str | None = None) -> ScoreResult:
-        """Score one image from its :meth:`crops`."""
+        """Score one image from its :meth:`crops`; the score is clamped to the model's scale (the
+        network's output is unbounded, and an image far from the training data can land outside it)."""
         score, spread = score_crops(self.model, crops.to(self.device))
+        score = min(max(score, 0.0), 1.0)
         return ScoreResult(self.scale.denormalize(score), spread * (self.scale.high - self.scale.low), path)
 
     def score(self, images: ImageInput | Sequence[ImageInput]) -> ScoreResult | list[ScoreResult]:

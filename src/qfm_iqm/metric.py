@@ -45,8 +45,9 @@ class QualityMetric(nn.Module):
 
     Scores are on the model's scale (``score_range``; MOS 0-100 for the released model), higher is
     better unless ``lower_better``. The network is frozen and stays in eval mode; with ``as_loss``
-    gradients flow to the input, otherwise the forward pass records none. Values outside [0, 1] are
-    not clipped.
+    gradients flow to the input, otherwise the forward pass records none. Input values outside [0, 1]
+    are not clipped. Scores are clamped to ``score_range`` as ``score`` clamps them, except with
+    ``as_loss``, where a clamp would stop the gradient of an image scored outside the range.
     """
 
     def __init__(self, scorer: Scorer, as_loss: bool = False) -> None:
@@ -82,6 +83,8 @@ class QualityMetric(nn.Module):
                 x = _resized(x, pre.input_size)
             crops = crop_grid((x - self.mean) / self.std, pre.input_size, self.grid)  # (B, n, 3, S, S)
             normalised = self.net(crops.flatten(0, 1)).score.float().view(len(x), -1).mean(dim=1)
+            if not self.as_loss:
+                normalised = normalised.clamp(0.0, 1.0)
             if self.lower_better:
                 normalised = 1.0 - normalised
             return self.scale.low + normalised * (self.scale.high - self.scale.low)
