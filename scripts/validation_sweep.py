@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{variant['name']} seed {seed}: val SRCC {last['val_srcc']:.4f} PLCC {last['val_plcc']:.4f} "
                   f"(train SRCC {last['train_srcc']:.4f}) {seconds:.0f} s", flush=True)
             write(output, rows)
+    write(output, rows)
     return 0
 
 
@@ -96,6 +97,33 @@ def write(output: Path, rows: list[dict]) -> None:
                         f"{np.median([float(r['train_srcc']) for r in last]):.4f}",
                         f"{per_epoch[best]:.4f}", best])
     atomic_write_csv(output / "summary.csv", summary)
+    plot_curves(output / "curves.png", rows)
+
+
+def plot_curves(path: Path, rows: list[dict]) -> None:
+    """Train vs validation SRCC per epoch, one panel per variant (first seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["variant"] for r in rows))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        mine = [r for r in rows if r["variant"] == name]
+        seed = mine[0]["seed"]
+        mine = [r for r in mine if r["seed"] == seed]
+        epochs = [int(r["epoch"]) for r in mine]
+        for key, label in (("train_srcc", "fit part"), ("val_srcc", "validation part")):
+            ax.plot(epochs, [float(r[key]) for r in mine], marker=".", label=label)
+        ax.set_title(f"{name} (split {seed})", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("SRCC")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
