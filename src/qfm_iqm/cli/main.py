@@ -129,7 +129,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
 
     config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
     overrides = list(args.set or [])
-    for option in ("mode", "epochs", "batch_size", "device", "backbone_weights"):
+    for option in ("mode", "epochs", "batch_size", "device", "backbone_weights", "unlabeled_dir"):
         value = getattr(args, option)
         if value is not None:
             overrides.append(f"{option}={value}")
@@ -145,6 +145,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", dest="batch_size", type=int)
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--backbone-weights", dest="backbone_weights", help="local file of backbone weights")
+    parser.add_argument("--unlabeled", dest="unlabeled_dir", metavar="FOLDER",
+                        help="images without a score for the distillation teacher to label (never test images)")
 
 
 def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
@@ -165,6 +167,7 @@ def _train(args: argparse.Namespace) -> int:
         fit_model,
         last_validation_metrics,
         training_metadata,
+        unlabelled_records,
         validation_part,
     )
     from qfm_iqm.training.distributed import distributed_session, is_main, local_device
@@ -179,11 +182,13 @@ def _train(args: argparse.Namespace) -> int:
     metadata = {**training_metadata(dataset, split.seed if split else None, len(indices), args.command_line),
                 "val_size": len(val)}
     records = [dataset.records[i] for i in indices]
+    held_out = [dataset.records[i] for i in (*val, *(split.test if split is not None else ()))]
+    extra = unlabelled_records(config, held_out)
     with distributed_session(config.device):
         if split is not None and is_main():
             save_splits(args.output / "splits.json", [split], dataset.name, len(dataset))
         try:
-            model, history = fit_model(config, records, args.output, metadata=metadata, progress=not args.quiet,
+            model, history = fit_model(config, records, args.output, extra, metadata, progress=not args.quiet,
                                        resume=not args.restart, val_records=[dataset.records[i] for i in val])
         except TrainingInterrupted as stop:
             _note(str(stop))

@@ -15,6 +15,7 @@ import torch
 
 from qfm_iqm import __version__
 from qfm_iqm.data.records import IQADataset, ImageRecord
+from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.splits import Split, carve_validation, make_splits, save_splits
 from qfm_iqm.evaluation.baselines import FeatureBaseline, get_baseline, regress_on_split
 from qfm_iqm.evaluation.metrics import compute_metrics, summarize
@@ -105,6 +106,16 @@ def write_predictions(path: Path, dataset: IQADataset, indices: tuple[int, ...],
     atomic_write_csv(path, rows)
 
 
+def unlabelled_records(config: TrainConfig, held_out: list[ImageRecord]) -> list[ImageRecord]:
+    """The images of ``config.unlabeled_dir`` (NaN labels) for the teacher, less every image that is
+    one of ``held_out`` (a split's validation and test images), compared by resolved path."""
+    if not config.unlabeled_dir:
+        return []
+    excluded = {Path(record.path).resolve() for record in held_out}
+    pool = load_dataset("folder", config.unlabeled_dir).records
+    return [record for record in pool if Path(record.path).resolve() not in excluded]
+
+
 def validation_part(config: TrainConfig, dataset: IQADataset, split: Split) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """``(fit, val)``: the split's training part less a seeded validation part of ``config.val_fraction``
     (by reference content for synthetic datasets; seeded by the split seed). The test part is not touched."""
@@ -137,9 +148,10 @@ def run_split(
     train_records = [dataset.records[i] for i in fit]
     val_records = [dataset.records[i] for i in val]
     split_config = config_for_dataset(config, dataset)
-    model, history = fit_model(split_config, train_records, run_dir, None, metadata, progress, True, val_records)
-    train_seconds = time.perf_counter() - start
     test_records = [dataset.records[i] for i in split.test]
+    extra = unlabelled_records(config, val_records + test_records)
+    model, history = fit_model(split_config, train_records, run_dir, extra, metadata, progress, True, val_records)
+    train_seconds = time.perf_counter() - start
     predictions = predict_records(model, test_records, config.eval_grid, resolve_device(config.device), progress=progress)
     return finish_split(
         run_dir,

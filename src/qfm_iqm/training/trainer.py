@@ -281,8 +281,10 @@ class Trainer:
         images, labels, ids = images.to(self.device), labels.to(self.device).float(), ids.to(self.device)
         count = images.shape[0]
         if kd_batch is not None:
-            kd_images, _, kd_ids = (t.to(self.device) for t in kd_batch)
+            kd_images, kd_labels, kd_ids = (t.to(self.device) for t in kd_batch)
+            # the teacher labels images without a score; labelled views keep their ground truth
             pseudo = self.teacher.pseudo_labels(kd_images, cached=self.features is not None)
+            pseudo = torch.where(torch.isnan(kd_labels), pseudo, kd_labels.float())
             images = torch.cat([images, kd_images])
             targets = torch.cat([labels, pseudo])
             ids = torch.cat([ids, kd_ids])

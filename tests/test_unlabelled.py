@@ -1,0 +1,69 @@
+"""The distillation teacher's unlabelled pool: reaches the teacher and the memory, never a held-out image."""
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+from conftest import tiny_config
+from qfm_iqm.data.records import IQADataset, LabelScale
+from qfm_iqm.data.splits import Split
+from qfm_iqm.evaluation import protocol
+from qfm_iqm.training.trainer import Trainer
+
+
+def _pool(folder, count):
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for k in range(count):
+        Image.fromarray(rng.integers(0, 256, (70, 70, 3), dtype=np.uint8)).save(folder / f"photo{k}.png")
+    return folder
+
+
+def test_unlabelled_views_get_pseudo_labels_and_enter_the_memory(tmp_path, blur_records, monkeypatch):
+    config = tiny_config(mode="qfm", teacher="ema", kd_views=4, unlabeled_dir=str(_pool(tmp_path / "pool", 6)))
+    extra = protocol.unlabelled_records(config, [])
+    assert len(extra) == 6 and all(math.isnan(r.label) for r in extra)
+    labelled = blur_records[:8]
+    trainer = Trainer(config, labelled, tmp_path / "run", extra, progress=False)
+    seen = []
+    original = type(trainer.teacher).pseudo_labels
+    monkeypatch.setattr(type(trainer.teacher), "pseudo_labels",
+                        lambda self, x, cached=False: seen.append(len(x)) or original(self, x, cached))
+    history = trainer.fit()
+    assert seen and history.epochs[-1]["kd"] > 0
+    stored = trainer.memory.image_ids[: trainer.memory.size]
+    assert (stored >= len(labelled)).any(), "no unlabelled view reached the memory"
+    assert torch.isfinite(trainer.memory.labels[: trainer.memory.size]).all()  # pseudo-labels, never NaN
+
+
+def test_held_out_images_never_join_the_pool(tmp_path, blur_records, monkeypatch):
+    dataset = IQADataset("fixture", tmp_path, blur_records, LabelScale(0, 100, True, "MOS"), False)
+    split = Split(0, tuple(range(12)), tuple(range(12, 16)))
+    pool = _pool(tmp_path / "pool", 2)
+    for k in (12, 15, 0):  # two test images and a training image, linked into the pool under other names
+        (pool / f"link{k}.png").symlink_to(blur_records[k].path)
+    config = tiny_config(mode="qfm", teacher="ema", epochs=1, val_fraction=0.34, unlabeled_dir=str(pool))
+    fit, val = protocol.validation_part(config, dataset, split)
+    (pool / "val.png").symlink_to(blur_records[val[0]].path)
+    received = []
+    original = protocol.fit_model
+    monkeypatch.setattr(protocol, "fit_model", lambda *a, **k: received.append(a[3]) or original(*a, **k))
+    protocol.run_split(config, dataset, split, tmp_path / "run", progress=False)
+    names = sorted(record.path.name for record in received[0])
+    assert names == ["link0.png", "photo0.png", "photo1.png"]
+
+
+def test_labelled_views_keep_their_ground_truth(tmp_path, blur_records, monkeypatch):
+    config = tiny_config(mode="qfm", teacher="ema", kd_views=4, noise=False)
+    trainer = Trainer(config, blur_records[:8], tmp_path, progress=False)
+    monkeypatch.setattr(type(trainer.teacher), "pseudo_labels", lambda self, x, cached=False: torch.full((len(x),), 7.0))
+    images, labels, ids = next(iter(trainer.loader))
+    kd = next(trainer._kd_batches())
+    captured = {}
+    real = trainer.forward_pass.forward
+    monkeypatch.setattr(trainer.forward_pass, "forward",
+                        lambda inputs, targets, ids, count: captured.update(targets=targets) or real(inputs, targets, ids, count))
+    trainer.training_step(images, labels, ids, kd)
+    assert torch.equal(captured["targets"][len(labels):], kd[1])  # not the teacher's 7.0
