@@ -1,7 +1,7 @@
 """Choose training options on validation data only: train each variant on the fit part of a split's
 training part and record its learning curve on the validation part (the test part is never scored).
 
-    python scripts/validation_sweep.py --config benchmarks/livec_validation.yaml --output results/validation/NAME
+    python scripts/validation_sweep.py --config configs/validation/livec_lite0.yaml --output results/validation/NAME
 
 The config names a dataset, split seeds (the protocol's splits), shared training options and variants::
 
