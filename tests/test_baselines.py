@@ -105,3 +105,13 @@ def test_stage_blocks_weigh_equally_in_the_kernel():
         fitted = KernelRidgeRegressor(1e-2, 1.0, blocks).fit(features[:150], targets[:150])
         errors[blocks] = float(np.mean((fitted.predict(features[150:]) - targets[150:]) ** 2))
     assert errors[(1, 99)] < 0.2 * errors[()]
+
+
+def test_the_cli_offers_every_baseline(capsys):
+    from qfm_iqm.cli.main import build_parser
+    from qfm_iqm.evaluation.baselines import BASELINES
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evaluate", "--baseline", "nonexistent"])
+    offered = capsys.readouterr().err.split("choose from")[1]
+    assert sorted(name.strip(" '\n)") for name in offered.split(",")) == sorted(BASELINES)

@@ -384,9 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seeds", type=int, nargs="+", help="explicit split seeds")
     evaluate.add_argument("--output", type=Path,
                           help="results folder (protocol; checkpoint mode: result.json + predictions.csv)")
-    evaluate.add_argument("--baseline", choices=["ridge", "brisque"],
+    evaluate.add_argument("--baseline", choices=["ridge", "ridge-stages", "kernel-ridge-stages", "brisque"],
                           help="run a baseline instead of training: ridge = frozen ImageNet Lite0 features (3x3 crops) "
-                          "+ ridge regression; brisque = BRISQUE features + RBF kernel ridge")
+                          "+ ridge regression; ridge-stages / kernel-ridge-stages = the global average of every Lite0 "
+                          "stage + ridge / RBF kernel ridge; brisque = BRISQUE features + RBF kernel ridge")
     evaluate.set_defaults(func=_evaluate)
     for command in commands.choices.values():
         _add_global_options(command, in_command=True)
