@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,15 @@ def test_config_file_round_trip(tmp_path):
     (tmp_path / "bad.yaml").write_text("epoch: 3\n")
     with pytest.raises(ValueError, match="epoch"):
         TrainConfig.from_file(tmp_path / "bad.yaml")
+
+
+def test_results_folders_written_before_an_option_existed_are_reused_only_at_its_default(tmp_path):
+    from qfm_iqm.evaluation.protocol import check_method
+
+    config = TrainConfig().to_dict()
+    older = {key: value for key, value in config.items() if key != "rank_weight"}
+    (tmp_path / "method.json").write_text(json.dumps({"config": older, "dataset": "x"}))
+    check_method(tmp_path, {"config": config, "dataset": "x"})  # the option's default: the same run
+    changed = TrainConfig(rank_weight=0.5).to_dict()
+    with pytest.raises(ValueError, match="differs in: config"):
+        check_method(tmp_path, {"config": changed, "dataset": "x"})

@@ -60,10 +60,11 @@ def test_labelled_views_keep_their_ground_truth(tmp_path, blur_records, monkeypa
     trainer = Trainer(config, blur_records[:8], tmp_path, progress=False)
     monkeypatch.setattr(type(trainer.teacher), "pseudo_labels", lambda self, x, cached=False: torch.full((len(x),), 7.0))
     images, labels, ids = next(iter(trainer.loader))
-    kd = next(trainer._kd_batches())
+    kd = next(trainer._side_batches(trainer.kd_loader))
     captured = {}
     real = trainer.forward_pass.forward
     monkeypatch.setattr(trainer.forward_pass, "forward",
-                        lambda inputs, targets, ids, count: captured.update(targets=targets) or real(inputs, targets, ids, count))
+                        lambda inputs, targets, ids, count, ranked=None: captured.update(targets=targets)
+                        or real(inputs, targets, ids, count, ranked))
     trainer.training_step(images, labels, ids, kd)
     assert torch.equal(captured["targets"][len(labels):], kd[1])  # not the teacher's 7.0

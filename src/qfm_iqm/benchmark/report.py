@@ -34,6 +34,35 @@ def summary_rows(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> list[lis
     return rows
 
 
+def pooled_degradation_check(cell: dict) -> dict[str, float]:
+    """Per degradation kind, the share of pairs ordered right over every split of a cell that ran the check."""
+    totals: dict[str, list[float]] = {}
+    for run in cell.get("runs", []):
+        for kind, check in (run.get("degradation_check") or {}).items():
+            right, pairs = totals.setdefault(kind, [0.0, 0])
+            totals[kind] = [right + check["ordered"] * check["pairs"], pairs + check["pairs"]]
+    return {kind: right / pairs for kind, (right, pairs) in totals.items()}
+
+
+def degradation_table(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> list[str]:
+    """Markdown lines: the degradation check of every trained cell (test photos of every split pooled)."""
+    rows = {}
+    for (dataset, method), cell in outcome.cells.items():
+        pooled = pooled_degradation_check(cell or {})
+        if pooled:
+            rows[dataset, method] = pooled
+    if not rows:
+        return []
+    kinds = list(dict.fromkeys(kind for pooled in rows.values() for kind in pooled))
+    labels = {m.name: m.label for m in config.methods}
+    lines = ["## Degradation check: share of (milder, stronger) pairs of test photos scored in the right order",
+             "", "| dataset | method | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+    for (dataset, method), pooled in rows.items():
+        shown = " | ".join(f"{pooled[k]:.3f}" if k in pooled else "-" for k in kinds)
+        lines.append(f"| {dataset} | {labels[method]} | {shown} |")
+    return lines + [""]
+
+
 def markdown_tables(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> str:
     """The paper-style tables: per dataset (medians over splits), the cross-dataset matrix, speed."""
     lines = [f"# Benchmark `{config.name}`", "", f"Split seeds: {', '.join(map(str, config.seeds))} "
@@ -55,6 +84,7 @@ def markdown_tables(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> str:
             lines.append(f"| {method.label} | {len(cell['runs'])} | {medians} | "
                          f"{stats['srcc']['mean']:.4f} ± {stats['srcc']['std']:.4f} | {per_split} | {train} |")
         lines.append("")
+    lines += degradation_table(config, outcome)
     if outcome.cross:
         pairs = list(dict.fromkeys((train, test) for _, train, test in outcome.cross))
         lines += ["## Cross-dataset (train on all of A, test on all of B): SRCC / PLCC", "",

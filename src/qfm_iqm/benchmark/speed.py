@@ -85,7 +85,7 @@ def measure_training(model: str, batch_size: int, steps: int, image_size: int, d
         # a frozen teacher costs the same per step whether trained or not; its own training is not timed
         frozen = build_model(config.model, pretrained_backbone=False) if config.teacher == "pretrained" else None
         trainer = Trainer(config, records, Path(tmp) / "out", progress=False, teacher_model=frozen)
-        kd = trainer._kd_batches() if trainer.teacher is not None else None
+        kd = trainer._side_batches(trainer.kd_loader)
         batches = iter(trainer.loader)
         trainer.model.train()
 

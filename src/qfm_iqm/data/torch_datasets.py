@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from qfm_iqm.data.degradations import KINDS, degrade, levels
 from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.transforms import Preprocessing, TrainTransform, grid_crops, prepare_image
@@ -108,3 +109,58 @@ class EvalCrops(Dataset):
         x = grid_crops(self.images.get(index), self.pre, self.grid)
         y = torch.tensor(self.images.records[index].label, dtype=torch.float32)
         return x, y, index
+
+
+# The degraded versions of one crop, in a fixed order: the crop itself, then every (kind, level >= 1).
+DEGRADED_STACK: tuple[tuple[str | None, int], ...] = ((None, 0),) + tuple(
+    (kind, level) for kind in KINDS for level in range(1, levels(kind) + 1)
+)
+
+
+def stack_position(kind: str, level: int) -> int:
+    """Where ``kind`` at ``level`` lies in :data:`DEGRADED_STACK` (level 0 is the undamaged crop)."""
+    return 0 if level == 0 else DEGRADED_STACK.index((kind, level))
+
+
+def degraded_crops(
+    image: Image.Image, transform: TrainTransform, versions: Sequence[tuple[str | None, int]], seed: int
+) -> torch.Tensor:
+    """One random training crop (position and flip drawn from ``seed``) of each damaged version of ``image``
+    (already prepared): ``(len(versions), 3, S, S)``. The same ``seed`` seeds the noise."""
+    return torch.stack(
+        [
+            transform(image if level == 0 else degrade(image, kind, level, seed), torch.Generator().manual_seed(seed))
+            for kind, level in versions
+        ]
+    )
+
+
+class DegradationPairs(EpochViews):
+    """Pairs whose quality order is known: item ``i`` -> ``(2, ...)``, a milder and a stronger version of
+    one crop of record ``i % n`` under one degradation kind, both drawn from (seed, epoch, i).
+
+    With ``features`` (a frozen backbone's cache) the versions are the cached backbone tokens of the
+    record's fixed degraded crop stack; otherwise crops are cut and damaged on the fly.
+    """
+
+    def __init__(self, records: Sequence[ImageRecord], transform: TrainTransform, seed: int, views: int,
+                 features=None) -> None:
+        super().__init__(len(records), seed, views)
+        self.records = list(records)
+        self.transform = transform
+        self.features = features
+
+    def versions(self, index: int) -> tuple[tuple[str, int], tuple[str, int]]:
+        """The (kind, level) of the milder and of the stronger version of item ``index``."""
+        rng = np.random.default_rng(self.view_seed(index))
+        kind = KINDS[int(rng.integers(len(KINDS)))]
+        milder, stronger = sorted(rng.choice(levels(kind) + 1, size=2, replace=False).tolist())
+        return (kind, milder), (kind, stronger)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        record = self.records[index % self.num_records]
+        pair = self.versions(index)
+        if self.features is not None:
+            return self.features.degraded(record, [stack_position(*version) for version in pair]).float()
+        image = prepare_image(load_image(record.path), self.transform.pre)
+        return degraded_crops(image, self.transform, pair, self.view_seed(index) % 2**32)

@@ -18,6 +18,7 @@ from qfm_iqm.data.records import IQADataset, ImageRecord
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.splits import Split, carve_validation, make_splits, save_splits
 from qfm_iqm.evaluation.baselines import FeatureBaseline, get_baseline, regress_on_split
+from qfm_iqm.evaluation.degradation_check import check_photos, degradation_check
 from qfm_iqm.evaluation.metrics import compute_metrics, summarize
 from qfm_iqm.evaluation.predict import Predictions, predict_records
 from qfm_iqm.models.qfm import QFMIQM
@@ -134,7 +135,8 @@ def run_split(
     config: TrainConfig, dataset: IQADataset, split: Split, run_dir: Path, progress: bool = True
 ) -> dict:
     """Train on the split's training part less its validation part, scoring the validation part after
-    every epoch; then test the last-epoch model on ``split.test``, once. Resumable.
+    every epoch; then test the last-epoch model on ``split.test``, once, and run the degradation check
+    on ``config.degradation_photos`` of the test photos. Resumable.
 
     Nothing reads a test label before that final scoring: every choice (options, epochs) is made on
     the validation scores recorded in the history.
@@ -152,7 +154,10 @@ def run_split(
     extra = unlabelled_records(config, val_records + test_records)
     model, history = fit_model(split_config, train_records, run_dir, extra, metadata, progress, True, val_records)
     train_seconds = time.perf_counter() - start
-    predictions = predict_records(model, test_records, config.eval_grid, resolve_device(config.device), progress=progress)
+    device = resolve_device(config.device)
+    predictions = predict_records(model, test_records, config.eval_grid, device, progress=progress)
+    photos = [dataset.records[i] for i in check_photos(split.test, config.degradation_photos, split.seed)]
+    check = degradation_check(model, photos, config.eval_grid, device) if photos else {}
     return finish_split(
         run_dir,
         dataset,
@@ -166,6 +171,7 @@ def run_split(
         total_seconds=round(time.perf_counter() - start, 1),
         train_crops_per_second=round(sum(e["crops_per_second"] for e in history) / len(history), 2),
         peak_rss_mib=round(peak_rss_mib(), 1),
+        degradation_check=check,
         history=history,
     )
 
@@ -202,11 +208,17 @@ def check_method(output_dir: Path, method: dict) -> None:
     """Record what ``output_dir`` holds results of, or refuse to mix results of another method.
 
     ``method`` describes the run completely (options, dataset, ...); finished splits are reused only
-    when it is unchanged, so a results folder never silently mixes two configurations.
+    when it is unchanged, so a results folder never silently mixes two configurations. Options added
+    to ``TrainConfig`` after a folder was written count as run at their defaults there.
     """
     path = output_dir / "method.json"
     if path.exists():
         saved = json.loads(path.read_text())
+        if isinstance(saved.get("config"), dict):  # options added since then ran at their defaults
+            try:
+                saved["config"] = TrainConfig.from_dict(saved["config"]).to_dict()
+            except (TypeError, ValueError):
+                pass  # an option that no longer exists: reported as a difference below
         if saved != json.loads(json.dumps(method)):
             changed = sorted(k for k in set(saved) | set(method) if saved.get(k) != method.get(k))
             raise ValueError(

@@ -81,8 +81,13 @@ class TrainConfig:
     kd_weight: float = 1.0
     kd_views: int = 8  # extra teacher-labelled views per step
     unlabeled_dir: str | None = None
+    # degradation ranking: of two damaged versions of one crop the milder must score higher (off at 0)
+    rank_weight: float = 0.0
+    rank_pairs: int = 8  # degradation pairs per step, from the training (and unlabelled) images
+    rank_margin: float = 0.02  # hinge margin on the normalised scale
     # data and evaluation
     eval_grid: int = 4  # test crops per side; 4 beat 3 on 25 of 25 LIVEC split models (docs/method.md)
+    degradation_photos: int = 20  # test photos per split in the degradation check (0: no check)
     val_fraction: float = 0.2  # share of a split's training part held out for choices (the protocol)
     cache_images: bool = True
     num_workers: int = 0
@@ -104,6 +109,8 @@ class TrainConfig:
             raise ValueError(f"noise_target must be one of {NOISE_TARGETS}, got {self.noise_target!r}")
         if self.crops_per_image < 1 or self.crop_bank < 1:
             raise ValueError("crops_per_image and crop_bank must be >= 1")
+        if self.rank_weight < 0 or self.rank_pairs < 1 or self.rank_margin < 0 or self.degradation_photos < 0:
+            raise ValueError("rank_weight, rank_margin and degradation_photos must be >= 0, rank_pairs >= 1")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.schedule not in ("step", "cosine"):

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from qfm_iqm.data.degradations import STRENGTHS
 from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
-from qfm_iqm.data.torch_datasets import EpochViews, item_seed
+from qfm_iqm.data.torch_datasets import DEGRADED_STACK, EpochViews, degraded_crops, item_seed
 from qfm_iqm.data.transforms import Preprocessing, TrainTransform, grid_crops, prepare_image
 from qfm_iqm.models.backbones import Backbone
 
@@ -53,21 +54,26 @@ class FrozenBackboneFeatures:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.transform = TrainTransform(pre)
 
+    def _file(self, key: tuple) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / f"{hashlib.sha1(repr(key).encode()).hexdigest()}.npy"
+
+    @staticmethod
+    def _save(file: Path, tokens: Tensor) -> None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        partial = file.with_suffix(".partial.npy")
+        np.save(partial, tokens.numpy())
+        partial.replace(file)
+
     def _cached(self, key: tuple, compute: Callable[[], Tensor]) -> Tensor:
         if key in _STORE:
             return _STORE[key]
-        file = None
-        if self.cache_dir is not None:
-            file = self.cache_dir / f"{hashlib.sha1(repr(key).encode()).hexdigest()}.npy"
-            if file.is_file():
-                _STORE[key] = torch.from_numpy(np.load(file))
-                return _STORE[key]
+        file = self._file(key)
+        if file is not None and file.is_file():
+            _STORE[key] = torch.from_numpy(np.load(file))
+            return _STORE[key]
         tokens = _STORE[key] = compute()
         if file is not None:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            partial = file.with_suffix(".partial.npy")
-            np.save(partial, tokens.numpy())
-            partial.replace(file)
+            self._save(file, tokens)
         return tokens
 
     @torch.inference_mode()
@@ -91,6 +97,24 @@ class FrozenBackboneFeatures:
             return self._encode(torch.stack(crops))
 
         return self._cached((self.identity, str(record.path), "bank", self.bank_size), compute)
+
+    def degraded(self, record: ImageRecord, positions: Sequence[int]) -> Tensor:
+        """Tokens of the given ``positions`` of the record's degraded stack: one fixed random crop, undamaged
+        and at every (kind, level) of ``DEGRADED_STACK``. With ``cache_dir`` the stack stays on disk (read
+        a slice at a time, so memory does not grow with it); without, in this process's memory."""
+        key = (self.identity, str(record.path), "degraded", repr(STRENGTHS))
+
+        def compute() -> Tensor:
+            image = prepare_image(load_image(record.path), self.pre)
+            seed = item_seed(BANK_SEED, 0, zlib.crc32(str(record.path).encode())) % 2**32
+            return self._encode(degraded_crops(image, self.transform, DEGRADED_STACK, seed))
+
+        file = self._file(key)
+        if file is None:
+            return self._cached(key, compute)[list(positions)]
+        if not file.is_file():
+            self._save(file, compute())
+        return torch.from_numpy(np.load(file, mmap_mode="r")[list(positions)])
 
     def grid(self, record: ImageRecord, grid: int) -> Tensor:
         """The tokens of the record's deterministic ``grid x grid`` test crops."""

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from qfm_iqm import __version__
 from qfm_iqm.data.records import ImageRecord
-from qfm_iqm.data.torch_datasets import TrainCrops
+from qfm_iqm.data.torch_datasets import DegradationPairs, EpochViews, TrainCrops
 from qfm_iqm.data.transforms import TrainTransform
 from qfm_iqm.evaluation.metrics import compute_metrics
 from qfm_iqm.evaluation.predict import model_preprocessing, predict_records
@@ -82,6 +82,7 @@ class StepLosses:
     noise: float = 0.0
     kd: float = 0.0
     matched: float = 0.0  # fraction of samples that found a noise partner
+    rank: float = 0.0
 
 
 @dataclass
@@ -97,7 +98,7 @@ class TrainingForward(nn.Module):
 
     Returns the clean scores of a batch and, with a feature memory, the scores of the semantically
     perturbed decoder inputs of the samples that found a noise partner (``None`` if none did) and the
-    mask of those samples. The noise perturbs the tokens, the global vector ``c`` (which every panel
+    mask of those samples; then the scores of ``ranked`` (degradation pairs; ``None`` without them). The noise perturbs the tokens, the global vector ``c`` (which every panel
     query carries) or both (``config.noise_target``). The memory is fed the global batch (every
     process's part, see :func:`all_gather_batch`); ``labelled`` is the number of leading labelled rows
     of the batch. With ``config.freeze_backbone`` the inputs are the cached backbone tokens, not images.
@@ -112,24 +113,32 @@ class TrainingForward(nn.Module):
         self.noise_strength = config.noise_strength
         self.noise_target = config.noise_target
 
+    def _encode(self, inputs: Tensor):
+        model = self.model
+        return model.encode_features(inputs.mean(dim=1), inputs) if self.cached_inputs else model.encode(inputs)
+
     def forward(
-        self, inputs: Tensor, targets: Tensor, ids: Tensor, labelled: int
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        self, inputs: Tensor, targets: Tensor, ids: Tensor, labelled: int, ranked: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
         model, memory = self.model, self.memory
-        encoded = model.encode_features(inputs.mean(dim=1), inputs) if self.cached_inputs else model.encode(inputs)
+        encoded = self._encode(inputs)
         clean = model.decode(encoded.c, encoded.tokens).score.float()
+        ranked_scores = None
+        if ranked is not None:
+            encoded_ranked = self._encode(ranked)
+            ranked_scores = model.decode(encoded_ranked.c, encoded_ranked.tokens).score.float()
         if memory is None:
-            return clean, None, None
+            return clean, None, None, ranked_scores
         memory.push(*all_gather_batch((encoded.semantic, encoded.c, encoded.tokens, targets, ids), labelled))
         slots, found = match_semantic_noise(encoded.semantic, targets, ids, memory, self.quality_tolerance)
         if not found.any():
-            return clean, None, found
+            return clean, None, found, ranked_scores
         c, tokens, partners = encoded.c[found], encoded.tokens[found], slots[found]
         if self.noise_target in ("tokens", "both"):
             tokens = tokens + norm_matched_noise(tokens, memory.tokens[partners], self.noise_strength)
         if self.noise_target in ("global", "both"):
             c = c + norm_matched_noise(c, memory.globals[partners], self.noise_strength)
-        return clean, model.decode(c, tokens).score.float(), found
+        return clean, model.decode(c, tokens).score.float(), found, ranked_scores
 
 
 class Trainer:
@@ -169,7 +178,7 @@ class Trainer:
         self.pre = model_preprocessing(self.model)
         self.val_records = val_records or []
         self.features = self._frozen_backbone_features()
-        self.loader = self._loader(records, config.batch_size, config.seed)
+        self.loader = self._loader(self._views(records, config.seed), config.batch_size, config.seed)
         self.steps_per_epoch = self.loader.batch_sampler.steps
         self.optimizer = self._optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -177,9 +186,14 @@ class Trainer:
         )
         self.memory = FeatureMemory(config.memory_factor * config.batch_size) if config.use_noise else None
         self.teacher = self._teacher(teacher_model)
+        side = records + self.extra_records  # images the teacher labels and degradation pairs come from
         self.kd_loader = (
-            self._loader(records + self.extra_records, config.kd_views, config.seed + 1) if self.teacher else None
+            self._loader(self._views(side, config.seed + 1), config.kd_views, config.seed + 1) if self.teacher else None
         )
+        self.rank_loader = None
+        if config.rank_weight > 0:
+            pairs = DegradationPairs(side, TrainTransform(self.pre), config.seed + 2, 1, self.features)
+            self.rank_loader = self._loader(pairs, config.rank_pairs, config.seed + 2)
         self.forward_pass = self._forward_module()
         self.epoch = 0
         self.step = 0  # optimiser steps done in the current epoch
@@ -221,12 +235,14 @@ class Trainer:
             self.model.backbone, self.pre, config.crop_bank, identity, self.device, config.feature_cache_dir
         )
 
-    def _loader(self, records: list[ImageRecord], batch_size: int, seed: int) -> DataLoader:
+    def _views(self, records: list[ImageRecord], seed: int) -> EpochViews:
+        """``crops_per_image`` training views of each record per epoch (cached backbone tokens when frozen)."""
         views = self.config.crops_per_image
         if self.features is not None:
-            dataset = CachedCrops(records, self.features, seed, views)
-        else:
-            dataset = TrainCrops(records, TrainTransform(self.pre), seed=seed, cache=self.config.cache_images, views=views)
+            return CachedCrops(records, self.features, seed, views)
+        return TrainCrops(records, TrainTransform(self.pre), seed=seed, cache=self.config.cache_images, views=views)
+
+    def _loader(self, dataset: EpochViews, batch_size: int, seed: int) -> DataLoader:
         return DataLoader(
             dataset,
             batch_sampler=GlobalBatchSampler(len(dataset), batch_size, seed),
@@ -263,18 +279,26 @@ class Trainer:
         use = self.config.amp == "bf16" or (self.config.amp == "auto" and self.device.type == "cuda")
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use)
 
-    def _kd_batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        """Teacher-labelled views, one batch per step from step ``self.step`` of the epoch on; every pass
-        over the data brings fresh views that never repeat the labelled loader's."""
-        sampler = self.kd_loader.batch_sampler
-        pass_index, start = divmod(self.step, sampler.steps)
-        while True:
-            self.kd_loader.dataset.set_epoch(self.epoch + pass_index * KD_PASS_EPOCH_STRIDE)
-            sampler.set_epoch(self.epoch, pass_index, start)
-            yield from self.kd_loader
-            pass_index, start = pass_index + 1, 0
+    def _side_batches(self, loader: DataLoader | None) -> Iterator | None:
+        """Batches of a side loader (teacher-labelled views, degradation pairs), one per step from step
+        ``self.step`` of the epoch on; every pass over its data brings fresh views."""
+        if loader is None:
+            return None
 
-    def training_step(self, images: Tensor, labels: Tensor, ids: Tensor, kd_batch=None) -> StepLosses:
+        def batches() -> Iterator:
+            sampler = loader.batch_sampler
+            pass_index, start = divmod(self.step, sampler.steps)
+            while True:
+                loader.dataset.set_epoch(self.epoch + pass_index * KD_PASS_EPOCH_STRIDE)
+                sampler.set_epoch(self.epoch, pass_index, start)
+                yield from loader
+                pass_index, start = pass_index + 1, 0
+
+        return batches()
+
+    def training_step(
+        self, images: Tensor, labels: Tensor, ids: Tensor, kd_batch=None, rank_batch: Tensor | None = None
+    ) -> StepLosses:
         """One optimiser step on this process's part of a global batch; the losses returned are the
         means over all processes (what one process training on the global batch would report)."""
         config = self.config
@@ -290,8 +314,11 @@ class Trainer:
             ids = torch.cat([ids, kd_ids])
         else:
             targets = labels
+        ranked = None
+        if rank_batch is not None:  # (pairs, 2, ...) -> every milder version, then every stronger one
+            ranked = rank_batch.to(self.device).transpose(0, 1).flatten(0, 1)
         with self._autocast():
-            clean, noisy, found = self.forward_pass(images, targets, ids, count)
+            clean, noisy, found, ranked_scores = self.forward_pass(images, targets, ids, count, ranked)
             loss_clean = regression_loss(clean[:count], labels, config)
             loss = loss_clean
             loss_kd = torch.zeros((), device=self.device)
@@ -302,6 +329,11 @@ class Trainer:
             if noisy is not None:
                 loss_noise = regression_loss(noisy, targets[found], config, reduction="sum") / targets.shape[0]
                 loss = loss + config.noise_weight * loss_noise
+            loss_rank = torch.zeros((), device=self.device)
+            if ranked_scores is not None:
+                milder, stronger = ranked_scores.chunk(2)
+                loss_rank = F.relu(config.rank_margin - (milder - stronger)).mean()
+                loss = loss + config.rank_weight * loss_rank
         matched = found.float().mean().item() if found is not None else 0.0
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -311,7 +343,7 @@ class Trainer:
         self.scheduler.step()
         if self.teacher is not None:
             self.teacher.update(self.model)
-        values = [loss.item(), loss_clean.item(), loss_noise.item(), loss_kd.item(), matched]
+        values = [loss.item(), loss_clean.item(), loss_noise.item(), loss_kd.item(), matched, loss_rank.item()]
         return StepLosses(*average_across_ranks(values))
 
     # -- epochs -----------------------------------------------------------------------------------
@@ -327,7 +359,7 @@ class Trainer:
                     module.eval()
         self.loader.dataset.set_epoch(self.epoch)
         self.loader.batch_sampler.set_epoch(self.epoch, start=self.step)
-        kd_batches = self._kd_batches() if self.teacher is not None else None
+        kd_batches, rank_batches = self._side_batches(self.kd_loader), self._side_batches(self.rank_loader)
         start = time.perf_counter()
         bar = tqdm(  # updated by hand: wrapping the loader would start its workers twice
             desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
@@ -338,7 +370,9 @@ class Trainer:
             dynamic_ncols=True,
         )
         for images, labels, ids in self.loader:
-            losses = self.training_step(images, labels, ids, next(kd_batches) if kd_batches else None)
+            losses = self.training_step(
+                images, labels, ids, next(kd_batches) if kd_batches else None, next(rank_batches) if rank_batches else None
+            )
             self.step += 1
             for key, value in vars(losses).items():
                 self.epoch_totals[key] = self.epoch_totals.get(key, 0.0) + value
@@ -353,7 +387,8 @@ class Trainer:
     def _end_epoch(self) -> dict:
         """Record the finished epoch's summary in the history and move on to the next epoch."""
         steps = self.steps_per_epoch
-        crops = steps * (self.config.batch_size + (self.config.kd_views if self.teacher else 0))
+        crops = steps * (self.config.batch_size + (self.config.kd_views if self.teacher else 0)
+                         + (2 * self.config.rank_pairs if self.rank_loader else 0))
         summary = {key: value / steps for key, value in self.epoch_totals.items()}
         summary.update(epoch=self.epoch + 1, seconds=self.epoch_seconds, crops_per_second=crops / self.epoch_seconds,
                        lr=self.optimizer.param_groups[0]["lr"])
@@ -406,7 +441,7 @@ class Trainer:
                     if self.progress:
                         tqdm.write(
                             f"epoch {summary['epoch']}: loss {summary['total']:.4f} (clean {summary['clean']:.4f}, "
-                            f"noise {summary['noise']:.4f}, kd {summary['kd']:.4f}) "
+                            f"noise {summary['noise']:.4f}, kd {summary['kd']:.4f}, rank {summary['rank']:.4f}) "
                             f"{summary['crops_per_second']:.1f} crops/s"
                             + (f"; SRCC train {summary['train_srcc']:.4f} val {summary['val_srcc']:.4f}"
                                if "val_srcc" in summary else "")

@@ -1,0 +1,64 @@
+"""The degradation check: does a model rate a photo lower the more it is damaged?
+
+Each photo is scored at every level of every degradation kind (``qfm_iqm.data.degradations``); of every
+(milder, stronger) pair of levels of one photo and kind, the model is right when the milder one scores
+higher (a tie counts as wrong). The result is the fraction of pairs ordered right, per kind.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from itertools import combinations
+
+import numpy as np
+import torch
+
+from qfm_iqm.data.degradations import KINDS, degrade, levels
+from qfm_iqm.data.images import load_image
+from qfm_iqm.data.records import ImageRecord
+from qfm_iqm.data.transforms import grid_crops
+from qfm_iqm.evaluation.predict import model_preprocessing, score_crops
+from qfm_iqm.models.qfm import QFMIQM
+
+
+def ordered_fraction(scores: np.ndarray) -> float:
+    """Share of (milder, stronger) pairs ordered right, from ``scores`` (photos, levels) with level 0 first."""
+    pairs = [(scores[:, i] > scores[:, j]) for i, j in combinations(range(scores.shape[1]), 2)]
+    return float(np.mean(pairs))
+
+
+@torch.inference_mode()
+def degradation_check(
+    model: QFMIQM,
+    records: Sequence[ImageRecord],
+    grid: int = 3,
+    device: torch.device | str = "cpu",
+    kinds: Sequence[str] = KINDS,
+) -> dict[str, dict[str, float]]:
+    """``{kind: {"ordered": fraction of pairs ordered right, "pairs": number of pairs}}`` on ``records``'
+    photos (their labels are not read). Each photo's noise is seeded by its path."""
+    model.eval()
+    pre = model_preprocessing(model)
+    scores = {kind: np.empty((len(records), levels(kind) + 1)) for kind in kinds}
+    for row, record in enumerate(records):
+        image = load_image(record.path)
+        seed = zlib.crc32(str(record.path).encode())
+        original = score_crops(model, grid_crops(image, pre, grid).to(device))[0]
+        for kind in kinds:
+            scores[kind][row, 0] = original
+            for level in range(1, levels(kind) + 1):
+                crops = grid_crops(degrade(image, kind, level, seed), pre, grid)
+                scores[kind][row, level] = score_crops(model, crops.to(device))[0]
+    pairs_per_photo = {kind: levels(kind) * (levels(kind) + 1) // 2 for kind in kinds}
+    return {
+        kind: {"ordered": round(ordered_fraction(scores[kind]), 4), "pairs": len(records) * pairs_per_photo[kind]}
+        for kind in kinds
+    }
+
+
+def check_photos(test: Sequence[int], count: int, seed: int) -> list[int]:
+    """A seeded choice of ``count`` indices of a split's test part (all of them when it has fewer)."""
+    if count >= len(test):
+        return list(test)
+    return sorted(np.random.default_rng(seed).choice(list(test), size=count, replace=False).tolist())

@@ -1,0 +1,132 @@
+"""Graded degradations, the pairs the ranking loss trains on, and the degradation check."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from conftest import tiny_config
+from qfm_iqm.data.degradations import KINDS, STRENGTHS, degrade, levels
+from qfm_iqm.data.records import IQADataset, LabelScale
+from qfm_iqm.data.splits import Split
+from qfm_iqm.data.torch_datasets import DEGRADED_STACK, DegradationPairs, stack_position
+from qfm_iqm.data.transforms import Preprocessing, TrainTransform
+from qfm_iqm.evaluation import protocol
+from qfm_iqm.evaluation.degradation_check import degradation_check, ordered_fraction
+from qfm_iqm.training.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    """A smooth scene with edges and texture, mid-grey on average."""
+    y, x = np.mgrid[0:96, 0:96]
+    pixels = 128 + 60 * np.sin(x / 6.0)[..., None] * np.cos(y / 9.0)[..., None] * np.array([1.0, 0.8, 0.6])
+    pixels[30:60, 30:60] = [200, 60, 40]
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_level_moves_the_image_further_from_the_original(photo, kind):
+    original = np.asarray(photo, dtype=np.float64)
+    distance = [np.abs(np.asarray(degrade(photo, kind, level, seed=3), dtype=np.float64) - original).mean()
+                for level in range(levels(kind) + 1)]
+    assert distance[0] == 0.0
+    assert all(a < b for a, b in zip(distance, distance[1:])), distance
+    again = degrade(photo, kind, levels(kind), seed=3)
+    assert np.array_equal(np.asarray(again), np.asarray(degrade(photo, kind, levels(kind), seed=3)))
+
+
+def test_unknown_kinds_and_levels_are_refused(photo):
+    with pytest.raises(ValueError, match="unknown degradation"):
+        degrade(photo, "rain", 1)
+    with pytest.raises(ValueError, match="levels 0-3"):
+        degrade(photo, "blur", 4)
+
+
+def test_pairs_are_one_kind_milder_first_and_the_same_crop(tmp_path, photo):
+    path = tmp_path / "photo.png"
+    photo.save(path)
+    record = SimpleNamespace(path=path, label=0.5)
+    pre = Preprocessing(input_size=64, mean=(0.5,) * 3, std=(0.5,) * 3)
+    pairs = DegradationPairs([record], TrainTransform(pre), seed=0, views=40)
+    seen = set()
+    for index in range(40):
+        (kind, milder), (same_kind, stronger) = pairs.versions(index)
+        assert kind == same_kind and 0 <= milder < stronger <= levels(kind)
+        seen.add(kind)
+    assert seen == set(KINDS)
+    index = next(i for i in range(40) if pairs.versions(i)[0] == ("blur", 0))
+    crops = pairs[index]
+    assert crops.shape == (2, 3, 64, 64)
+    # blur leaves the mean of a crop unchanged but not its detail: the same crop, damaged
+    assert abs(crops[0].mean() - crops[1].mean()) < 0.02 and not torch.allclose(crops[0], crops[1])
+
+
+def test_stack_positions_cover_every_version_once():
+    positions = [stack_position(kind, level) for kind in KINDS for level in range(1, levels(kind) + 1)]
+    assert sorted(positions) == list(range(1, len(DEGRADED_STACK)))
+    assert stack_position("noise", 0) == 0 and len(DEGRADED_STACK) == 1 + sum(map(len, STRENGTHS.values()))
+
+
+def test_ordered_fraction_counts_pairs_with_the_milder_higher():
+    scores = np.array([[3.0, 2.0, 1.0], [1.0, 2.0, 2.0]])  # photo 1: all 3 right; photo 2: none right (a tie is wrong)
+    assert ordered_fraction(scores) == pytest.approx(0.5)
+
+
+class _Brightness(nn.Module):
+    """Scores a crop by its mean value: brighter is better."""
+
+    config = SimpleNamespace(preprocessing={"input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
+
+    def forward(self, crops):
+        return SimpleNamespace(score=crops.mean(dim=(1, 2, 3)), spread=torch.zeros(len(crops)))
+
+
+def test_degradation_check_scores_every_level_of_every_photo(tmp_path, photo):
+    records = []
+    for k in range(3):
+        photo.rotate(90 * k).save(tmp_path / f"p{k}.png")
+        records.append(SimpleNamespace(path=tmp_path / f"p{k}.png"))
+    check = degradation_check(_Brightness(), records, grid=2, kinds=("underexposure", "overexposure"))
+    assert check["underexposure"] == {"ordered": 1.0, "pairs": 3 * 6}
+    assert check["overexposure"]["ordered"] == 0.0
+
+
+def test_ranking_loss_trains_on_pairs_from_labelled_and_unlabelled_images(tmp_path, blur_records):
+    pool = [SimpleNamespace(path=r.path, label=float("nan")) for r in blur_records[8:10]]
+    trainer = Trainer(tiny_config(mode="deiqt", rank_weight=1.0, rank_pairs=4, epochs=1), blur_records[:8],
+                      tmp_path, pool, progress=False)
+    assert len(trainer.rank_loader.dataset) == 10
+    history = trainer.fit()
+    assert history.epochs[-1]["rank"] > 0
+
+
+def test_frozen_backbone_pairs_come_from_the_cached_stack(tmp_path, blur_records):
+    config = tiny_config(mode="deiqt", rank_weight=1.0, rank_pairs=2, freeze_backbone=True, crop_bank=2,
+                         feature_cache_dir=str(tmp_path / "cache"))
+    trainer = Trainer(config, blur_records[:8], tmp_path / "run", progress=False)
+    pairs = trainer.rank_loader.dataset
+    tokens = pairs[0]
+    (kind, milder), (_, stronger) = pairs.versions(0)
+    stack = trainer.features.degraded(blur_records[0], range(len(DEGRADED_STACK)))
+    assert torch.equal(tokens, stack[[stack_position(kind, milder), stack_position(kind, stronger)]].float())
+    # level 0 is bank crop 0 (equal up to float16 rounding of two batch sizes)
+    assert torch.allclose(stack[0].float(), trainer.features.bank(blur_records[0])[0].float(), atol=1e-2)
+
+
+def test_protocol_records_the_check_on_test_photos_only(tmp_path, blur_records, monkeypatch):
+    dataset = IQADataset("fixture", tmp_path, blur_records, LabelScale(0, 100, True, "MOS"), False)
+    split = Split(0, tuple(range(12)), tuple(range(12, 16)))
+    checked = []
+    original = protocol.degradation_check
+    monkeypatch.setattr(protocol, "degradation_check",
+                        lambda model, photos, *a: checked.extend(photos) or original(model, photos, *a, kinds=("blur",)))
+    config = tiny_config(mode="deiqt", epochs=1, val_fraction=0, degradation_photos=2)
+    result = protocol.run_split(config, dataset, split, tmp_path / "run", progress=False)
+    assert {str(r.path) for r in checked} <= {str(blur_records[i].path) for i in split.test} and len(checked) == 2
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["degradation_check"]["blur"]["pairs"] == 2 * 6 == result["degradation_check"]["blur"]["pairs"]
