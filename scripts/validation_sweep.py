@@ -13,8 +13,9 @@ The config names a dataset, split seeds (the protocol's splits), shared training
       - {name: rho-0.6, train: {mode: qfm, noise_strength: 0.6}}
 
 Writes ``curves.csv`` (one row per variant, seed and epoch: train/validation SRCC, PLCC, RMSE and
-the losses) and ``summary.csv`` (per variant: median over seeds of the last epoch's validation SRCC
-and PLCC, and of the best epoch's). Variants already in ``curves.csv`` are not run again. Backbone
+the losses; the last epoch's row also the degradation check on ``degradation_photos`` validation
+photos, and the validation SRCC with each test grid of the config's ``grids``) and ``summary.csv`` (per variant: median over seeds of the last epoch's validation SRCC
+and PLCC, of the best epoch's, and of the degradation check). ``unlabeled_dir`` pools are passed on. Variants already in ``curves.csv`` are not run again. Backbone
 outputs of a frozen backbone are computed once and shared by every variant (one process).
 """
 
@@ -33,7 +34,11 @@ import yaml
 from qfm_iqm.benchmark.config import _merge
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.splits import make_split
-from qfm_iqm.evaluation.protocol import config_for_dataset, fit_model, validation_part
+from qfm_iqm.evaluation.degradation_check import check_photos, degradation_check
+from qfm_iqm.evaluation.metrics import compute_metrics
+from qfm_iqm.evaluation.predict import predict_records
+from qfm_iqm.evaluation.protocol import config_for_dataset, fit_model, unlabelled_records, validation_part
+from qfm_iqm.training.trainer import resolve_device
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.utils.allocator import reuse_freed_memory
 from qfm_iqm.utils.checkpoint import atomic_write_csv
@@ -60,19 +65,29 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             split = make_split(dataset, seed)
             fit, val = validation_part(config, dataset, split)
+            val_records = [dataset.records[i] for i in val]
+            extra = unlabelled_records(config, val_records + [dataset.records[i] for i in split.test])
             start = time.perf_counter()
             with tempfile.TemporaryDirectory() as run_dir:
-                _, history = fit_model(
-                    config, [dataset.records[i] for i in fit], Path(run_dir), progress=False, resume=False,
-                    val_records=[dataset.records[i] for i in val],
+                model, history, _ = fit_model(
+                    config, [dataset.records[i] for i in fit], Path(run_dir), extra, progress=False, resume=False,
+                    val_records=val_records,
                 )
             seconds = time.perf_counter() - start
+            photos = [dataset.records[i] for i in check_photos(val, config.degradation_photos, seed)]
+            check = degradation_check(model, photos, config.eval_grid, resolve_device(config.device)) if photos else {}
             for epoch in history:
                 rows.append({"variant": variant["name"], "seed": seed, "seconds": round(seconds, 1),
                              **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in epoch.items()}})
+            rows[-1].update({f"ordered_{kind}": result["ordered"] for kind, result in check.items()})
+            labels = np.array([record.label for record in val_records])
+            for grid in spec.get("grids", []):  # the test grid is a choice too: validation SRCC per grid
+                scores = predict_records(model, val_records, grid, resolve_device(config.device)).scores
+                rows[-1][f"val_srcc_grid{grid}"] = round(compute_metrics(scores, labels)["srcc"], 5)
             last = history[-1]
             print(f"{variant['name']} seed {seed}: val SRCC {last['val_srcc']:.4f} PLCC {last['val_plcc']:.4f} "
-                  f"(train SRCC {last['train_srcc']:.4f}) {seconds:.0f} s", flush=True)
+                  f"(train SRCC {last['train_srcc']:.4f}) {seconds:.0f} s; degradation check on validation photos: "
+                  + ", ".join(f"{kind} {result['ordered']:.2f}" for kind, result in check.items()), flush=True)
             write(output, rows)
     write(output, rows)
     return 0
@@ -82,7 +97,10 @@ def write(output: Path, rows: list[dict]) -> None:
     """``curves.csv`` and the per-variant ``summary.csv``."""
     columns = list(dict.fromkeys(k for r in rows for k in r))
     atomic_write_csv(output / "curves.csv", [columns] + [[r.get(c, "") for c in columns] for r in rows])
-    summary = [["variant", "seeds", "val_srcc_last", "val_plcc_last", "train_srcc_last", "val_srcc_best", "best_epoch"]]
+    kinds = [c.removeprefix("ordered_") for c in columns if c.startswith("ordered_")]
+    grids = [c for c in columns if c.startswith("val_srcc_grid")]
+    summary = [["variant", "seeds", "val_srcc_last", "val_plcc_last", "train_srcc_last", "val_srcc_best", "best_epoch",
+                *(f"ordered_{kind}" for kind in kinds), *grids]]
     for name in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == name]
         seeds = sorted({int(r["seed"]) for r in mine})
@@ -95,9 +113,16 @@ def write(output: Path, rows: list[dict]) -> None:
                         f"{np.median([float(r['val_srcc']) for r in last]):.4f}",
                         f"{np.median([float(r['val_plcc']) for r in last]):.4f}",
                         f"{np.median([float(r['train_srcc']) for r in last]):.4f}",
-                        f"{per_epoch[best]:.4f}", best])
+                        f"{per_epoch[best]:.4f}", best,
+                        *(_median_of(last, f"ordered_{kind}") for kind in kinds), *(_median_of(last, g) for g in grids)])
     atomic_write_csv(output / "summary.csv", summary)
     plot_curves(output / "curves.png", rows)
+
+
+def _median_of(rows: list[dict], key: str) -> str:
+    """Median of a column over the rows that have it (``""`` when none has)."""
+    values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+    return f"{np.median(values):.3f}" if values else ""
 
 
 def plot_curves(path: Path, rows: list[dict]) -> None:

@@ -182,3 +182,19 @@ def test_peak_memory_of_a_child_process_is_its_own():
     code = "from qfm_iqm.evaluation.protocol import peak_rss_mib; print(peak_rss_mib())"
     child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 0 < child < peak_rss_mib() - 1000
+
+
+def test_report_pools_the_degradation_check_and_shows_teachers_beside_students():
+    from qfm_iqm.benchmark.config import MethodSpec
+    from qfm_iqm.benchmark.report import degradation_table, teacher_table
+    from qfm_iqm.benchmark.runner import BenchmarkOutcome
+
+    config = BenchmarkConfig(name="b", seeds=(0, 1), datasets=(), methods=(MethodSpec("m", "Method M", train={}),))
+    runs = [{"seed": 0, "metrics": {"srcc": 0.8, "plcc": 0.8}, "teacher_metrics": {"srcc": 0.7, "plcc": 0.75},
+             "degradation_check": {"noise": {"ordered": 1.0, "pairs": 10}}},
+            {"seed": 1, "metrics": {"srcc": 0.9, "plcc": 0.9}, "teacher_metrics": {"srcc": 0.8, "plcc": 0.85},
+             "degradation_check": {"noise": {"ordered": 0.5, "pairs": 30}}}]
+    outcome = BenchmarkOutcome(cells={("d", "m"): {"runs": runs}})
+    assert "| d | Method M | 0.625 |" in degradation_table(config, outcome)  # (10 + 15) / 40 pairs
+    assert "| d | Method M | 2 | 0.8500 / 0.8500 | 0.7500 / 0.8000 |" in teacher_table(config, outcome)
+    assert degradation_table(config, BenchmarkOutcome(cells={("d", "m"): {"runs": [{"seed": 0}]}})) == []

@@ -14,7 +14,7 @@ from qfm_iqm.training.trainer import Trainer, lr_factor
 @pytest.mark.parametrize("mode,teacher", [("deiqt", "none"), ("qfm", "ema"), ("qfm", "pretrained")])
 def test_training_writes_a_loadable_checkpoint(tmp_path, blur_records, mode, teacher):
     config = tiny_config(mode=mode, teacher=teacher, epochs=1)
-    model, history = fit_model(config, blur_records, tmp_path, progress=False)
+    model, history, _ = fit_model(config, blur_records, tmp_path, progress=False)
     assert len(history) == 1
     loaded = load_trained_model(tmp_path)
     saved = json.loads((tmp_path / "model.json").read_text())
@@ -93,7 +93,7 @@ def test_training_on_livec_images_lowers_the_loss(tmp_path, livec_root):
 
     records = load_livec(livec_root).records[:24]
     config = tiny_config(mode="deiqt", epochs=4, batch_size=8, lr=5e-4)
-    _, history = fit_model(config, records, tmp_path, progress=False)
+    _, history, _ = fit_model(config, records, tmp_path, progress=False)
     assert history[-1]["clean"] < history[0]["clean"]
     assert (tmp_path / "model.safetensors").exists()
 
@@ -104,7 +104,7 @@ def test_dataset_resize_rule_reaches_the_model_preprocessing(tmp_path, blur_reco
 
     dataset = IQADataset("big", tmp_path, blur_records, LabelScale(0, 100, True, "MOS"), False, resize_short_side=96)
     config = config_for_dataset(tiny_config(mode="deiqt", epochs=1), dataset)
-    model, _ = fit_model(config, blur_records, tmp_path / "run", progress=False)
+    model, _, _ = fit_model(config, blur_records, tmp_path / "run", progress=False)
     assert load_trained_model(tmp_path / "run").config.preprocessing["resize_short_side"] == 96
 
 

@@ -68,3 +68,16 @@ def test_labelled_views_keep_their_ground_truth(tmp_path, blur_records, monkeypa
                         or real(inputs, targets, ids, count, ranked))
     trainer.training_step(images, labels, ids, kd)
     assert torch.equal(captured["targets"][len(labels):], kd[1])  # not the teacher's 7.0
+
+
+def test_protocol_reports_the_teachers_own_score_beside_the_students(tmp_path, blur_records):
+    dataset = IQADataset("fixture", tmp_path, blur_records, LabelScale(0, 100, True, "MOS"), False)
+    split = Split(0, tuple(range(12)), tuple(range(12, 16)))
+    config = tiny_config(mode="qfm", teacher="pretrained", epochs=1, val_fraction=0, degradation_photos=0)
+    result = protocol.run_split(config, dataset, split, tmp_path / "run", progress=False)
+    assert set(result["teacher_metrics"]) == set(result["metrics"])
+    assert result["teacher_metrics"]["srcc"] != result["metrics"]["srcc"] or \
+        result["teacher_metrics"]["rmse"] != result["metrics"]["rmse"]
+    without = protocol.run_split(tiny_config(mode="deiqt", epochs=1, val_fraction=0, degradation_photos=0),
+                                 dataset, split, tmp_path / "deiqt", progress=False)
+    assert "teacher_metrics" not in without

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from qfm_iqm.benchmark.config import BenchmarkConfig
 from qfm_iqm.benchmark.runner import BenchmarkOutcome
 from qfm_iqm.evaluation.metrics import METRIC_KEYS
@@ -63,6 +65,23 @@ def degradation_table(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> lis
     return lines + [""]
 
 
+def teacher_table(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> list[str]:
+    """Markdown lines: median test SRCC/PLCC of each distillation teacher beside its student's."""
+    labels = {m.name: m.label for m in config.methods}
+    lines = []
+    for (dataset, method), cell in outcome.cells.items():
+        runs = [run for run in (cell or {}).get("runs", []) if "teacher_metrics" in run]
+        if runs:
+            median = {who: {k: float(np.median([run[key][k] for run in runs])) for k in ("srcc", "plcc")}
+                      for who, key in (("student", "metrics"), ("teacher", "teacher_metrics"))}
+            lines.append(f"| {dataset} | {labels[method]} | {len(runs)} | "
+                         + " | ".join(f"{median[w]['srcc']:.4f} / {median[w]['plcc']:.4f}" for w in ("student", "teacher")) + " |")
+    if not lines:
+        return []
+    return ["## Distillation: the teacher's own score (median SRCC / PLCC on the same test parts)", "",
+            "| dataset | method | splits | student | teacher |", "|---|---|---|---|---|", *lines, ""]
+
+
 def markdown_tables(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> str:
     """The paper-style tables: per dataset (medians over splits), the cross-dataset matrix, speed."""
     lines = [f"# Benchmark `{config.name}`", "", f"Split seeds: {', '.join(map(str, config.seeds))} "
@@ -84,7 +103,7 @@ def markdown_tables(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> str:
             lines.append(f"| {method.label} | {len(cell['runs'])} | {medians} | "
                          f"{stats['srcc']['mean']:.4f} ± {stats['srcc']['std']:.4f} | {per_split} | {train} |")
         lines.append("")
-    lines += degradation_table(config, outcome)
+    lines += degradation_table(config, outcome) + teacher_table(config, outcome)
     if outcome.cross:
         pairs = list(dict.fromkeys((train, test) for _, train, test in outcome.cross))
         lines += ["## Cross-dataset (train on all of A, test on all of B): SRCC / PLCC", "",

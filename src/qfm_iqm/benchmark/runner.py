@@ -89,7 +89,7 @@ def cross_predictions(
         train_config = config_for_dataset(method.train_config(config.train, overrides), train_set)
         check_method(model_dir, {"config": train_config.to_dict(), "dataset": pair.train, "dataset_size": len(train_set)})
         metadata = training_metadata(train_set, None, len(train_set))
-        model, _ = fit_model(train_config, list(train_set.records), model_dir, None, metadata, progress)
+        model, _, _ = fit_model(train_config, list(train_set.records), model_dir, None, metadata, progress)
         device = resolve_device(train_config.device)
         return predict_records(model, list(test_set.records), train_config.eval_grid, device, progress=progress)
     baseline = get_baseline(method.baseline)

@@ -188,7 +188,7 @@ def _train(args: argparse.Namespace) -> int:
         if split is not None and is_main():
             save_splits(args.output / "splits.json", [split], dataset.name, len(dataset))
         try:
-            model, history = fit_model(config, records, args.output, extra, metadata, progress=not args.quiet,
+            model, history, _ = fit_model(config, records, args.output, extra, metadata, progress=not args.quiet,
                                        resume=not args.restart, val_records=[dataset.records[i] for i in val])
         except TrainingInterrupted as stop:
             _note(str(stop))

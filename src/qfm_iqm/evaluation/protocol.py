@@ -55,19 +55,20 @@ def fit_model(
     progress: bool = True,
     resume: bool = True,
     val_records: list[ImageRecord] | None = None,
-) -> tuple[QFMIQM, list[dict]]:
+) -> tuple[QFMIQM, list[dict], QFMIQM | None]:
     """Train a model (and first its ``pretrained`` teacher, in ``deiqt`` mode, when configured).
 
-    ``val_records`` (never test images) are scored after every epoch for the learning curve."""
+    ``val_records`` (never test images) are scored after every epoch for the learning curve. Returns
+    the model, its per-epoch history and the distillation teacher's network (``None`` without one)."""
     teacher = None
     if config.distill and config.teacher == "pretrained":
         teacher_config = replace(config, mode="deiqt")
-        teacher, _ = fit_model(
+        teacher, _, _ = fit_model(
             teacher_config, records, output_dir / "teacher", None, metadata, progress, resume, val_records
         )
     trainer = Trainer(config, records, output_dir, extra_records, metadata, progress, teacher, val_records)
     history = trainer.fit(resume=resume)
-    return trainer.model, history.epochs
+    return trainer.model, history.epochs, trainer.teacher.network if trainer.teacher is not None else None
 
 
 def config_for_dataset(config: TrainConfig, dataset: IQADataset) -> TrainConfig:
@@ -152,10 +153,14 @@ def run_split(
     split_config = config_for_dataset(config, dataset)
     test_records = [dataset.records[i] for i in split.test]
     extra = unlabelled_records(config, val_records + test_records)
-    model, history = fit_model(split_config, train_records, run_dir, extra, metadata, progress, True, val_records)
+    model, history, teacher = fit_model(split_config, train_records, run_dir, extra, metadata, progress, True, val_records)
     train_seconds = time.perf_counter() - start
     device = resolve_device(config.device)
     predictions = predict_records(model, test_records, config.eval_grid, device, progress=progress)
+    teacher_metrics = {}
+    if teacher is not None:  # the teacher's own score on the same test part, beside the student's
+        teacher_predictions = predict_records(teacher, test_records, config.eval_grid, device, progress=progress)
+        teacher_metrics = {"teacher_metrics": metrics_on(dataset, split.test, teacher_predictions)}
     photos = [dataset.records[i] for i in check_photos(split.test, config.degradation_photos, split.seed)]
     check = degradation_check(model, photos, config.eval_grid, device) if photos else {}
     return finish_split(
@@ -172,6 +177,7 @@ def run_split(
         train_crops_per_second=round(sum(e["crops_per_second"] for e in history) / len(history), 2),
         peak_rss_mib=round(peak_rss_mib(), 1),
         degradation_check=check,
+        **teacher_metrics,
         history=history,
     )
 
