@@ -81,3 +81,13 @@ def test_protocol_reports_the_teachers_own_score_beside_the_students(tmp_path, b
     without = protocol.run_split(tiny_config(mode="deiqt", epochs=1, val_fraction=0, degradation_photos=0),
                                  dataset, split, tmp_path / "deiqt", progress=False)
     assert "teacher_metrics" not in without
+
+
+def test_a_csv_pool_gives_its_images_and_never_its_scores(tmp_path):
+    pool = _pool(tmp_path / "pool", 3)
+    table = tmp_path / "pool" / "scores.csv"
+    table.write_text("image,mos\n" + "".join(f"photo{k}.png,{50 + k}\n" for k in range(3)))
+    extra = protocol.unlabelled_records(tiny_config(unlabeled_dir=str(table)), [])
+    assert sorted(r.path.name for r in extra) == ["photo0.png", "photo1.png", "photo2.png"]
+    assert all(math.isnan(r.label) and math.isnan(r.raw_label) for r in extra)
+    assert len(protocol.unlabelled_records(tiny_config(unlabeled_dir=str(pool)), [])) == 3

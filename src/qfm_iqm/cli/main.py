@@ -145,8 +145,9 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", dest="batch_size", type=int)
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--backbone-weights", dest="backbone_weights", help="local file of backbone weights")
-    parser.add_argument("--unlabeled", dest="unlabeled_dir", metavar="FOLDER",
-                        help="images without a score for the distillation teacher to label (never test images)")
+    parser.add_argument("--unlabeled", dest="unlabeled_dir", metavar="PATH",
+                        help="a folder of images, or a csv-kind label file whose scores are ignored, for the "
+                             "distillation teacher to label and for degradation pairs (never test images)")
 
 
 def _add_dataset_options(parser: argparse.ArgumentParser) -> None:

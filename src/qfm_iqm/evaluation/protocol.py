@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import resource
 import sys
@@ -109,12 +110,21 @@ def write_predictions(path: Path, dataset: IQADataset, indices: tuple[int, ...],
 
 
 def unlabelled_records(config: TrainConfig, held_out: list[ImageRecord]) -> list[ImageRecord]:
-    """The images of ``config.unlabeled_dir`` (NaN labels) for the teacher, less every image that is
-    one of ``held_out`` (a split's validation and test images), compared by resolved path."""
+    """The images of ``config.unlabeled_dir`` for the teacher, less every image that is one of
+    ``held_out`` (a split's validation and test images), compared by resolved path.
+
+    ``unlabeled_dir`` is a folder of images (the ``folder`` kind) or a CSV file of the ``csv`` kind
+    (its image paths relative to the file's folder); labels are NaN either way: a CSV's scores are
+    never read into training."""
     if not config.unlabeled_dir:
         return []
     excluded = {Path(record.path).resolve() for record in held_out}
-    pool = load_dataset("folder", config.unlabeled_dir).records
+    source = Path(config.unlabeled_dir)
+    if source.is_file():
+        pool = [replace(r, label=math.nan, raw_label=math.nan)
+                for r in load_dataset("csv", source.parent, file=source.name).records]
+    else:
+        pool = load_dataset("folder", source).records
     return [record for record in pool if Path(record.path).resolve() not in excluded]
 
 
