@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from qfm_iqm.models.decoder import AttentionPanelDecoder
@@ -37,3 +38,20 @@ def test_tokens_are_attended_not_ignored():
     decoder = AttentionPanelDecoder(dim=16, panel_size=3, num_heads=2)
     c, tokens = torch.randn(1, 16), torch.randn(1, 10, 16)
     assert not torch.allclose(decoder(c, tokens).score, decoder(c, tokens * 3).score)
+
+
+def test_final_norm_and_deiqt_init_are_options_of_the_model():
+    from qfm_iqm.models.qfm import create_model
+
+    plain = create_model("qfm_iqm_lite0", pretrained_backbone=False, dim=64, num_heads=4, final_norm=False)
+    assert isinstance(plain.decoder.norm, torch.nn.Identity)
+    assert not any(k.startswith("decoder.norm.") for k in plain.state_dict())
+    torch.manual_seed(0)
+    deiqt = create_model("qfm_iqm_lite0", pretrained_backbone=False, dim=64, num_heads=4, head_init="deiqt")
+    weight = deiqt.decoder.layer.ffn[0].weight
+    assert weight.std().item() == pytest.approx(0.02, rel=0.15)
+    assert torch.count_nonzero(deiqt.decoder.layer.ffn[0].bias) == 0
+    default = create_model("qfm_iqm_lite0", pretrained_backbone=False, dim=64, num_heads=4)
+    assert default.decoder.layer.ffn[0].weight.std().item() > 0.05  # PyTorch's: uniform, 1/sqrt(fan_in)
+    with pytest.raises(ValueError, match="head_init"):
+        create_model("qfm_iqm_lite0", pretrained_backbone=False, dim=64, num_heads=4, head_init="xavier")

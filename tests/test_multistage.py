@@ -125,7 +125,7 @@ def test_protocol_reads_no_test_label_before_the_final_scoring(tmp_path, blur_re
     dataset = _dataset(tmp_path, records, synthetic=False)
     split = Split(0, tuple(range(12)), tuple(sorted(test)))
     scored = []
-    monkeypatch.setattr(protocol, "finish_split", lambda run_dir, ds, sp, predictions, **details: scored.append(details))
+    monkeypatch.setattr(protocol, "finish_split", lambda run_dir, ds, sp, predictions, teacher=None, **details: scored.append(details))
     protocol.run_split(tiny_config(mode="qfm", epochs=2, val_fraction=0.34), dataset, split, tmp_path / "run", progress=False)
     (details,) = scored
     assert details["val_size"] == 4 and details["fit_size"] == 8

@@ -167,10 +167,9 @@ def run_split(
     train_seconds = time.perf_counter() - start
     device = resolve_device(config.device)
     predictions = predict_records(model, test_records, config.eval_grid, device, progress=progress)
-    teacher_metrics = {}
+    teacher_predictions = None
     if teacher is not None:  # the teacher's own score on the same test part, beside the student's
         teacher_predictions = predict_records(teacher, test_records, config.eval_grid, device, progress=progress)
-        teacher_metrics = {"teacher_metrics": metrics_on(dataset, split.test, teacher_predictions)}
     photos = [dataset.records[i] for i in check_photos(split.test, config.degradation_photos, split.seed)]
     check = degradation_check(model, photos, config.eval_grid, device) if photos else {}
     return finish_split(
@@ -178,6 +177,7 @@ def run_split(
         dataset,
         split,
         predictions,
+        teacher_predictions,
         epochs=config.epochs,
         fit_size=len(fit),
         val_size=len(val),
@@ -187,14 +187,20 @@ def run_split(
         train_crops_per_second=round(sum(e["crops_per_second"] for e in history) / len(history), 2),
         peak_rss_mib=round(peak_rss_mib(), 1),
         degradation_check=check,
-        **teacher_metrics,
         history=history,
     )
 
 
-def finish_split(run_dir: Path, dataset: IQADataset, split: Split, predictions: Predictions, **details) -> dict:
-    """A split's result (metrics on the test part + ``details``); rank 0 writes ``predictions.csv`` and
-    ``result.json``."""
+def finish_split(
+    run_dir: Path,
+    dataset: IQADataset,
+    split: Split,
+    predictions: Predictions,
+    teacher_predictions: Predictions | None = None,
+    **details,
+) -> dict:
+    """A split's result (metrics on the test part, the distillation teacher's too when given, and
+    ``details``); rank 0 writes ``predictions.csv`` and ``result.json``."""
     result = {
         "seed": split.seed,
         "metrics": metrics_on(dataset, split.test, predictions),
@@ -202,6 +208,8 @@ def finish_split(run_dir: Path, dataset: IQADataset, split: Split, predictions: 
         "test_size": len(split.test),
         **details,
     }
+    if teacher_predictions is not None:
+        result["teacher_metrics"] = metrics_on(dataset, split.test, teacher_predictions)
     if is_main():
         write_predictions(run_dir / "predictions.csv", dataset, split.test, predictions)
         atomic_write_json(run_dir / "result.json", result)

@@ -53,15 +53,18 @@ class AttentionPanelDecoder(nn.Module):
     """L panel members, each a learned embedding plus the image's global vector, score the tokens.
 
     ``forward(c, tokens)`` takes the global vector ``c`` (B, d) and token map ``tokens`` (B, N, d) and
-    returns a :class:`PanelOutput` whose members are scored by one shared bias-free linear head.
+    returns a :class:`PanelOutput` whose members are scored by one shared bias-free linear head (after
+    a LayerNorm when ``final_norm``).
     """
 
-    def __init__(self, dim: int = 384, panel_size: int = 6, num_heads: int = 6, mlp_ratio: float = 4.0) -> None:
+    def __init__(
+        self, dim: int = 384, panel_size: int = 6, num_heads: int = 6, mlp_ratio: float = 4.0, final_norm: bool = True
+    ) -> None:
         super().__init__()
         self.panel = nn.Parameter(torch.empty(panel_size, dim))
         nn.init.trunc_normal_(self.panel, std=0.02)
         self.layer = PanelDecoderLayer(dim, num_heads, mlp_ratio)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim) if final_norm else nn.Identity()
         self.head = nn.Linear(dim, 1, bias=False)
 
     @property

@@ -25,6 +25,8 @@ class ModelConfig:
     token_gate: bool = False
     multi_stage: bool = False  # tokens and c from every backbone stage (CNNs), see MultiStageProjection
     stage_grid: int = 7  # the common grid the stages are pooled to when ``multi_stage``
+    final_norm: bool = True  # a LayerNorm between the decoder and the score head
+    head_init: str = "default"  # projection/decoder/head weights: "default" (PyTorch's) or "deiqt" (see HEAD_INITS)
     resize_short_side: int | None = None  # set from the training dataset (e.g. SPAQ's large photos)
     preprocessing: dict = field(default_factory=dict)
 
@@ -65,11 +67,29 @@ class StageProjection(nn.Module):
         return self.linear(torch.cat([norm(stage) for norm, stage in zip(self.norms, stages)], dim=-1))
 
 
+HEAD_INITS = ("default", "deiqt")
+
+
+def deiqt_init(module: nn.Module) -> None:
+    """DEIQT's (and timm ViTs') initialisation: linear weights truncated-normal with std 0.02, zero
+    biases, LayerNorms at (1, 0)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.trunc_normal_(layer.weight, std=0.02)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.LayerNorm):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
 class QFMIQM(nn.Module):
     """Backbone + attention-panel decoder. At inference it is a plain forward pass (no noise)."""
 
     def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
         super().__init__()
+        if config.head_init not in HEAD_INITS:
+            raise ValueError(f"model.head_init must be one of {HEAD_INITS}, got {config.head_init!r}")
         self.config = config
         self.backbone = backbone.use_stages(config.stage_grid) if config.multi_stage else backbone
         width = backbone.num_features
@@ -81,7 +101,13 @@ class QFMIQM(nn.Module):
             self.proj = nn.Identity() if width == config.dim else nn.Linear(width, config.dim)
             self.proj_global = None
         self.gate = nn.Linear(config.dim, config.dim) if config.token_gate else None
-        self.decoder = AttentionPanelDecoder(config.dim, config.panel_size, config.num_heads, config.mlp_ratio)
+        self.decoder = AttentionPanelDecoder(
+            config.dim, config.panel_size, config.num_heads, config.mlp_ratio, config.final_norm
+        )
+        if config.head_init == "deiqt":
+            for part in (self.proj, self.proj_global, self.gate, self.decoder):
+                if part is not None:
+                    deiqt_init(part)
         if not config.preprocessing:
             config.preprocessing = {
                 "input_size": backbone.pretrained_cfg["input_size"],
