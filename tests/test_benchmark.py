@@ -11,8 +11,11 @@ from PIL import Image
 
 from qfm_iqm.benchmark import BenchmarkConfig, run_benchmark
 from qfm_iqm.benchmark.config import SpeedSpec
+from qfm_iqm.benchmark.report import markdown_tables
+from qfm_iqm.benchmark.runner import BenchmarkOutcome
 from qfm_iqm.benchmark.speed import run_speed
 from qfm_iqm.cli.main import main
+from qfm_iqm.evaluation.metrics import METRIC_KEYS
 
 TINY_TRAIN = {
     "epochs": 1, "batch_size": 4, "kd_views": 2, "warmup_epochs": 0, "eval_grid": 2, "device": "cpu", "lr": 1e-3,
@@ -198,3 +201,16 @@ def test_report_pools_the_degradation_check_and_shows_teachers_beside_students()
     assert "| d | Method M | 0.625 |" in degradation_table(config, outcome)  # (10 + 15) / 40 pairs
     assert "| d | Method M | 2 | 0.8500 / 0.8500 | 0.7500 / 0.8000 |" in teacher_table(config, outcome)
     assert degradation_table(config, BenchmarkOutcome(cells={("d", "m"): {"runs": [{"seed": 0}]}})) == []
+
+
+def test_table_shows_the_interval_coverage_and_width_of_cells_that_have_one(label_files):
+    methods = [{"name": "deiqt", "label": "DEIQT mode", "train": {"mode": "deiqt"}}, {"name": "brisque", "baseline": "brisque"}]
+    config = BenchmarkConfig.from_dict(tiny_benchmark(label_files, methods))
+    stats = {key: {"median": 0.5, "mean": 0.5, "std": 0.0} for key in METRIC_KEYS}
+    runs = [{"seed": 0, "metrics": {key: 0.5 for key in METRIC_KEYS}}]
+    interval = {"coverage_target": 0.9, "splits": 1, "test_coverage": {"median": 0.875}, "test_mean_width_raw": {"median": 31.3}}
+    outcome = BenchmarkOutcome(cells={("blur", "deiqt"): {"summary": stats, "runs": runs, "interval": interval},
+                                      ("blur", "brisque"): {"summary": stats, "runs": runs}})
+    rows = {line.split(" | ")[0]: line for line in markdown_tables(config, outcome).splitlines()}
+    assert rows["| method"].endswith("| interval coverage / width |")
+    assert rows["| DEIQT mode"].endswith("| 0.875 (90%) / 31.3 |") and rows["| brisque"].endswith("| - |")

@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from qfm_iqm.cli.main import main
+from qfm_iqm.evaluation.conformal import ConformalInterval
 from qfm_iqm.models.qfm import ModelConfig, architecture_config, build_model, list_architectures, load_trained_model
 from qfm_iqm.models.validation import check_model_checkpoint
 from qfm_iqm.utils.checkpoint import CheckpointError, TensorInfo, load_checkpoint, save_checkpoint
@@ -68,6 +69,15 @@ def _edited(config: dict, field: str, value: object) -> dict:
         ("score_scale.high", "100", "score_scale.high: expected a number"),
         ("score_scale", {"low": 0, "high": 100}, "score_scale: missing higher_is_better, name"),
         ("score_scale.low", 100, "score_scale: low (100) is not below high (100)"),
+        ("interval", {"quantile": 0.1}, "interval: missing coverage"),
+        ("interval", {"coverage": 1, "quantile": 0.1}, "interval.coverage: expected a number above 0 and below 1, got 1"),
+        ("interval", {"coverage": 0.9, "quantile": -0.1}, "interval.quantile: expected a number from 0 to 1, got -0.1"),
+        ("interval", {"coverage": 0.9, "quantile": "0.1"}, "interval.quantile: expected a number from 0 to 1"),
+        ("interval", {"coverage": 0.9, "quantile": 0.1, "scaled": True}, "interval.scaled: expected false"),
+        ("interval", {"coverage": 0.9, "quantile": 0.1, "calibration_size": 9.5}, "interval.calibration_size: expected an integer"),
+        ("training", {"eval_grid": 0}, "training.eval_grid: expected an integer from 1 to 16, got 0"),
+        ("settings", {"eval_grid": "4"}, "settings.eval_grid: expected an integer from 1 to 16, got '4'"),
+        ("training", [4], "training: expected an object, got [4]"),
     ],
 )
 def test_bad_checkpoint_json_is_one_line_naming_file_and_field_with_status_2(
@@ -130,15 +140,17 @@ def test_unknown_fields_of_newer_versions_are_ignored(tiny, tmp_path: Path) -> N
 
 
 def test_schema_covers_every_field_of_every_architecture(tmp_path: Path) -> None:
-    """Every field is checked (a new numeric field of ModelConfig, Preprocessing or LabelScale without a
-    range in BOUNDS raises TypeError here) and the checkpoints of every architecture pass."""
+    """Every field is checked (a new numeric field of ModelConfig, Preprocessing, LabelScale or
+    ConformalInterval without a range in BOUNDS raises TypeError here) and the checkpoints of every
+    architecture pass."""
     for name in list_architectures():
         config = architecture_config(name)
         with torch.device("meta"):
             model = build_model(config, pretrained_backbone=False)
         header = {key: TensorInfo("F32" if t.is_floating_point() else "I64", tuple(t.shape))
                   for key, t in model.state_dict().items()}
-        checkpoint = {"model": json.loads(json.dumps(model.config.to_dict())), "score_scale": MOS}
+        checkpoint = {"model": json.loads(json.dumps(model.config.to_dict())), "score_scale": MOS,
+                      "interval": ConformalInterval(0.9, 0.1, calibration_size=50).to_dict(), "training": {"eval_grid": 4}}
         assert check_model_checkpoint(checkpoint, header, tmp_path / "model.json") == ModelConfig.from_dict(
             checkpoint["model"]
         )

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from qfm_iqm.cli.main import main
+from qfm_iqm.scoring import read_results
 
 
 @pytest.fixture()
@@ -104,3 +105,26 @@ def test_cross_dataset_evaluation_handles_label_direction(tmp_path, csv_dataset,
     assert main([*common, "--dataset-option", "file=dmos.csv", "--dataset-option", "higher_is_better=false"]) == 0
     dmos = json.loads(capsys.readouterr().out)["metrics"]
     assert dmos["srcc"] == pytest.approx(mos["srcc"]) and dmos["plcc"] == pytest.approx(mos["plcc"])
+
+
+def test_a_validation_part_calibrates_the_interval_that_results_and_scores_carry(tmp_path, csv_dataset, blur_records, capsys):
+    """val_fraction 0.7: 9 of split 0's 13 training images calibrate a 90% interval (the fewest it takes)."""
+    out = tmp_path / "protocol"
+    assert main(["--quiet", "evaluate", *csv_dataset, "--mode", "deiqt", "--seeds", "0", "--set", "val_fraction=0.7",
+                 "--output", str(out)]) == 0
+    run = json.loads((out / "split_0" / "result.json").read_text())
+    interval = run["interval"]
+    assert interval["coverage_target"] == 0.9 and interval["calibration_size"] == run["val_size"] == 9
+    assert 0 <= interval["test_coverage"] <= 1 and 0 < interval["test_mean_width_raw"] <= 100
+    recorded = json.loads((out / "split_0" / "model.json").read_text())["interval"]
+    assert recorded == {"coverage": 0.9, "quantile": interval["quantile"], "scaled": False, "calibration_size": 9}
+    summary = json.loads((out / "results.json").read_text())["interval"]
+    assert summary["splits"] == 1 and summary["test_coverage"]["median"] == interval["test_coverage"]
+    # the split's checkpoint gives every score its range; evaluate measures it on the same test part
+    scores = tmp_path / "scores.csv"
+    assert main(["--quiet", "score", str(blur_records[0].path), "--model", str(out / "split_0"), "-o", str(scores)]) == 0
+    (row,) = read_results(scores)
+    assert 0 <= row.low <= row.score <= row.high <= 100 and row.high - row.low <= 200 * interval["quantile"] + 1e-6
+    capsys.readouterr()
+    assert main(["--quiet", "evaluate", *csv_dataset, "--checkpoint", str(out / "split_0")]) == 0
+    assert json.loads(capsys.readouterr().out)["interval"] == pytest.approx(interval)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from qfm_iqm.evaluation.conformal import ConformalInterval, calibrate, interval_report
+from qfm_iqm.evaluation.conformal import ConformalInterval, calibrate, interval_report, min_calibration_size
 
 
 def _draw(rng, n, heteroscedastic=False):
@@ -47,3 +47,38 @@ def test_bad_calibration_inputs_are_refused():
     with pytest.raises(ValueError, match="difficulty"):
         interval.bounds(np.zeros(3))
     assert ConformalInterval.from_dict(interval.to_dict()) == interval
+
+
+def test_one_calibration_covers_the_stated_share_of_20000_new_points():
+    """y = f + N(0, 0.05): an interval calibrated on 2,000 points covers 90% +- 1.5% of 20,000 new
+    ones; clamped to the labels' scale it covers exactly as many, and is narrower."""
+    rng = np.random.default_rng(2)
+
+    def draw(n):
+        truth = rng.uniform(0, 1, n)
+        return truth, truth + rng.normal(0, 0.05, n)
+
+    interval = calibrate(*draw(2000))
+    predictions, labels = draw(20_000)
+    plain = interval_report(interval, predictions, labels)
+    assert abs(plain["coverage"] - 0.9) < 0.015
+    assert interval.quantile == pytest.approx(1.645 * 0.05, rel=0.1)
+    inside = (labels >= 0) & (labels <= 1)
+    clamped = interval_report(interval, predictions[inside], labels[inside], limits=(0.0, 1.0))
+    assert clamped["coverage"] == interval_report(interval, predictions[inside], labels[inside])["coverage"]
+    assert clamped["mean_width"] < plain["mean_width"] == pytest.approx(2 * interval.quantile)
+    q = interval.quantile
+    low, high = interval.bounds(np.array([0.02, 0.5, 1.05]), limits=(0.0, 1.0))
+    np.testing.assert_allclose(low, [0.0, 0.5 - q, 1.05 - q])
+    np.testing.assert_allclose(high, [0.02 + q, 0.5 + q, 1.0])
+
+
+def test_fewest_calibration_images_is_exact():
+    assert [min_calibration_size(c) for c in (0.5, 0.8, 0.9, 0.95)] == [1, 4, 9, 19]
+    assert calibrate(np.zeros(9), np.arange(9.0)).quantile == 8.0  # the 9th smallest residual of 9
+    with pytest.raises(ValueError, match="8 calibration images are too few for 90% coverage \\(need 9\\)"):
+        calibrate(np.zeros(8), np.ones(8))
+    with pytest.raises(ValueError, match="quantile"):
+        ConformalInterval(0.9, -0.1)
+    with pytest.raises(ValueError, match="coverage"):
+        ConformalInterval(1.0, 0.1)

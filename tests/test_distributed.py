@@ -148,7 +148,7 @@ def test_sharded_scoring_writes_one_merged_file_in_input_order(two_processes, bl
     assert [report["score_status"] for report in reports] == [1, 1]  # one input is missing
     lines = (out / "scores.csv").read_text().splitlines()
     expected = [str(r.path) for r in blur_records[:5]] + [str(out / "missing.png")]
-    assert lines[0] == "path,score,uncertainty,error"
+    assert lines[0] == "path,score,low,high,uncertainty,error"
     assert [line.split(",")[0] for line in lines[1:]] == expected
     assert "file not found" in lines[-1]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -22,10 +23,19 @@ import qfm_iqm.api
 from qfm_iqm import ScoreResult, Scorer, load_model
 from qfm_iqm.cli.main import main
 from qfm_iqm.data.images import ImageLoadError, set_max_image_pixels
+from qfm_iqm.data.records import LabelScale
 from qfm_iqm.data.transforms import ensure_min_side
 from qfm_iqm.evaluation import quality_map as qmap
+from qfm_iqm.evaluation.conformal import ConformalInterval, calibrate
+from qfm_iqm.metric import create_metric
 from qfm_iqm.models import pretrained
-from qfm_iqm.models.pretrained import DEFAULT_MODEL, export_release, list_pretrained, register_pretrained
+from qfm_iqm.models.pretrained import (
+    DEFAULT_MODEL,
+    export_release,
+    list_pretrained,
+    record_interval,
+    register_pretrained,
+)
 from qfm_iqm.models.qfm import ModelConfig, build_model, load_trained_model
 from qfm_iqm import scoring
 from qfm_iqm.scoring import find_images, journal_path, read_results, score_files, settings_path, write_results
@@ -365,15 +375,16 @@ def test_cli_output_formats_parse_back(
         assert main(["--quiet", "score", str(image_folder), "--model", model, "-o", str(out)]) == 1
         text = out.read_text()
         if suffix == "csv":
-            assert text.splitlines()[0] == "path,score,uncertainty,error"
+            assert text.splitlines()[0] == "path,score,low,high,uncertainty,error"
             rows = list(csv.DictReader(io.StringIO(text)))
-            numeric = ("score", "uncertainty")
+            numeric = ("score", "low", "high", "uncertainty")
             rows = [{k: (float(v) if k in numeric and v else v or None) for k, v in r.items()} for r in rows]
         elif suffix == "json":
             rows = json.loads(text)
         else:
             rows = [json.loads(line) for line in text.splitlines()]
-        assert all(list(r) == ["path", "score", "uncertainty", "error"] for r in rows)
+        assert all(list(r) == ["path", "score", "low", "high", "uncertainty", "error"] for r in rows)
+        assert all(r["low"] is None and r["high"] is None for r in rows)  # the checkpoint records no interval
         parsed[suffix] = rows
     assert parsed["csv"] == parsed["json"] == parsed["jsonl"]
     broken = [r for r in parsed["json"] if r["error"]]
@@ -577,3 +588,119 @@ def test_resume_from_another_working_directory_skips_what_is_scored(
     rows = read_results(tmp_path / "scores.jsonl")  # relative paths stay relative to the file's first run
     assert [r.path for r in rows] == ["images/img0.png", "images/img1.png", "images/img2.png"]
     assert rows[2].score == scorer.score(image_folder / "img2.png").score
+
+
+# -- the checkpoint's test grid and calibrated interval --------------------------------------------
+
+
+def _copy(checkpoint: Path, folder: Path, **entries: object) -> Path:
+    """A copy of ``checkpoint`` in ``folder`` with ``entries`` added to its JSON."""
+    tensors, info = load_checkpoint(checkpoint)
+    save_checkpoint(folder, tensors, {**info, **entries})
+    return folder
+
+
+def test_the_checkpoints_grid_is_used_unless_told_otherwise(checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    four = _copy(checkpoint, tmp_path / "four", training={"epochs": 1, "eval_grid": 4})
+    image = _save(tmp_path / "a.png", _pixels(150, 200))
+    assert load_model(checkpoint).grid == 3  # it records none
+    assert load_model(four).grid == create_metric(four, "cpu").grid == 4 and load_model(four, grid=2).grid == 2
+    expected = {grid: load_model(four, grid=grid).score(image).score for grid in (3, 4)}
+    assert expected[3] != expected[4]
+    for options, grid in (([], 4), (["--grid", "3"], 3)):
+        out = tmp_path / f"scores{grid}.json"
+        assert main(["--quiet", "score", str(image), "--model", str(four), "-o", str(out), *options]) == 0
+        assert read_results(out)[0].score == expected[grid]
+        assert json.loads(settings_path(out).read_text())["settings"]["grid"] == grid
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)  # a release copy records it under "settings"
+    export_release(four, tmp_path, "qfm_iqm_lite0_livec", {"score_scale": MOS})
+    assert load_model(DEFAULT_MODEL).grid == 4
+
+
+def test_a_recorded_interval_gives_every_score_its_range_in_every_output(
+    checkpoint: Path, scorer: Scorer, image_folder: Path, tmp_path: Path, capsys
+) -> None:
+    calibrated = _copy(checkpoint, tmp_path / "calibrated")
+    interval = ConformalInterval(0.9, 0.1, calibration_size=50)
+    record_interval(calibrated, interval)
+    ranged = load_model(calibrated)
+    assert ranged.interval == interval and scorer.interval is None
+    image = image_folder / "img0.png"
+    result, plain = ranged.score(image), scorer.score(image)
+    assert (result.score, result.uncertainty) == (plain.score, plain.uncertainty) and plain.low is plain.high is None
+    assert (result.low, result.high) == pytest.approx((result.score - 10, result.score + 10))  # 0.1 of 0-100
+    for suffix in ("csv", "json", "jsonl"):
+        out = tmp_path / f"scores.{suffix}"
+        assert main(["--quiet", "score", str(image_folder), "--model", str(calibrated), "-o", str(out)]) == 1
+        rows = read_results(out)
+        scored = [r for r in rows if r.error is None]
+        assert len(scored) == 5 and all(0 <= r.low <= r.score <= r.high <= 100 for r in scored)
+        assert [(r.low, r.high) for r in rows if r.error] == [(None, None)]
+        assert json.loads(settings_path(out).read_text())["settings"]["interval"] == interval.to_dict()
+    capsys.readouterr()
+    assert main(["--quiet", "score", str(image), "--model", str(calibrated)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["path", "score", "low", "high", "uncertainty"]
+    assert table[1].split()[1:4] == [f"{result.score:.2f}", f"{result.low:.2f}", f"{result.high:.2f}"]
+    # a file scored before the model's interval was recorded is not resumed with it
+    later, out = _copy(checkpoint, tmp_path / "later"), tmp_path / "before.csv"
+    assert main(["--quiet", "score", str(image), "--model", str(later), "-o", str(out)]) == 0
+    record_interval(later, interval)
+    capsys.readouterr()
+    assert main(["--quiet", "score", str(image), "--model", str(later), "-o", str(out), "--resume"]) == 2
+    assert "cannot resume" in (err := capsys.readouterr().err) and '"interval": {"coverage": 0.9' in err
+
+
+def test_ranges_stay_on_the_scale_and_in_order_whatever_the_network_outputs(scorer: Scorer) -> None:
+    images = [_pixels(90, 120, seed=i) for i in range(3)]
+    wide = Scorer(scorer.model, scorer.scale, interval=ConformalInterval(0.9, 0.8))
+    assert all((r.low, r.high) == (0.0, 100.0) for r in wide.score(images))
+    dmos = Scorer(scorer.model, LabelScale(0, 10, False, "DMOS"), interval=ConformalInterval(0.9, 0.1))
+    for r in dmos.score(images):  # lower is better: normalised bounds swap on this scale
+        assert (r.low, r.high) == pytest.approx((r.score - 1, r.score + 1))
+    model = copy.deepcopy(scorer.model)
+    with torch.no_grad():
+        model.decoder.head.weight.mul_(50.0)  # drives the raw output far outside [0, 1]
+    for r in Scorer(model, scorer.scale, interval=ConformalInterval(0.9, 0.1)).score(images):
+        assert 0 <= r.low <= r.score <= r.high <= 100 and r.high - r.low == pytest.approx(10)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "json", "jsonl"])
+def test_result_files_from_before_low_and_high_are_read_and_resumed(
+    checkpoint: Path, image_folder: Path, tmp_path: Path, monkeypatch, capsys, suffix: str
+) -> None:
+    inputs = [str(p) for p in sorted(image_folder.glob("img*.png"))]
+    command = ["--quiet", "score", *inputs, "--model", str(checkpoint)]
+    whole = tmp_path / f"whole.{suffix}"
+    assert main([*command, "-o", str(whole)]) == 0
+    old, kept = tmp_path / f"old.{suffix}", read_results(whole)[:2]
+    monkeypatch.setattr(scoring, "FIELDS", scoring.LEGACY_FIELDS)  # the columns of earlier versions
+    write_results(kept, old)
+    monkeypatch.undo()
+    assert "low" not in old.read_text() and read_results(old) == kept
+    settings_path(old).write_text(settings_path(whole).read_text())
+    capsys.readouterr()
+    assert main([*command, "-o", str(old), "--resume"]) == 0
+    assert "2 inputs already scored" in capsys.readouterr().err
+    assert old.read_text() == whole.read_text()
+
+
+def test_calibrate_records_the_interval_of_held_out_predictions(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    calibrated = _copy(checkpoint, tmp_path / "calibrated")
+    rng = np.random.default_rng(0)
+    labels = rng.uniform(0.2, 0.8, 200)
+    scores = labels + rng.normal(0, 0.05, 200)
+    predictions = tmp_path / "predictions.csv"
+    predictions.write_text("path,label,score_normalised\n" + "".join(
+        f"{i}.png,{label},{score}\n" for i, (label, score) in enumerate(zip(labels.tolist(), scores.tolist()))))
+    assert main(["calibrate", str(calibrated), str(predictions), "--coverage", "0.8"]) == 0
+    expected = calibrate(scores, labels, 0.8)
+    assert json.loads(capsys.readouterr().out)["interval"] == expected.to_dict()
+    assert load_model(calibrated).interval == expected
+    (tmp_path / "scores.csv").write_text("path,mos\na.png,3\n")
+    assert main(["calibrate", str(calibrated), str(tmp_path / "scores.csv")]) == 2
+    assert "no column score_normalised, label" in capsys.readouterr().err
+    predictions.write_text("path,label,score_normalised\na.png,0.5,0.4\n")
+    assert main(["calibrate", str(calibrated), str(predictions)]) == 2
+    assert "1 calibration images are too few for 90% coverage (need 9)" in capsys.readouterr().err
+    assert load_model(calibrated).interval == expected  # left as it was

@@ -4,8 +4,9 @@
 >>> scorer = load_model()                      # the default released model
 >>> scorer.score("photo.jpg").score            # MOS, 0-100, higher is better
 
-Every image is scored as the mean over a fixed grid of crops (3x3 unless ``grid`` says otherwise) in one
-forward pass of its own, so a score never depends on batch size, order or run.
+Every image is scored as the mean over a fixed grid of crops in one forward pass of its own, so a
+score never depends on batch size, order or run. The grid is the one the checkpoint records (its
+training's ``eval_grid``; 3x3 for checkpoints that record none) unless ``grid`` says otherwise.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from PIL import Image
 from qfm_iqm.data.images import load_image, to_rgb
 from qfm_iqm.data.records import LabelScale
 from qfm_iqm.data.transforms import grid_crops, prepare_image
+from qfm_iqm.evaluation.conformal import ConformalInterval
 from qfm_iqm.evaluation.predict import model_preprocessing, score_crops
 from qfm_iqm.evaluation.quality_map import assemble_quality_map, covering_grid
 from qfm_iqm.models.backbones import fold_batch_norms
-from qfm_iqm.models.pretrained import DEFAULT_MODEL, resolve_model
+from qfm_iqm.models.pretrained import DEFAULT_GRID, DEFAULT_MODEL, recorded_interval, resolve_model, scoring_grid
 from qfm_iqm.models.qfm import QFMIQM, load_checkpoint_model
 
 __all__ = ["ImageInput", "NORMALISED_SCALE", "ScoreResult", "Scorer", "load_model", "to_rgb_image"]
@@ -34,22 +36,33 @@ __all__ = ["ImageInput", "NORMALISED_SCALE", "ScoreResult", "Scorer", "load_mode
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 # The scale of checkpoints that record none (plain training runs): the model's own [0, 1] output.
 NORMALISED_SCALE = LabelScale(low=0.0, high=1.0, higher_is_better=True, name="normalised")
+# Scores and interval bounds on the normalised scale are clamped to it: the network's linear head is
+# unbounded, and an image far from the training data can land outside the scale.
+NORMALISED_LIMITS = (0.0, 1.0)
 _MAP_CHUNK = 16  # crops per forward pass when computing quality maps of large images
 
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """The score of one image on the model's scale and the panel's spread on the same scale.
+    """The score of one image on the model's scale, with its calibrated range and the panel's spread.
+
+    - ``low``, ``high``: the calibrated range. It holds the true MOS for the stated share of photos
+      like the checkpoint's calibration images (``Scorer.interval.coverage``, e.g. 90%); it contains
+      ``score`` and stays within the scale. ``None`` when the checkpoint records no interval.
+    - ``uncertainty``: the attention panel's spread on the same scale. Not calibrated and not an
+      error bar: it is far smaller than the errors (docs/scoring.md).
 
     ``path`` is the file's path for path inputs, else ``None``. Results of file batches
-    (:func:`qfm_iqm.scoring.score_files`) for inputs that failed have ``score`` and ``uncertainty``
-    ``None`` and the reason in ``error``; :meth:`Scorer.score` raises instead.
+    (:func:`qfm_iqm.scoring.score_files`) for inputs that failed have every number ``None`` and the
+    reason in ``error``; :meth:`Scorer.score` raises instead.
     """
 
     score: float | None
     uncertainty: float | None
     path: str | None = None
     error: str | None = None
+    low: float | None = None
+    high: float | None = None
 
 
 def _array_to_image(array: np.ndarray) -> Image.Image:
@@ -96,6 +109,7 @@ class Scorer:
         scale: the scale scores are reported on (``NORMALISED_SCALE`` when the checkpoint records none).
         grid: crops per side of the fixed test grid.
         info: the checkpoint's JSON (backbone, training data, settings, ...).
+        interval: the calibrated interval (normalised scale) that gives ``low``/``high``, or ``None``.
     """
 
     def __init__(
@@ -103,8 +117,9 @@ class Scorer:
         model: QFMIQM,
         scale: LabelScale = NORMALISED_SCALE,
         device: torch.device | str = "cpu",
-        grid: int = 3,
+        grid: int = DEFAULT_GRID,
         info: dict | None = None,
+        interval: ConformalInterval | None = None,
     ) -> None:
         if grid < 1:
             raise ValueError(f"grid must be >= 1 crops per side, got {grid}")
@@ -114,17 +129,23 @@ class Scorer:
         self.scale = scale
         self.grid = grid
         self.info = info or {}
+        self.interval = interval
 
     def crops(self, image: Image.Image) -> torch.Tensor:
         """The fixed crop grid of an RGB image (grid*grid, 3, S, S)."""
         return grid_crops(image, self.preprocessing, self.grid)
 
     def score_crops(self, crops: torch.Tensor, path: str | None = None) -> ScoreResult:
-        """Score one image from its :meth:`crops`; the score is clamped to the model's scale (the
-        network's output is unbounded, and an image far from the training data can land outside it)."""
+        """Score one image from its :meth:`crops`; the score and its range are clamped to the model's
+        scale (see :data:`NORMALISED_LIMITS`)."""
         score, spread = score_crops(self.model, crops.to(self.device))
-        score = min(max(score, 0.0), 1.0)
-        return ScoreResult(self.scale.denormalize(score), spread * (self.scale.high - self.scale.low), path)
+        score = float(np.clip(score, *NORMALISED_LIMITS))
+        low = high = None
+        if self.interval is not None:  # sorted: a lower-is-better scale swaps the bounds
+            bounds = self.interval.bounds(score, limits=NORMALISED_LIMITS)
+            low, high = sorted(self.scale.denormalize(bound) for bound in bounds)
+        spread = spread * (self.scale.high - self.scale.low)
+        return ScoreResult(self.scale.denormalize(score), spread, path, low=low, high=high)
 
     def score(self, images: ImageInput | Sequence[ImageInput]) -> ScoreResult | list[ScoreResult]:
         """Score one image, or each of a list (or of a Bx3xHxW tensor) -> a result or a list of them.
@@ -164,15 +185,19 @@ class Scorer:
         return assemble_quality_map(attention, (height, width), size, grid, (rgb.height, rgb.width))
 
 
-def load_model(name_or_path: str | Path = DEFAULT_MODEL, device: torch.device | str = "cpu", grid: int = 3) -> Scorer:
+def load_model(
+    name_or_path: str | Path = DEFAULT_MODEL, device: torch.device | str = "cpu", grid: int | None = None
+) -> Scorer:
     """Load a released model by name (see ``list_pretrained()``) or a trained checkpoint by path.
 
-    ``grid``: crops per side of the test grid. Measured on 5 LIVEC splits (docs/scoring.md): 4 is
-    about 0.01 SRCC better than the default 3 with every split model, and 1.7x slower.
+    ``grid``: crops per side of the test grid; by default the one the checkpoint records
+    (``eval_grid``), else 3. Measured on 5 LIVEC splits (docs/scoring.md): 4 is about 0.01 SRCC better
+    than 3 with every split model, and 1.7x slower. The checkpoint's ``interval``, when it records one,
+    gives every score its calibrated ``low``/``high``.
     """
     model, info = load_checkpoint_model(resolve_model(name_or_path), device)
     fold_batch_norms(model.backbone)  # inference only: about 15% faster on CPU, same scores to 1e-6
     scale = NORMALISED_SCALE
     if "score_scale" in info:  # checked on loading; keys of newer versions are left out
         scale = LabelScale(**{field.name: info["score_scale"][field.name] for field in fields(LabelScale)})
-    return Scorer(model, scale, device, grid, info)
+    return Scorer(model, scale, device, scoring_grid(info, grid), info, recorded_interval(info))

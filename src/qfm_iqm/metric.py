@@ -94,13 +94,13 @@ def create_metric(
     name: str | Path = DEFAULT_MODEL,
     device: torch.device | str | None = None,
     as_loss: bool = False,
-    grid: int = 3,
+    grid: int | None = None,
 ) -> QualityMetric:
     """A released model (``list_models()``; hyphens or underscores) or a trained checkpoint as a metric.
 
     ``device``: where it runs (default: CUDA when available, else CPU). ``as_loss``: let gradients
     flow to the input, to train a network with the metric as its loss. ``grid``: crops per side, as
-    for ``load_model``.
+    for ``load_model`` (by default the checkpoint's recorded grid, else 3).
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -48,7 +48,9 @@ __all__ = [
 ]
 
 OUTPUT_FORMATS = (".csv", ".json", ".jsonl")
-FIELDS = ("path", "score", "uncertainty", "error")
+FIELDS = ("path", "score", "low", "high", "uncertainty", "error")
+LEGACY_FIELDS = ("path", "score", "uncertainty", "error")  # files written before low and high; still read
+NUMBER_FIELDS = ("score", "low", "high", "uncertainty")
 SCORES_FORMAT = "qfm-iqm-scores/1"
 SYNC_EVERY = 256  # files per process between two flushes of finished rows
 
@@ -294,21 +296,29 @@ def _serialise(results: Sequence[ScoreResult], kind: str) -> str:
 
 
 def write_results(results: Sequence[ScoreResult], path: str | Path) -> None:
-    """Write results as CSV (path,score,uncertainty,error; empty cells for missing values), a JSON
-    list of objects or JSON lines (``null`` for missing values), chosen by ``path``'s extension; the
-    file is written beside ``path`` and moved into place."""
+    """Write results as CSV (path,score,low,high,uncertainty,error; empty cells for missing values), a
+    JSON list of objects or JSON lines (``null`` for missing values), chosen by ``path``'s extension;
+    the file is written beside ``path`` and moved into place."""
     atomic_write_text(path, _serialise(results, output_format(path)))
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _row(data: object, where: str) -> ScoreResult:
-    """A result from a parsed row: the fields of :data:`FIELDS`, and either two numbers or an error."""
-    if isinstance(data, dict) and list(data) == list(FIELDS):
-        path, score, spread, error = (data[field] for field in FIELDS)
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (score, spread))
-        if isinstance(path, str) and path and (
-            (error is None and numbers) or (isinstance(error, str) and error and score is None and spread is None)
-        ):
-            return ScoreResult(float(score) if numbers else None, float(spread) if numbers else None, path, error)
+    """A result from a parsed row: the fields of :data:`FIELDS` (or :data:`LEGACY_FIELDS`), and either a
+    score and uncertainty (with both bounds or neither) or an error."""
+    if isinstance(data, dict) and list(data) in (list(FIELDS), list(LEGACY_FIELDS)):
+        values = {field: data.get(field) for field in FIELDS}
+        path, error = values["path"], values["error"]
+        bounds = [values["low"], values["high"]]
+        scored = (error is None and _is_number(values["score"]) and _is_number(values["uncertainty"])
+                  and (all(map(_is_number, bounds)) or bounds == [None, None]))
+        failed = isinstance(error, str) and error and all(values[field] is None for field in NUMBER_FIELDS)
+        if isinstance(path, str) and path and (scored or failed):
+            converted = {k: float(v) if k in NUMBER_FIELDS and v is not None else v for k, v in values.items()}
+            return ScoreResult(**converted)
     shown = json.dumps(data)
     raise ValueError(f"{where}: not a row of scores: {shown if len(shown) <= 80 else shown[:77] + '...'}")
 
@@ -318,7 +328,7 @@ def _csv_cell(key: str, value: str | None) -> object:
     if not value:
         return None
     try:
-        return float(value) if key in ("score", "uncertainty") else value
+        return float(value) if key in NUMBER_FIELDS else value
     except ValueError:
         return value
 
@@ -328,7 +338,7 @@ def _parse_rows(text: str, kind: str, where: str, first_line: int = 1) -> list[S
     line for anything that is not a row of scores."""
     if kind == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        if reader.fieldnames != list(FIELDS):
+        if reader.fieldnames not in (list(FIELDS), list(LEGACY_FIELDS)):
             raise ValueError(f"{where}: not a file of scores: its header is not {','.join(FIELDS)}")
         try:
             return [_row({k: _csv_cell(k, v) for k, v in row.items()}, f"{where}, line {reader.line_num}")
@@ -481,12 +491,14 @@ def _json_or_none(text: str) -> object:
 
 
 def format_table(results: Sequence[ScoreResult]) -> str:
-    """A plain-text table: path, score, uncertainty (``-`` for failed inputs, with the error)."""
+    """A plain-text table: path, score, its calibrated range ``low`` and ``high`` (when a result has one),
+    uncertainty; ``-`` for missing numbers, and the error of failed inputs."""
+    names = ["score", *(["low", "high"] if any(r.low is not None for r in results) else []), "uncertainty"]
+    columns = {name: max(8, len(name)) for name in names}  # name: width
     width = max([len("path")] + [len(str(r.path)) for r in results])
-    lines = [f"{'path':<{width}}  {'score':>8}  {'uncertainty':>11}"]
+    lines = [f"{'path':<{width}}" + "".join(f"  {name:>{size}}" for name, size in columns.items())]
     for r in results:
-        if r.error is None:
-            lines.append(f"{r.path:<{width}}  {r.score:>8.2f}  {r.uncertainty:>11.2f}")
-        else:
-            lines.append(f"{r.path:<{width}}  {'-':>8}  {'-':>11}  error: {r.error}")
+        numbers = ((getattr(r, name), size) for name, size in columns.items())
+        cells = "".join(f"  {'-':>{size}}" if value is None else f"  {value:>{size}.2f}" for value, size in numbers)
+        lines.append(f"{r.path:<{width}}{cells}" + (f"  error: {r.error}" if r.error is not None else ""))
     return "\n".join(lines)

@@ -82,18 +82,31 @@ def teacher_table(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> list[st
             "| dataset | method | splits | student | teacher |", "|---|---|---|---|---|", *lines, ""]
 
 
+def _interval_cell(cell: dict) -> str:
+    """Median test coverage of a cell's calibrated intervals and their median mean width (raw label
+    units), e.g. ``0.905 (90%) / 31.2``; ``-`` without intervals."""
+    interval = cell.get("interval")
+    if interval is None:
+        return "-"
+    return (f"{interval['test_coverage']['median']:.3f} ({interval['coverage_target']:.0%}) / "
+            f"{interval['test_mean_width_raw']['median']:.1f}")
+
+
 def markdown_tables(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> str:
     """The paper-style tables: per dataset (medians over splits), the cross-dataset matrix, speed."""
     lines = [f"# Benchmark `{config.name}`", "", f"Split seeds: {', '.join(map(str, config.seeds))} "
-             "(the same splits for every method). Medians over splits; SRCC mean ± sample std.", ""]
+             "(the same splits for every method). Medians over splits; SRCC mean ± sample std. Interval: "
+             "median test coverage of the range calibrated on each split's validation part (target) / its "
+             "median width in label units.", ""]
     for spec in config.datasets:
         lines += [f"## {spec.id}", "",
-                  "| method | splits | SRCC | PLCC | PLCC (logistic) | KRCC | RMSE | SRCC mean ± std | SRCC per split | train s/split |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| method | splits | SRCC | PLCC | PLCC (logistic) | KRCC | RMSE | SRCC mean ± std | SRCC per split | "
+                  "train s/split | interval coverage / width |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for method in config.methods:
             cell = outcome.cells.get((spec.id, method.name))
             if cell is None:
-                lines.append(f"| {method.label} | failed or not run | | | | | | | | |")
+                lines.append(f"| {method.label} | failed or not run | | | | | | | | | |")
                 continue
             stats = cell["summary"]
             medians = " | ".join(f"{stats[k]['median']:.4f}" for k in METRIC_KEYS)
@@ -101,7 +114,8 @@ def markdown_tables(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> str:
             seconds = [run["train_seconds"] for run in cell["runs"] if "train_seconds" in run]
             train = f"{sum(seconds) / len(seconds):.0f}" if seconds else "-"
             lines.append(f"| {method.label} | {len(cell['runs'])} | {medians} | "
-                         f"{stats['srcc']['mean']:.4f} ± {stats['srcc']['std']:.4f} | {per_split} | {train} |")
+                         f"{stats['srcc']['mean']:.4f} ± {stats['srcc']['std']:.4f} | {per_split} | {train} | "
+                         f"{_interval_cell(cell)} |")
         lines.append("")
     lines += degradation_table(config, outcome) + teacher_table(config, outcome)
     if outcome.cross:

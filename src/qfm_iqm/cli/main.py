@@ -1,4 +1,4 @@
-"""The ``qfm-iqm`` command line: score, train, evaluate.
+"""The ``qfm-iqm`` command line: score, train, evaluate, calibrate.
 
 torch, timm and the training code are imported by the commands that use them, so that ``--help`` and
 usage errors come back at once (docs/scoring.md#start-up-time).
@@ -29,19 +29,23 @@ SCORE_HELP = """Score images with a trained model (default: the released model).
 Inputs are files, folders (searched recursively for .jpg .jpeg .png .bmp .tif .tiff .webp .gif,
 any case) and glob patterns (expanded here too, for shells that do not; ** spans folders).
 Each image is decoded to 8-bit RGB (EXIF orientation applied, first frame of animations, alpha
-composited onto white, 16-bit rescaled) and scored as the mean over a fixed grid of crops (3x3,
-or --grid N), so scores do not depend on batch size, order or workers. Images whose shorter side
-is below the crop size (224 px for the released model) are first upscaled (bicubic, aspect kept)
-until it equals it.
+composited onto white, 16-bit rescaled) and scored as the mean over a fixed grid of crops (the
+grid the model records, 3x3 for the released model, or --grid N), so scores do not depend on batch
+size, order or workers. Images whose shorter side is below the crop size (224 px for the released
+model) are first upscaled (bicubic, aspect kept) until it equals it.
 
-Output: a table on stdout, or -o FILE as .csv (path,score,uncertainty,error), .json or .jsonl,
-one row per file (the same file named twice, or through a symlink or "..", is scored once), in
-input order. Inputs that cannot be scored are listed on stderr and written with an empty score and
+low and high are the calibrated range of a model that records an interval (qfm-iqm calibrate): it
+holds the true score for the recorded share (e.g. 90%) of images like its calibration images.
+uncertainty is the attention panel's spread, not calibrated.
+
+Output: a table on stdout, or -o FILE as .csv (path,score,low,high,uncertainty,error), .json or
+.jsonl, one row per file (the same file named twice, or through a symlink or "..", is scored once),
+in input order. Inputs that cannot be scored are listed on stderr and written with an empty score and
 the error. Rows are collected in FILE.partial while the run goes on; FILE is written whole at the
 end, and an existing FILE is only replaced with --overwrite. --resume keeps the rows of FILE (or of
-an interrupted run's FILE.partial) and scores the other inputs (failed ones again); the model and
-grid are recorded in FILE.settings.json, and --resume refuses a file made with others. SIGTERM or
-Ctrl-C stops the run after the current image, keeping its rows for --resume. Under torchrun the
+an interrupted run's FILE.partial) and scores the other inputs (failed ones again); the model, grid
+and interval are recorded in FILE.settings.json, and --resume refuses a file made with others.
+SIGTERM or Ctrl-C stops the run after the current image, keeping its rows for --resume. Under torchrun the
 inputs are shared out across the processes and rank 0 writes (see docs/distributed.md).
 Exit status: 0 all scored, 1 some inputs failed (the others are still written), 2 usage error (bad
 option, input, output file or model checkpoint), 130/143 stopped by Ctrl-C/SIGTERM."""
@@ -79,8 +83,7 @@ def _score_inputs(args: argparse.Namespace) -> int:
         raise ValueError("--resume and --overwrite need -o FILE")
     output = None
     if args.output is not None:
-        model = release_name(args.model) or str(Path(args.model).resolve())
-        output = ScoreOutput(args.output, {"model": model, "grid": args.grid}, args.resume, args.overwrite)
+        output = ScoreOutput(args.output, _score_settings(args.model, args.grid), args.resume, args.overwrite)
     files, warnings = find_images(args.paths, args.recursive)
     for warning in warnings:
         _note(f"warning: {warning}")
@@ -118,6 +121,19 @@ def _score_inputs(args: argparse.Namespace) -> int:
     if failed:
         _note(f"{len(failed)} of {len(results)} inputs failed")
     return 1 if failed else 0
+
+
+def _score_settings(model: str, grid: int | None) -> dict:
+    """What the scores of a ``score -o`` file depend on, from the checkpoint's JSON (checked; no weight
+    read): the model, the test grid and the calibrated interval when it records one."""
+    from qfm_iqm.models.pretrained import resolve_model, scoring_grid
+    from qfm_iqm.models.validation import inspect_model_checkpoint
+
+    _, info = inspect_model_checkpoint(resolve_model(model))
+    settings = {"model": release_name(model) or str(Path(model).resolve()), "grid": scoring_grid(info, grid)}
+    if "interval" in info:
+        settings["interval"] = info["interval"]
+    return settings
 
 
 def _dataset_from_args(args: argparse.Namespace) -> IQADataset:
@@ -158,14 +174,17 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     """Train on one split's training part less its validation part (``val_fraction``; scored after every
-    epoch), written to ``splits.json`` in the output folder, then test the model on the test part once
-    (``result.json``, ``predictions.csv``); with ``--all`` on every image."""
+    epoch, then the score interval calibrated on it), written to ``splits.json`` in the output folder,
+    then test the model on the test part once (``result.json``, ``predictions.csv``); with ``--all`` on
+    every image."""
     from qfm_iqm.data.splits import load_splits, make_split, save_splits
     from qfm_iqm.evaluation.predict import predict_records
     from qfm_iqm.evaluation.protocol import (
+        calibrate_on_validation,
         config_for_dataset,
         finish_split,
         fit_model,
+        interval_details,
         last_validation_metrics,
         training_metadata,
         unlabelled_records,
@@ -183,6 +202,7 @@ def _train(args: argparse.Namespace) -> int:
     metadata = {**training_metadata(dataset, split.seed if split else None, len(indices), args.command_line),
                 "val_size": len(val)}
     records = [dataset.records[i] for i in indices]
+    val_records = [dataset.records[i] for i in val]
     held_out = [dataset.records[i] for i in (*val, *(split.test if split is not None else ()))]
     extra = unlabelled_records(config, held_out)
     with distributed_session(config.device):
@@ -190,7 +210,7 @@ def _train(args: argparse.Namespace) -> int:
             save_splits(args.output / "splits.json", [split], dataset.name, len(dataset))
         try:
             model, history, _ = fit_model(config, records, args.output, extra, metadata, progress=not args.quiet,
-                                       resume=not args.restart, val_records=[dataset.records[i] for i in val])
+                                          resume=not args.restart, val_records=val_records)
         except TrainingInterrupted as stop:
             _note(str(stop))
             return stop.exit_code
@@ -200,9 +220,11 @@ def _train(args: argparse.Namespace) -> int:
             return 0
         test = [dataset.records[i] for i in split.test]
         device = local_device(config.device)
+        interval = calibrate_on_validation(model, val_records, config.eval_grid, device, args.output, not args.quiet)
         predictions = predict_records(model, test, config.eval_grid, device, progress=not args.quiet)
         result = finish_split(args.output, dataset, split, predictions, grid=config.eval_grid,
-                              val_metrics=last_validation_metrics(history))
+                              val_metrics=last_validation_metrics(history),
+                              **interval_details(interval, dataset, split.test, predictions))
         if is_main():
             print(json.dumps({"output": str(args.output), "test": result}, indent=2))
     return 0
@@ -272,11 +294,12 @@ def _trained_split(path: Path, training: dict, dataset: IQADataset) -> Split | N
 
 def _evaluate_checkpoint(args: argparse.Namespace, dataset: IQADataset) -> dict:
     """Test a trained model on the test part of its recorded split (or of ``--split-file``), with its
-    recorded test grid; images it trained on are refused unless ``--include-training-images``."""
+    recorded test grid, and its recorded interval when it has one; images it trained on are refused
+    unless ``--include-training-images``."""
     from qfm_iqm.data.splits import load_splits
     from qfm_iqm.evaluation.predict import predict_records
-    from qfm_iqm.evaluation.protocol import metrics_on, write_predictions
-    from qfm_iqm.models.pretrained import resolve_model
+    from qfm_iqm.evaluation.protocol import interval_details, metrics_on, write_predictions
+    from qfm_iqm.models.pretrained import recorded_interval, resolve_model, scoring_grid
     from qfm_iqm.models.qfm import load_checkpoint_model
     from qfm_iqm.training.distributed import is_main, local_device
     from qfm_iqm.utils.checkpoint import atomic_write_json
@@ -304,16 +327,27 @@ def _evaluate_checkpoint(args: argparse.Namespace, dataset: IQADataset) -> dict:
     if seen:
         _note(f"WARNING: {len(seen)} of the {len(indices)} test images trained {args.checkpoint}: "
               "these metrics are not a held-out test")
-    settings = info.get("training") or info.get("settings") or {}
-    grid = args.grid or settings.get("eval_grid", 3)
+    grid = scoring_grid(info, args.grid)
     predictions = predict_records(model, [dataset.records[i] for i in indices], grid, device, progress=not args.quiet)
     result = {"checkpoint": args.checkpoint, "dataset": dataset.name, "trained_on": training.get("dataset"),
               "tested": tested, "images": len(indices), "training_images": len(seen), "grid": grid,
-              "metrics": metrics_on(dataset, indices, predictions)}
+              "metrics": metrics_on(dataset, indices, predictions),
+              **interval_details(recorded_interval(info), dataset, indices, predictions)}
     if args.output is not None and is_main():
         write_predictions(args.output / "predictions.csv", dataset, indices, predictions)
         atomic_write_json(args.output / "result.json", result)
     return result
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    """Calibrate a checkpoint's score interval on a predictions CSV and record it in the checkpoint."""
+    from qfm_iqm.evaluation.protocol import calibrate_normalised, read_predictions
+    from qfm_iqm.models.pretrained import record_interval, resolve_model
+
+    interval = calibrate_normalised(*read_predictions(args.predictions), args.coverage)
+    path = record_interval(resolve_model(args.checkpoint), interval)
+    print(json.dumps({"checkpoint": str(path), "interval": interval.to_dict()}, indent=2))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,8 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder or glob pattern")
     score.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_PATH",
                        help="released model name or checkpoint folder/file (default: %(default)s)")
-    score.add_argument("--grid", type=int, default=3, metavar="N",
-                       help="test crops per side (default: 3); 4 measured about 0.01 SRCC better on LIVEC, 1.7x slower")
+    score.add_argument("--grid", type=int, metavar="N",
+                       help="test crops per side (default: the model's recorded eval_grid, else 3; 3 for the released "
+                       "model); 4 measured about 0.01 SRCC better on LIVEC, 1.7x slower")
     score.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     score.add_argument("--batch-size", dest="batch_size", type=int, default=16, metavar="N",
                        help="images per loading batch (default: 16)")
@@ -390,6 +425,20 @@ def build_parser() -> argparse.ArgumentParser:
                           "+ ridge regression; ridge-stages / kernel-ridge-stages = the global average of every Lite0 "
                           "stage + ridge / RBF kernel ridge; brisque = BRISQUE features + RBF kernel ridge")
     evaluate.set_defaults(func=_evaluate)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="record a calibrated score interval (low/high of every score) in a checkpoint",
+        description="Calibrate a split-conformal interval on the predictions of a checkpoint on images it never "
+        "trained on, and record it in the checkpoint's JSON: from then on its scores carry low and high, a range "
+        "that holds the true score for --coverage of images like those. The protocol and train do this on "
+        "their validation part already.",
+    )
+    calibrate.add_argument("checkpoint", metavar="NAME_OR_PATH", help="checkpoint folder or file (or a released model)")
+    calibrate.add_argument("predictions", type=Path, metavar="PREDICTIONS_CSV",
+                           help="this checkpoint's predictions of held-out images, with columns score_normalised and "
+                           "label (the predictions.csv of evaluate --checkpoint --output)")
+    calibrate.add_argument("--coverage", type=float, default=0.9, help="share of images the range holds (default: 0.9)")
+    calibrate.set_defaults(func=_calibrate)
     for command in commands.choices.values():
         _add_global_options(command, in_command=True)
     return parser

@@ -6,6 +6,9 @@ predictions) give a half-width ``q``: the ``ceil((n + 1) * coverage)``-th smalle
 with the calibration images (Vovk et al.; Lei et al. 2018). With a per-image ``difficulty`` the
 residuals are divided by it and the interval is ``score +- q * difficulty``: as valid, and narrower
 where the difficulty estimate tracks the error.
+
+Bounds can be clamped to the scale the labels live on (``limits``): a label inside the scale is
+inside the clamped interval exactly when it is inside the unclamped one, so coverage is unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +17,25 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+
+def _check_coverage(coverage: float) -> None:
+    if not 0.0 < coverage < 1.0:
+        raise ValueError(f"coverage must be in (0, 1), got {coverage}")
+
+
+def _rank(size: int, coverage: float) -> int:
+    """The rank of the calibrated residual among ``size`` sorted ones (1-based)."""
+    return math.ceil((size + 1) * coverage)
+
+
+def min_calibration_size(coverage: float) -> int:
+    """The fewest calibration images :func:`calibrate` accepts for ``coverage`` (9 for 0.9)."""
+    _check_coverage(coverage)
+    size = max(1, math.floor(coverage / (1 - coverage)) - 1)
+    while _rank(size, coverage) > size:
+        size += 1
+    return size
 
 
 @dataclass(frozen=True)
@@ -25,8 +47,19 @@ class ConformalInterval:
     scaled: bool = False
     calibration_size: int = 0
 
-    def bounds(self, scores: np.ndarray, difficulty: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(low, high)`` for each score (same units as the calibration residuals)."""
+    def __post_init__(self) -> None:
+        _check_coverage(self.coverage)
+        if not (math.isfinite(self.quantile) and self.quantile >= 0):
+            raise ValueError(f"quantile must be a finite number >= 0, got {self.quantile}")
+
+    def bounds(
+        self,
+        scores: np.ndarray | float,
+        difficulty: np.ndarray | None = None,
+        limits: tuple[float, float] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(low, high)`` for each score (same units as the calibration residuals), clamped to
+        ``limits`` when given."""
         scores = np.asarray(scores, dtype=np.float64)
         if self.scaled:
             if difficulty is None:
@@ -34,7 +67,10 @@ class ConformalInterval:
             half = self.quantile * np.asarray(difficulty, dtype=np.float64)
         else:
             half = np.full_like(scores, self.quantile)
-        return scores - half, scores + half
+        low, high = scores - half, scores + half
+        if limits is not None:
+            low, high = np.clip(low, *limits), np.clip(high, *limits)
+        return low, high
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,8 +89,7 @@ def calibrate(
     Raises ``ValueError`` for a coverage outside (0, 1), mismatched or non-finite inputs, a
     non-positive difficulty, or too few calibration images for the coverage (``n < 1/(1-coverage) - 1``).
     """
-    if not 0.0 < coverage < 1.0:
-        raise ValueError(f"coverage must be in (0, 1), got {coverage}")
+    _check_coverage(coverage)
     predictions, labels = np.asarray(predictions, np.float64), np.asarray(labels, np.float64)
     if predictions.shape != labels.shape or predictions.ndim != 1:
         raise ValueError(f"predictions and labels must be 1-D of one length, got {predictions.shape}, {labels.shape}")
@@ -67,16 +102,22 @@ def calibrate(
     if not np.isfinite(residuals).all():
         raise ValueError("calibration residuals must be finite")
     n = len(residuals)
-    rank = math.ceil((n + 1) * coverage)
-    if rank > n:
-        raise ValueError(f"{n} calibration images are too few for {coverage:.0%} coverage (need {math.ceil(coverage / (1 - coverage))})")
-    quantile = float(np.sort(residuals)[rank - 1])
+    if n < min_calibration_size(coverage):
+        raise ValueError(f"{n} calibration images are too few for {coverage:.0%} coverage "
+                         f"(need {min_calibration_size(coverage)})")
+    quantile = float(np.sort(residuals)[_rank(n, coverage) - 1])
     return ConformalInterval(coverage, quantile, difficulty is not None, n)
 
 
-def interval_report(interval: ConformalInterval, predictions: np.ndarray, labels: np.ndarray,
-                    difficulty: np.ndarray | None = None) -> dict[str, float]:
-    """Measured ``coverage`` (share of labels inside their interval) and ``mean_width`` on new data."""
-    low, high = interval.bounds(predictions, difficulty)
+def interval_report(
+    interval: ConformalInterval,
+    predictions: np.ndarray,
+    labels: np.ndarray,
+    difficulty: np.ndarray | None = None,
+    limits: tuple[float, float] | None = None,
+) -> dict[str, float]:
+    """Measured ``coverage`` (share of labels inside their interval) and ``mean_width`` on new data
+    (of the bounds clamped to ``limits`` when given)."""
+    low, high = interval.bounds(predictions, difficulty, limits)
     labels = np.asarray(labels, np.float64)
     return {"coverage": float(((labels >= low) & (labels <= high)).mean()), "mean_width": float((high - low).mean())}

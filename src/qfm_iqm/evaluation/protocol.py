@@ -1,7 +1,13 @@
-"""The standard protocol: seeded 80/20 splits, train on one part, test on the other, medians."""
+"""The standard protocol: seeded 80/20 splits, train on one part, test on the other, medians.
+
+A split with a validation part also gets a calibrated score interval: calibrated on the validation
+predictions, recorded in the split's checkpoint (so that its scores carry ``low``/``high``) and
+measured on the test part.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import platform
@@ -15,18 +21,26 @@ import numpy as np
 import torch
 
 from qfm_iqm import __version__
+from qfm_iqm.api import NORMALISED_LIMITS
 from qfm_iqm.data.records import IQADataset, ImageRecord
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.splits import Split, carve_validation, make_splits, save_splits
 from qfm_iqm.evaluation.baselines import FeatureBaseline, get_baseline, regress_on_split
 from qfm_iqm.evaluation.degradation_check import check_photos, degradation_check
+from qfm_iqm.evaluation.conformal import ConformalInterval, calibrate, interval_report, min_calibration_size
 from qfm_iqm.evaluation.metrics import compute_metrics, summarize
 from qfm_iqm.evaluation.predict import Predictions, predict_records
+from qfm_iqm.models.pretrained import record_interval
 from qfm_iqm.models.qfm import QFMIQM
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.distributed import is_main
 from qfm_iqm.training.trainer import Trainer, resolve_device
 from qfm_iqm.utils.checkpoint import atomic_write_csv, atomic_write_json, atomic_write_text
+
+INTERVAL_COVERAGE = 0.9  # of the interval calibrated on a split's validation part
+PREDICTION_COLUMNS = (
+    "path", "raw_label", "score", "uncertainty", "label", "score_normalised", "uncertainty_normalised"
+)
 
 
 def peak_rss_mib() -> float:
@@ -100,13 +114,75 @@ def write_predictions(path: Path, dataset: IQADataset, indices: tuple[int, ...],
     """CSV of the predictions: ``score`` and ``uncertainty`` on the scale of ``raw_label`` (the dataset's);
     ``label``, ``score_normalised`` and ``uncertainty_normalised`` on the [0, 1] scale (higher is better)."""
     width = dataset.scale.high - dataset.scale.low
-    rows = [["path", "raw_label", "score", "uncertainty", "label", "score_normalised", "uncertainty_normalised"]]
+    rows = [list(PREDICTION_COLUMNS)]
     for i, score, spread in zip(indices, predictions.scores, predictions.spreads):
         record = dataset.records[i]
         rows.append([str(record.path), record.raw_label, f"{dataset.scale.denormalize(score):.6f}",
                      f"{spread * width:.6f}", record.label, f"{score:.6f}", f"{spread:.6f}"])
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(path, rows)
+
+
+def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(score_normalised, label)`` of a predictions CSV written by :func:`write_predictions`
+    (``ValueError`` naming the file for one that is not)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in ("score_normalised", "label") if column not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: not a predictions CSV: no column {', '.join(missing)}")
+        try:
+            rows = [(float(row["score_normalised"]), float(row["label"])) for row in reader]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}, line {reader.line_num}: not a number: {exc}") from exc
+    scores, labels = np.array(rows, dtype=np.float64).reshape(-1, 2).T
+    return scores, labels
+
+
+def calibrate_normalised(
+    scores: np.ndarray, labels: np.ndarray, coverage: float = INTERVAL_COVERAGE
+) -> ConformalInterval:
+    """The interval of ``coverage`` for normalised scores of held-out images, clamped to [0, 1] first
+    as the scorer clamps them, and their normalised labels."""
+    return calibrate(np.clip(scores, *NORMALISED_LIMITS), labels, coverage)
+
+
+def calibrate_on_validation(
+    model: QFMIQM,
+    records: list[ImageRecord],
+    grid: int,
+    device: torch.device | str,
+    checkpoint_dir: Path,
+    progress: bool = False,
+) -> ConformalInterval | None:
+    """The :data:`INTERVAL_COVERAGE` interval of ``model`` calibrated on validation ``records`` and
+    recorded in the checkpoint in ``checkpoint_dir`` (rank 0); ``None`` when the records are too few."""
+    if len(records) < min_calibration_size(INTERVAL_COVERAGE):
+        return None
+    predictions = predict_records(model, records, grid, device, progress=progress)
+    interval = calibrate_normalised(predictions.scores, np.array([record.label for record in records]))
+    if is_main():
+        record_interval(checkpoint_dir, interval)
+    return interval
+
+
+def interval_details(
+    interval: ConformalInterval | None, dataset: IQADataset, indices: tuple[int, ...], predictions: Predictions
+) -> dict:
+    """``{"interval": ...}``: how ``interval`` does on the images ``indices`` (their share inside it,
+    ``test_coverage``, and its mean width in raw-label units, bounds clamped to the scale as the scorer
+    clamps them); empty without an interval."""
+    if interval is None:
+        return {}
+    scores, labels = np.clip(predictions.scores, *NORMALISED_LIMITS), dataset.labels()[list(indices)]
+    report = interval_report(interval, scores, labels, limits=NORMALISED_LIMITS)
+    return {"interval": {
+        "coverage_target": interval.coverage,
+        "quantile": interval.quantile,
+        "calibration_size": interval.calibration_size,
+        "test_coverage": report["coverage"],
+        "test_mean_width_raw": report["mean_width"] * (dataset.scale.high - dataset.scale.low),
+    }}
 
 
 def unlabelled_records(config: TrainConfig, held_out: list[ImageRecord]) -> list[ImageRecord]:
@@ -146,8 +222,9 @@ def run_split(
     config: TrainConfig, dataset: IQADataset, split: Split, run_dir: Path, progress: bool = True
 ) -> dict:
     """Train on the split's training part less its validation part, scoring the validation part after
-    every epoch; then test the last-epoch model on ``split.test``, once, and run the degradation check
-    on ``config.degradation_photos`` of the test photos. Resumable.
+    every epoch; calibrate the score interval on the validation part (:func:`calibrate_on_validation`);
+    then test the last-epoch model and its interval on ``split.test``, once, and run the degradation
+    check on ``config.degradation_photos`` of the test photos. Resumable.
 
     Nothing reads a test label before that final scoring: every choice (options, epochs) is made on
     the validation scores recorded in the history.
@@ -166,6 +243,7 @@ def run_split(
     model, history, teacher = fit_model(split_config, train_records, run_dir, extra, metadata, progress, True, val_records)
     train_seconds = time.perf_counter() - start
     device = resolve_device(config.device)
+    interval = calibrate_on_validation(model, val_records, config.eval_grid, device, run_dir, progress)
     predictions = predict_records(model, test_records, config.eval_grid, device, progress=progress)
     teacher_predictions = None
     if teacher is not None:  # the teacher's own score on the same test part, beside the student's
@@ -187,6 +265,7 @@ def run_split(
         train_crops_per_second=round(sum(e["crops_per_second"] for e in history) / len(history), 2),
         peak_rss_mib=round(peak_rss_mib(), 1),
         degradation_check=check,
+        **interval_details(interval, dataset, split.test, predictions),
         history=history,
     )
 
@@ -256,7 +335,8 @@ def check_method(output_dir: Path, method: dict) -> None:
 def write_protocol_results(
     output_dir: Path, dataset: IQADataset, method: str, seeds: list[int], runs: list[dict], details: dict, command: str | None
 ) -> dict:
-    """Write ``results.json`` (medians, per-split metrics, what was run, machine) and ``command.txt``.
+    """Write ``results.json`` (medians, per-split metrics, the intervals' test coverage and width when
+    splits have one, what was run, machine) and ``command.txt``.
 
     Under ``torchrun`` every rank returns the summary and rank 0 alone writes the files.
     """
@@ -265,6 +345,7 @@ def write_protocol_results(
         "mode": method,
         "seeds": seeds,
         "summary": summarize([run["metrics"] for run in runs]),
+        **interval_summary(runs),
         "runs": [{k: v for k, v in run.items() if k != "history"} for run in runs],
         **details,
         "command": command,
@@ -274,6 +355,17 @@ def write_protocol_results(
         atomic_write_json(output_dir / "results.json", summary)
         atomic_write_text(output_dir / "command.txt", (command or "") + "\n")
     return summary
+
+
+def interval_summary(runs: list[dict]) -> dict:
+    """``{"interval": ...}``: statistics over the splits that have an interval (:func:`interval_details`)
+    of its ``test_coverage`` and ``test_mean_width_raw``; empty when none has one."""
+    intervals = [run["interval"] for run in runs if "interval" in run]
+    if not intervals:
+        return {}
+    measured = [{key: interval[key] for key in ("test_coverage", "test_mean_width_raw")} for interval in intervals]
+    return {"interval": {"coverage_target": intervals[0]["coverage_target"], "splits": len(intervals),
+                         **summarize(measured)}}
 
 
 def _prepare_protocol(output_dir: str | Path, dataset: IQADataset, seeds: list[int], method: dict) -> tuple[Path, list[Split]]:

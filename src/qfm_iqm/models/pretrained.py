@@ -3,6 +3,10 @@
 A released model ``<stem>`` is the checkpoint pair ``qfm_iqm/weights/<stem>.safetensors`` +
 ``<stem>.json`` (package data). Its JSON records what a user needs to trust a score: backbone,
 preprocessing, score scale, training data, training settings, code version and the training command.
+
+Every checkpoint (release or training run) may also record its test grid (``eval_grid`` of its training
+settings; :func:`scoring_grid`) and a calibrated score interval (``interval``; :func:`recorded_interval`,
+:func:`record_interval`).
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from pathlib import Path
 
 from qfm_iqm import __version__
 from qfm_iqm.data.records import LabelScale
+from qfm_iqm.evaluation.conformal import ConformalInterval
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 MODEL_FORMAT = "qfm-iqm/1"
 RELEASE_KEYS = ("score_scale", "training_data", "settings", "command")
+DEFAULT_GRID = 3  # test crops per side of checkpoints that record none
 
 
 @dataclass(frozen=True)
@@ -113,9 +119,10 @@ def export_release(
 
     Floating-point tensors are stored as fp16 when ``half`` (they are cast back to float32 on load).
     The JSON records ``model``, ``backbone``, ``preprocessing``, ``score_scale``, ``training_data``,
-    ``settings``, ``command``, ``code_version`` and ``release``. ``settings``, ``command``,
-    ``code_version`` and ``training_data`` default to the source checkpoint's ``training``, ``command``,
-    ``code_version`` and ``dataset``/``split_seed``/``train_size`` entries, ``score_scale``
+    ``settings``, ``command``, ``code_version`` and ``release``, and the checkpoint's ``interval`` when
+    it records one. ``settings``, ``command``, ``code_version`` and ``training_data`` default to the
+    source checkpoint's ``training``, ``command``, ``code_version`` and
+    ``dataset``/``split_seed``/``train_size`` entries, ``score_scale``
     (``{"name", "low", "high", "higher_is_better"}``) to the checkpoint's; ``extra_config`` overrides
     or adds any entry.
 
@@ -146,6 +153,8 @@ def export_release(
             "source_sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
         },
     }
+    if "interval" in config:
+        release["interval"] = config["interval"]
     release.update(extra_config)
     missing = [key for key in RELEASE_KEYS if release.get(key) is None]
     if missing:
@@ -157,3 +166,36 @@ def export_release(
         if overflow:
             raise ValueError(f"tensors overflow float16: {', '.join(overflow[:5])}; export with half=False")
     return save_checkpoint(out_dir, tensors, release, name=stem)
+
+
+def scoring_grid(info: dict, grid: int | None = None) -> int:
+    """The test grid (crops per side) to score with: ``grid`` when given, else the ``eval_grid`` that a
+    checkpoint's JSON ``info`` records in its training settings (``training``; ``settings`` in release
+    copies), else :data:`DEFAULT_GRID`."""
+    if grid is not None:
+        return grid
+    settings = info.get("training") or info.get("settings") or {}
+    return settings.get("eval_grid", DEFAULT_GRID)
+
+
+def recorded_interval(info: dict) -> ConformalInterval | None:
+    """The calibrated interval a checkpoint's JSON records (on the normalised [0, 1] scale), if any."""
+    return ConformalInterval.from_dict(info["interval"]) if "interval" in info else None
+
+
+def record_interval(checkpoint: str | Path, interval: ConformalInterval) -> Path:
+    """Record ``interval`` (normalised [0, 1] scale, unscaled) as the ``interval`` entry of a checkpoint's
+    JSON, replacing any recorded before; return the weights path.
+
+    The edited JSON is checked like any checkpoint's before anything is written. The weights are
+    rewritten too (their metadata holds the JSON's hash), then the JSON, each atomically.
+    """
+    from qfm_iqm.models.validation import check_model_checkpoint  # torch: only here
+    from qfm_iqm.utils.checkpoint import checkpoint_paths, inspect_checkpoint, load_tensors, save_checkpoint
+
+    weights_path, _ = checkpoint_paths(checkpoint)
+    header, config = inspect_checkpoint(checkpoint)
+    if isinstance(config, dict):
+        config = {**config, "interval": interval.to_dict()}
+    check_model_checkpoint(config, header, checkpoint)  # also refuses JSON of anything but a model
+    return save_checkpoint(weights_path.parent, load_tensors(checkpoint), config, name=weights_path.stem)

@@ -2,8 +2,10 @@
 
 Each section of a model checkpoint's JSON is checked against the dataclass it becomes (``model``:
 :class:`ModelConfig`, ``model.preprocessing``: :class:`Preprocessing`, ``score_scale``:
-:class:`LabelScale`): the JSON type of every field follows the field's annotation, and every number
-must lie in the range :data:`BOUNDS` gives it. Keys the dataclasses do not know are ignored (a
+:class:`LabelScale`, ``interval``: :class:`ConformalInterval`): the JSON type of every field follows
+the field's annotation, and every number must lie in the range :data:`BOUNDS` gives it. Of the
+training settings (``training``, or ``settings`` in release copies) only the test grid ``eval_grid``
+is used, and checked (1 to :data:`MAX_GRID`). Keys the dataclasses do not know are ignored (a
 checkpoint of a newer version), but the model they describe must then still fit the weights: the
 model is built on the ``meta`` device (no memory) and its tensor names, shapes and dtypes are
 compared with the safetensors header before a single weight is read.
@@ -26,14 +28,17 @@ import torch
 
 from qfm_iqm.data.records import LabelScale, offenders_message
 from qfm_iqm.data.transforms import Preprocessing
+from qfm_iqm.evaluation.conformal import ConformalInterval
 from qfm_iqm.models.backbones import list_backbones
 from qfm_iqm.models.qfm import ModelConfig, build_model
 from qfm_iqm.utils.checkpoint import CheckpointError, TensorInfo, checkpoint_paths, inspect_checkpoint, load_tensors
 
-__all__ = ["BOUNDS", "MAX_CROP_SIZE", "MAX_SHORT_SIDE", "check_model_checkpoint", "read_model_checkpoint"]
+__all__ = ["BOUNDS", "MAX_CROP_SIZE", "MAX_GRID", "MAX_SHORT_SIDE", "check_model_checkpoint",
+           "inspect_model_checkpoint", "read_model_checkpoint"]
 
 MAX_CROP_SIZE = 1024  # pixels per side of a crop
 MAX_SHORT_SIDE = 4096  # the shorter side an image may be resized to before cropping
+MAX_GRID = 16  # test crops per side
 MAX_LIST_LENGTH = 64
 
 # The allowed range of every number in a checked section, by dataclass and field (both ends included).
@@ -53,7 +58,10 @@ BOUNDS: dict[type, dict[str, tuple[float, float]]] = {
         "resize_short_side": (16, MAX_SHORT_SIDE),
     },
     LabelScale: {"low": (-1e9, 1e9), "high": (-1e9, 1e9)},
+    # on the normalised [0, 1] scale; coverage 0 and 1 are refused on their own
+    ConformalInterval: {"coverage": (0.0, 1.0), "quantile": (0.0, 1.0), "calibration_size": (0, 10**9)},
 }
+_SETTINGS_KEYS = ("training", "settings")  # where a training run's and a release copy's JSON keep settings
 _PREPROCESSING_KEYS = ("input_size", "mean", "std")  # what ``Preprocessing.from_dict`` reads
 _FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 
@@ -152,7 +160,29 @@ def _check_config(config: Any, where: str) -> ModelConfig:
         scale = _check_section(config["score_scale"], LabelScale, where, "score_scale")
         if scale["low"] >= scale["high"]:
             raise CheckpointError(f"{where}: score_scale: low ({scale['low']}) is not below high ({scale['high']})")
+    if "interval" in config:
+        interval = _check_section(config["interval"], ConformalInterval, where, "interval")
+        if not 0 < interval["coverage"] < 1:
+            raise CheckpointError(f"{where}: interval.coverage: expected a number above 0 and below 1, "
+                                  f"got {interval['coverage']}")
+        if interval.get("scaled"):
+            raise CheckpointError(f"{where}: interval.scaled: expected false (scores have no per-image difficulty "
+                                  "to scale an interval by)")
+    for section in _SETTINGS_KEYS:
+        _check_test_grid(config.get(section), where, section)
     return model
+
+
+def _check_test_grid(settings: Any, where: str, section: str) -> None:
+    """Raise unless training ``settings`` are absent or an object whose ``eval_grid``, if any, is a grid."""
+    if settings is None:
+        return
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{where}: {section}: expected an object, got {_shown(settings)}")
+    bounds = (1, MAX_GRID)
+    if "eval_grid" in settings and not _fits(settings["eval_grid"], int, bounds):
+        raise CheckpointError(f"{where}: {section}.eval_grid: expected {_describe(int, bounds)}, "
+                              f"got {_shown(settings['eval_grid'])}")
 
 
 def _check_tensors(model_config: ModelConfig, header: Mapping[str, TensorInfo], where: Path) -> None:
@@ -187,11 +217,17 @@ def check_model_checkpoint(config: Any, header: Mapping[str, TensorInfo], path: 
     return model_config
 
 
+def inspect_model_checkpoint(path: str | Path) -> tuple[ModelConfig, dict]:
+    """``(model config, JSON)`` of a model checkpoint, checked against its weights' header (no weight
+    is read); ``CheckpointError`` for a checkpoint that fails a check."""
+    header, config = inspect_checkpoint(path)
+    return check_model_checkpoint(config, header, path), config
+
+
 def read_model_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
     """``(model config, tensors, JSON)`` of a model checkpoint, checked before the tensors are read;
     ``CheckpointError`` for a checkpoint that fails a check or holds non-finite weights."""
-    header, config = inspect_checkpoint(path)
-    model_config = check_model_checkpoint(config, header, path)
+    model_config, config = inspect_model_checkpoint(path)
     tensors = load_tensors(path)
     bad = [key for key, value in tensors.items() if value.is_floating_point() and not bool(value.isfinite().all())]
     if bad:
