@@ -36,10 +36,11 @@ from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.splits import make_split
 from qfm_iqm.evaluation.degradation_check import check_photos, degradation_check
 from qfm_iqm.evaluation.metrics import compute_metrics
-from qfm_iqm.evaluation.predict import predict_records
+from qfm_iqm.evaluation.predict import predict_records, score_tokens
 from qfm_iqm.evaluation.protocol import config_for_dataset, fit_model, unlabelled_records, validation_part
 from qfm_iqm.training.trainer import resolve_device
 from qfm_iqm.training.config import TrainConfig
+from qfm_iqm.training.feature_cache import frozen_backbone_features
 from qfm_iqm.utils.allocator import reuse_freed_memory
 from qfm_iqm.utils.checkpoint import atomic_write_csv
 
@@ -75,14 +76,19 @@ def main(argv: list[str] | None = None) -> int:
                 )
             seconds = time.perf_counter() - start
             photos = [dataset.records[i] for i in check_photos(val, config.degradation_photos, seed)]
-            check = degradation_check(model, photos, config.eval_grid, resolve_device(config.device)) if photos else {}
+            device = resolve_device(config.device)
+            features = frozen_backbone_features(config, model, device)  # None unless the backbone is frozen
+            check = degradation_check(model, photos, config.eval_grid, device, features=features) if photos else {}
             for epoch in history:
                 rows.append({"variant": variant["name"], "seed": seed, "seconds": round(seconds, 1),
                              **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in epoch.items()}})
             rows[-1].update({f"ordered_{kind}": result["ordered"] for kind, result in check.items()})
             labels = np.array([record.label for record in val_records])
             for grid in spec.get("grids", []):  # the test grid is a choice too: validation SRCC per grid
-                scores = predict_records(model, val_records, grid, resolve_device(config.device)).scores
+                if features is None:
+                    scores = predict_records(model, val_records, grid, device).scores
+                else:
+                    scores = np.array([score_tokens(model, features.grid(r, grid).float()) for r in val_records])
                 rows[-1][f"val_srcc_grid{grid}"] = round(compute_metrics(scores, labels)["srcc"], 5)
             last = history[-1]
             print(f"{variant['name']} seed {seed}: val SRCC {last['val_srcc']:.4f} PLCC {last['val_plcc']:.4f} "

@@ -124,9 +124,22 @@ def test_protocol_records_the_check_on_test_photos_only(tmp_path, blur_records, 
     checked = []
     original = protocol.degradation_check
     monkeypatch.setattr(protocol, "degradation_check",
-                        lambda model, photos, *a: checked.extend(photos) or original(model, photos, *a, kinds=("blur",)))
+                        lambda model, photos, *a, **k: checked.extend(photos) or original(model, photos, *a, kinds=("blur",), **k))
     config = tiny_config(mode="deiqt", epochs=1, val_fraction=0, degradation_photos=2)
     result = protocol.run_split(config, dataset, split, tmp_path / "run", progress=False)
     assert {str(r.path) for r in checked} <= {str(blur_records[i].path) for i in split.test} and len(checked) == 2
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["degradation_check"]["blur"]["pairs"] == 2 * 6 == result["degradation_check"]["blur"]["pairs"]
+
+
+def test_the_check_from_cached_backbone_outputs_equals_the_full_forward_pass(tmp_path, blur_records):
+    from qfm_iqm.training.feature_cache import frozen_backbone_features
+
+    config = tiny_config(mode="deiqt", freeze_backbone=True, model={"multi_stage": True, "stage_grid": 2,
+                         "preprocessing": {"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}, "dim": 64, "num_heads": 4})
+    trainer = Trainer(config, blur_records[:8], tmp_path, progress=False)
+    features = frozen_backbone_features(config, trainer.model, torch.device("cpu"))
+    photos = blur_records[8:10]
+    full = degradation_check(trainer.model, photos, grid=2, kinds=("noise", "blur"))
+    cached = degradation_check(trainer.model, photos, grid=2, kinds=("noise", "blur"), features=features)
+    assert cached == full

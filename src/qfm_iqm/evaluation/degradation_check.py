@@ -18,8 +18,9 @@ from qfm_iqm.data.degradations import KINDS, degrade, levels
 from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.transforms import grid_crops
-from qfm_iqm.evaluation.predict import model_preprocessing, score_crops
+from qfm_iqm.evaluation.predict import model_preprocessing, score_crops, score_tokens
 from qfm_iqm.models.qfm import QFMIQM
+from qfm_iqm.training.feature_cache import FrozenBackboneFeatures
 
 
 def ordered_fraction(scores: np.ndarray) -> float:
@@ -35,21 +36,31 @@ def degradation_check(
     grid: int = 3,
     device: torch.device | str = "cpu",
     kinds: Sequence[str] = KINDS,
+    features: FrozenBackboneFeatures | None = None,
 ) -> dict[str, dict[str, float]]:
     """``{kind: {"ordered": fraction of pairs ordered right, "pairs": number of pairs}}`` on ``records``'
-    photos (their labels are not read). Each photo's noise is seeded by its path."""
+    photos (their labels are not read). Each photo's noise is seeded by its path. With ``features``
+    (the model's frozen backbone and its cache) the backbone outputs of the damaged photos are
+    computed once and shared by every model on that backbone."""
     model.eval()
     pre = model_preprocessing(model)
     scores = {kind: np.empty((len(records), levels(kind) + 1)) for kind in kinds}
     for row, record in enumerate(records):
-        image = load_image(record.path)
-        seed = zlib.crc32(str(record.path).encode())
-        original = score_crops(model, grid_crops(image, pre, grid).to(device))[0]
+        if features is not None:
+            def score(kind: str | None, level: int) -> float:
+                return score_tokens(model, features.grid(record, grid, kind, level).to(device).float())
+        else:
+            image, seed = load_image(record.path), zlib.crc32(str(record.path).encode())
+
+            def score(kind: str | None, level: int) -> float:
+                damaged = image if kind is None else degrade(image, kind, level, seed)
+                return score_crops(model, grid_crops(damaged, pre, grid).to(device))[0]
+
+        original = score(None, 0)
         for kind in kinds:
             scores[kind][row, 0] = original
             for level in range(1, levels(kind) + 1):
-                crops = grid_crops(degrade(image, kind, level, seed), pre, grid)
-                scores[kind][row, level] = score_crops(model, crops.to(device))[0]
+                scores[kind][row, level] = score(kind, level)
     pairs_per_photo = {kind: levels(kind) * (levels(kind) + 1) // 2 for kind in kinds}
     return {
         kind: {"ordered": round(ordered_fraction(scores[kind]), 4), "pairs": len(records) * pairs_per_photo[kind]}

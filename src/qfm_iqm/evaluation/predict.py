@@ -40,6 +40,14 @@ def score_crops(model: QFMIQM, crops: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.inference_mode()
+def score_tokens(model: QFMIQM, tokens: torch.Tensor) -> float:
+    """Score one image from a frozen backbone's cached outputs for its crops (n, N, C): the mean score,
+    the same number as :func:`score_crops` on the crops themselves."""
+    encoded = model.encode_features(tokens.mean(dim=1), tokens)
+    return model.decode(encoded.c, encoded.tokens).score.float().mean().item()
+
+
+@torch.inference_mode()
 def predict_records(
     model: QFMIQM,
     records: list[ImageRecord],

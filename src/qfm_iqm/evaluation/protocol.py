@@ -34,6 +34,7 @@ from qfm_iqm.models.pretrained import record_interval
 from qfm_iqm.models.qfm import QFMIQM
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.distributed import is_main
+from qfm_iqm.training.feature_cache import frozen_backbone_features
 from qfm_iqm.training.trainer import Trainer, resolve_device
 from qfm_iqm.utils.checkpoint import atomic_write_csv, atomic_write_json, atomic_write_text
 
@@ -249,7 +250,8 @@ def run_split(
     if teacher is not None:  # the teacher's own score on the same test part, beside the student's
         teacher_predictions = predict_records(teacher, test_records, config.eval_grid, device, progress=progress)
     photos = [dataset.records[i] for i in check_photos(split.test, config.degradation_photos, split.seed)]
-    check = degradation_check(model, photos, config.eval_grid, device) if photos else {}
+    features = frozen_backbone_features(config, model, device)
+    check = degradation_check(model, photos, config.eval_grid, device, features=features) if photos else {}
     return finish_split(
         run_dir,
         dataset,

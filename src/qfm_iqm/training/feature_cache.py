@@ -8,17 +8,22 @@ import hashlib
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from qfm_iqm.data.degradations import STRENGTHS
+from qfm_iqm.data.degradations import STRENGTHS, degrade
 from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.torch_datasets import DEGRADED_STACK, EpochViews, degraded_crops, item_seed
 from qfm_iqm.data.transforms import Preprocessing, TrainTransform, grid_crops, prepare_image
 from qfm_iqm.models.backbones import Backbone
+
+if TYPE_CHECKING:
+    from qfm_iqm.models.qfm import QFMIQM
+    from qfm_iqm.training.config import TrainConfig
 
 BANK_SEED = 20240721  # the bank's crops depend on the image alone, so every run and split shares them
 _STORE: dict[tuple, Tensor] = {}  # process-wide: a sweep or a protocol reuses what an earlier run computed
@@ -116,10 +121,18 @@ class FrozenBackboneFeatures:
             self._save(file, compute())
         return torch.from_numpy(np.load(file, mmap_mode="r")[list(positions)])
 
-    def grid(self, record: ImageRecord, grid: int) -> Tensor:
-        """The tokens of the record's deterministic ``grid x grid`` test crops."""
-        key = (self.identity, str(record.path), "grid", grid)
-        return self._cached(key, lambda: self._encode(grid_crops(load_image(record.path), self.pre, grid)))
+    def grid(self, record: ImageRecord, grid: int, kind: str | None = None, level: int = 0) -> Tensor:
+        """The tokens of the record's deterministic ``grid x grid`` test crops; of the image damaged by
+        ``kind`` at ``level`` when given (the degradation check; noise seeded by the path)."""
+        if kind is None or level == 0:
+            key = (self.identity, str(record.path), "grid", grid)
+            return self._cached(key, lambda: self._encode(grid_crops(load_image(record.path), self.pre, grid)))
+
+        def compute() -> Tensor:
+            damaged = degrade(load_image(record.path), kind, level, zlib.crc32(str(record.path).encode()))
+            return self._encode(grid_crops(damaged, self.pre, grid))
+
+        return self._cached((self.identity, str(record.path), "grid", grid, kind, level, repr(STRENGTHS)), compute)
 
 
 class CachedCrops(EpochViews):
@@ -135,3 +148,13 @@ class CachedCrops(EpochViews):
         record = self.records[index % self.num_records]
         tokens = self.features.bank(record)[self.view_seed(index) % self.features.bank_size].float()
         return tokens, torch.tensor(record.label, dtype=torch.float32), index % self.num_records
+
+
+def frozen_backbone_features(config: "TrainConfig", model: "QFMIQM", device: torch.device) -> FrozenBackboneFeatures | None:
+    """The cache of ``model``'s frozen backbone under training options ``config`` (``None`` unless
+    ``config.freeze_backbone``); every run on the same backbone shares it."""
+    if not config.freeze_backbone:
+        return None
+    identity = (config.model.backbone, config.backbone_weights, config.model.multi_stage, config.model.stage_grid)
+    pre = Preprocessing.from_dict(model.config.preprocessing)
+    return FrozenBackboneFeatures(model.backbone, pre, config.crop_bank, identity, device, config.feature_cache_dir)

@@ -30,7 +30,7 @@ from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.torch_datasets import DegradationPairs, EpochViews, TrainCrops
 from qfm_iqm.data.transforms import TrainTransform
 from qfm_iqm.evaluation.metrics import compute_metrics
-from qfm_iqm.evaluation.predict import model_preprocessing, predict_records
+from qfm_iqm.evaluation.predict import model_preprocessing, predict_records, score_tokens
 from qfm_iqm.models.qfm import QFMIQM, build_model
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.distributed import (
@@ -43,7 +43,7 @@ from qfm_iqm.training.distributed import (
     world_size,
 )
 from qfm_iqm.training.distributed import local_device as resolve_device
-from qfm_iqm.training.feature_cache import CachedCrops, FrozenBackboneFeatures
+from qfm_iqm.training.feature_cache import CachedCrops, FrozenBackboneFeatures, frozen_backbone_features
 from qfm_iqm.training.interrupt import StopRequest, TrainingInterrupted
 from qfm_iqm.training.noise import FeatureMemory, match_semantic_noise, norm_matched_noise
 from qfm_iqm.training.teachers import Teacher
@@ -226,14 +226,10 @@ class Trainer:
 
     def _frozen_backbone_features(self) -> FrozenBackboneFeatures | None:
         """With ``freeze_backbone``: the backbone stops learning, and its outputs are cached."""
-        config = self.config
-        if not config.freeze_backbone:
+        if not self.config.freeze_backbone:
             return None
         self.model.backbone.requires_grad_(False)
-        identity = (config.model.backbone, config.backbone_weights, config.model.multi_stage, config.model.stage_grid)
-        return FrozenBackboneFeatures(
-            self.model.backbone, self.pre, config.crop_bank, identity, self.device, config.feature_cache_dir
-        )
+        return frozen_backbone_features(self.config, self.model, self.device)
 
     def _views(self, records: list[ImageRecord], seed: int) -> EpochViews:
         """``crops_per_image`` training views of each record per epoch (cached backbone tokens when frozen)."""
@@ -406,13 +402,8 @@ class Trainer:
         if self.features is None:
             return predict_records(self.model, records, grid, self.device).scores
         self.model.eval()
-        scores = []
-        with torch.inference_mode():
-            for record in records:
-                tokens = self.features.grid(record, grid).to(self.device).float()
-                encoded = self.model.encode_features(tokens.mean(dim=1), tokens)
-                scores.append(self.model.decode(encoded.c, encoded.tokens).score.float().mean().item())
-        return np.asarray(scores)
+        return np.asarray([score_tokens(self.model, self.features.grid(record, grid).to(self.device).float())
+                           for record in records])
 
     def learning_curve_point(self) -> dict[str, float]:
         """SRCC/PLCC/RMSE on the validation records and on as many training records (the learning curve)."""
