@@ -15,6 +15,8 @@ from PIL import Image
 
 from qfm_iqm import runtime
 from qfm_iqm.api import Scorer, load_model, to_rgb_image
+from qfm_iqm.benchmark.config import SpeedSpec
+from qfm_iqm.benchmark.speed import run_speed
 from qfm_iqm.cli.main import main
 from qfm_iqm.evaluation.predict import score_crops
 from qfm_iqm.models.qfm import QFMIQM, ModelConfig, build_model
@@ -148,3 +150,13 @@ def test_runtime_choice() -> None:
     with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
         resolve_runtime("tensorrt", torch.device("cpu"))
 
+
+def test_speed_cells_measure_both_runtimes(cache: Path) -> None:
+    spec = SpeedSpec(score_batch_sizes=(2,), score_runtimes=("torch", "onnx"), train_batch_sizes=(),
+                     score_images=2, image_size=64)
+    cells = run_speed(spec)
+    assert [(cell["kind"], cell["runtime"]) for cell in cells] == [
+        ("scoring", "torch"), ("onnx-export", "onnx"), ("scoring", "onnx")
+    ], cells
+    assert cells[1]["exported"] and cells[1]["seconds"] > 0
+    assert all(cell["images_per_second"] > 0 and cell["peak_rss_mib"] > 50 for cell in (cells[0], cells[2]))
