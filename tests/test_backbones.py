@@ -22,6 +22,7 @@ from qfm_iqm.models.backbones import (
     create_backbone,
     list_backbones,
     remap_lite0_state_dict,
+    restore_padded_same_convs,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -240,3 +241,5 @@ def test_lite0_uses_copy_free_same_padding_with_timm_keys() -> None:
     assert not StrideTwoSameConv2d.fits(Conv2dSame(4, 4, 3, stride=1))
     assert not StrideTwoSameConv2d.fits(Conv2dSame(4, 4, 1, stride=2))
     assert not StrideTwoSameConv2d.fits(torch.nn.Conv2d(4, 4, 3, stride=2))
+    assert restore_padded_same_convs(backbone) == 5  # for ONNX export
+    assert [type(m) for m in backbone.modules() if isinstance(m, Conv2dSame)] == [Conv2dSame] * 5

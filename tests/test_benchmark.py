@@ -119,6 +119,7 @@ def test_cross_dataset_pairs_handle_the_label_direction(tmp_path, label_files):
         ({"methods": [{"name": "x", "train": {"lr": "fast"}}]}, "must be a number"),
         ({"cross": [{"train": "blur", "test": "koniq10k"}]}, "not listed under 'datasets': koniq10k"),
         ({"speed": {"modles": ["qfm_iqm_lite0"]}}, "unknown key(s) modles"),
+        ({"speed": {"score_runtimes": ["torch", "tensorrt"]}}, "unknown score_runtimes tensorrt"),
         ({"extra": 1}, "unknown key(s) extra in the top level"),
     ],
 )

@@ -7,6 +7,7 @@
 Every image is scored as the mean over a fixed grid of crops in one forward pass of its own, so a
 score never depends on batch size, order or run. The grid is the one the checkpoint records (its
 training's ``eval_grid``; 3x3 for checkpoints that record none) unless ``grid`` says otherwise.
+``runtime="onnx"`` runs that pass in onnxruntime (:mod:`qfm_iqm.runtime`).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from qfm_iqm.data.images import load_image, to_rgb
 from qfm_iqm.data.records import LabelScale
 from qfm_iqm.data.transforms import grid_crops, prepare_image
 from qfm_iqm.evaluation.conformal import ConformalInterval
-from qfm_iqm.evaluation.predict import model_preprocessing, score_crops
+from qfm_iqm.evaluation.predict import CropNetwork, model_preprocessing, score_crops
 from qfm_iqm.evaluation.quality_map import assemble_quality_map, covering_grid
 from qfm_iqm.models.backbones import fold_batch_norms
 from qfm_iqm.models.pretrained import DEFAULT_GRID, DEFAULT_MODEL, recorded_interval, resolve_model, scoring_grid
 from qfm_iqm.models.qfm import QFMIQM, load_checkpoint_model
+from qfm_iqm.runtime import onnx_network, resolve_runtime
 
 __all__ = ["ImageInput", "NORMALISED_SCALE", "ScoreResult", "Scorer", "load_model", "to_rgb_image"]
 
@@ -104,7 +106,10 @@ class Scorer:
     """A trained QFM-IQM model with its preprocessing and score scale.
 
     Attributes:
-        model: the network (eval mode, on ``device``).
+        model: the network (eval mode, on ``device``); quality maps always use it.
+        runtime: what scores crops, ``"torch"`` (``model``) or ``"onnx"`` (its exported graph, CPU only;
+            ``"auto"`` picks ``"onnx"`` where it can run, see :func:`qfm_iqm.runtime.resolve_runtime`).
+        network: ``model`` or its :class:`~qfm_iqm.runtime.OnnxNetwork`, as ``runtime`` says.
         preprocessing: crop size and normalisation the model was trained with.
         scale: the scale scores are reported on (``NORMALISED_SCALE`` when the checkpoint records none).
         grid: crops per side of the fixed test grid.
@@ -120,6 +125,7 @@ class Scorer:
         grid: int = DEFAULT_GRID,
         info: dict | None = None,
         interval: ConformalInterval | None = None,
+        runtime: str = "torch",
     ) -> None:
         if grid < 1:
             raise ValueError(f"grid must be >= 1 crops per side, got {grid}")
@@ -130,6 +136,8 @@ class Scorer:
         self.grid = grid
         self.info = info or {}
         self.interval = interval
+        self.runtime = resolve_runtime(runtime, self.device)
+        self.network: CropNetwork = onnx_network(self.model) if self.runtime == "onnx" else self.model
 
     def crops(self, image: Image.Image) -> torch.Tensor:
         """The fixed crop grid of an RGB image (grid*grid, 3, S, S)."""
@@ -138,7 +146,7 @@ class Scorer:
     def score_crops(self, crops: torch.Tensor, path: str | None = None) -> ScoreResult:
         """Score one image from its :meth:`crops`; the score and its range are clamped to the model's
         scale (see :data:`NORMALISED_LIMITS`)."""
-        score, spread = score_crops(self.model, crops.to(self.device))
+        score, spread = score_crops(self.network, crops.to(self.device))
         score = float(np.clip(score, *NORMALISED_LIMITS))
         low = high = None
         if self.interval is not None:  # sorted: a lower-is-better scale swaps the bounds
@@ -186,7 +194,10 @@ class Scorer:
 
 
 def load_model(
-    name_or_path: str | Path = DEFAULT_MODEL, device: torch.device | str = "cpu", grid: int | None = None
+    name_or_path: str | Path = DEFAULT_MODEL,
+    device: torch.device | str = "cpu",
+    grid: int | None = None,
+    runtime: str = "torch",
 ) -> Scorer:
     """Load a released model by name (see ``list_pretrained()``) or a trained checkpoint by path.
 
@@ -194,10 +205,12 @@ def load_model(
     (``eval_grid``), else 3. Measured on 5 LIVEC splits (docs/scoring.md): 4 is about 0.01 SRCC better
     than 3 with every split model, and 1.7x slower. The checkpoint's ``interval``, when it records one,
     gives every score its calibrated ``low``/``high``.
+    ``runtime``: ``"torch"``, ``"onnx"`` (onnxruntime on the CPU; the graph is exported on first use
+    and cached, needs ``pip install "qfm-iqm[onnx]"``) or ``"auto"`` (``"onnx"`` where it can run).
     """
     model, info = load_checkpoint_model(resolve_model(name_or_path), device)
     fold_batch_norms(model.backbone)  # inference only: about 15% faster on CPU, same scores to 1e-6
     scale = NORMALISED_SCALE
     if "score_scale" in info:  # checked on loading; keys of newer versions are left out
         scale = LabelScale(**{field.name: info["score_scale"][field.name] for field in fields(LabelScale)})
-    return Scorer(model, scale, device, scoring_grid(info, grid), info, recorded_interval(info))
+    return Scorer(model, scale, device, scoring_grid(info, grid), info, recorded_interval(info), runtime)

@@ -13,7 +13,7 @@ A benchmark is described by a YAML or JSON file::
       - {name: ridge-lite0, baseline: ridge}
     cross:                               # train on all of A, test on all of B
       - {train: livec, test: koniq10k}
-    speed: {models: [qfm_iqm_lite0], score_batch_sizes: [16], train_batch_sizes: [16]}
+    speed: {models: [qfm_iqm_lite0], score_batch_sizes: [16], train_batch_sizes: [16], score_runtimes: [torch, onnx]}
     chosen_on: {epochs: "results/validation/livec-round1 (validation parts)"}   # recorded, not read
 """
 
@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from qfm_iqm.evaluation.baselines import BASELINES
+from qfm_iqm.runtime import RUNTIMES
 from qfm_iqm.training.config import TrainConfig
 
 
@@ -99,10 +100,12 @@ class CrossSpec:
 
 @dataclass(frozen=True)
 class SpeedSpec:
-    """Throughput cells: scoring (images/s, end to end) and training (crops/s), each with peak memory."""
+    """Throughput cells: scoring (images/s, end to end) in each of ``score_runtimes`` and training
+    (crops/s), each with peak memory."""
 
     models: tuple[str, ...] = ("qfm_iqm_lite0",)
     score_batch_sizes: tuple[int, ...] = (16,)
+    score_runtimes: tuple[str, ...] = ("torch",)
     train_batch_sizes: tuple[int, ...] = (16,)
     score_images: int = 64
     image_size: int = 500
@@ -216,4 +219,7 @@ def _speed(entry: Any) -> SpeedSpec:
     allowed = set(SpeedSpec.__dataclass_fields__)
     _check_keys(entry, allowed, "'speed'")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()}
+    unknown = sorted(map(str, set(values.get("score_runtimes", ())) - set(RUNTIMES)))
+    if unknown:
+        raise ValueError(f"benchmark config: unknown score_runtimes {', '.join(unknown)} (known: {', '.join(RUNTIMES)})")
     return SpeedSpec(**values)

@@ -128,17 +128,19 @@ def markdown_tables(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> str:
             lines.append(f"| {method.label} | " + " | ".join(shown) + " |")
         lines.append("")
     if outcome.speed:
-        lines += ["## Speed", "", "| what | model | batch | throughput | peak RSS MiB | threads | device |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["## Speed", "", "| what | model | runtime | batch | throughput | peak RSS MiB | threads | device |",
+                  "|---|---|---|---|---|---|---|---|"]
         for cell in outcome.speed:
             if "error" in cell:
                 rate = f"failed: {cell['error']}"
             elif cell["kind"] == "scoring":
                 rate = f"{cell['images_per_second']:.2f} images/s"
+            elif cell["kind"] == "onnx-export":
+                rate = f"{cell['seconds']:.1f} s to {'export' if cell['exported'] else 'load'} the graph"
             else:
                 rate = f"{cell['crops_per_second']:.2f} crops/s ({cell['mode']})"
-            lines.append(f"| {cell['kind']} | {cell['model']} | {cell['batch_size']} | {rate} | "
-                         f"{cell.get('peak_rss_mib', '-')} | {cell.get('torch_threads', '-')} | {cell['device']} |")
+            lines.append(f"| {cell['kind']} | {cell['model']} | {cell.get('runtime', 'torch')} | {cell['batch_size'] or '-'} | "
+                         f"{rate} | {cell.get('peak_rss_mib', '-')} | {cell.get('torch_threads', '-')} | {cell['device']} |")
         lines.append("")
     if outcome.failures:
         lines += ["## Failed cells", "", *(f"- {failure}" for failure in outcome.failures), ""]

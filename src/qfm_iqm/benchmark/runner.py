@@ -172,7 +172,8 @@ def run_benchmark(
 
         outcome.speed = run_speed(config.speed)
         atomic_write_json(output_dir / "speed.json", outcome.speed)
-        outcome.failures += [f"speed {c['kind']} {c['model']} batch {c['batch_size']}: {c['error']}" for c in outcome.speed if "error" in c]
+        outcome.failures += [f"speed {c['kind']} {c['model']} {c['runtime']} batch {c['batch_size']}: {c['error']}"
+                             for c in outcome.speed if "error" in c]
     elif (output_dir / "speed.json").exists():
         outcome.speed = json.loads((output_dir / "speed.json").read_text())
     write_report(config, outcome, output_dir, command or "qfm-iqm benchmark " + shlex.join(overrides))

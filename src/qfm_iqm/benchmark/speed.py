@@ -1,9 +1,12 @@
-"""Throughput cells: end-to-end scoring (images/s) and training (crops/s), each with peak memory.
+"""Throughput cells: end-to-end scoring (images/s) in each runtime and training (crops/s), each with
+peak memory.
 
 Every cell runs in a fresh Python process (``python -m qfm_iqm.benchmark.speed``) so that its peak
 resident memory is its own and earlier cells cannot warm caches for it. Models are built by
-architecture name with their ImageNet backbone weights when available offline (the weights do not
-change the speed), or loaded by released-model name / checkpoint path.
+architecture name with fixed random weights (the weights do not change the speed; fixed, so that
+their exported graph is cached across runs), or loaded by released-model name / checkpoint path.
+Before a model's onnx scoring cells, an ``onnx-export`` cell makes its graph (or finds it cached), so
+that the scoring cells neither time the export nor count its memory.
 """
 
 from __future__ import annotations
@@ -41,25 +44,34 @@ def make_jpegs(folder: Path, count: int, size: int, seed: int = 0) -> list[Path]
     return paths
 
 
-def _scorer(model: str, device: str):
+def _scorer(model: str, device: str, runtime: str):
     from qfm_iqm.api import Scorer, load_model
     from qfm_iqm.models.backbones import fold_batch_norms
     from qfm_iqm.models.qfm import create_model, list_architectures
 
     if model not in list_architectures():
-        return load_model(model, device)
+        return load_model(model, device, runtime=runtime)
+    torch.manual_seed(0)
     network = create_model(model, pretrained_backbone=False).eval()
     fold_batch_norms(network.backbone)  # as load_model does
-    return Scorer(network, device=device)
+    return Scorer(network, device=device, runtime=runtime)
 
 
-def measure_scoring(model: str, batch_size: int, images: int, image_size: int, device: str) -> dict:
+def measure_onnx_export(model: str, device: str) -> dict:
+    """Seconds to make the onnx runtime's scorer, and whether its graph was exported (else it was cached)."""
+    started = time.time()
+    scorer = _scorer(model, device, "onnx")
+    seconds = time.time() - started
+    return {"seconds": round(seconds, 3), "exported": scorer.network.path.stat().st_mtime >= started}
+
+
+def measure_scoring(model: str, batch_size: int, images: int, image_size: int, device: str, runtime: str) -> dict:
     """Images/s of ``qfm_iqm.scoring.score_files`` (decoding included) after a one-image warm-up."""
     from qfm_iqm.scoring import auto_workers, score_files
 
     with tempfile.TemporaryDirectory(prefix="qfm_iqm_speed_") as tmp:
         paths = make_jpegs(Path(tmp), images, image_size)
-        scorer = _scorer(model, device)
+        scorer = _scorer(model, device, runtime)
         score_files(scorer, paths[:1])
         workers = auto_workers(len(paths), batch_size)
         start = time.perf_counter()
@@ -108,10 +120,10 @@ def measure_training(model: str, batch_size: int, steps: int, image_size: int, d
             "crops_per_second": round(crops / seconds, 3)}
 
 
-def run_cell(kind: str, model: str, batch_size: int, spec: SpeedSpec) -> dict:
+def run_cell(kind: str, model: str, batch_size: int, runtime: str, spec: SpeedSpec) -> dict:
     """One cell in a fresh process; returns its result (``error`` set when it failed)."""
-    payload = {"kind": kind, "model": model, "batch_size": batch_size, "spec": spec.__dict__}
-    cell = {"kind": kind, "model": model, "batch_size": batch_size, "device": spec.device}
+    cell = {"kind": kind, "model": model, "batch_size": batch_size, "runtime": runtime, "device": spec.device}
+    payload = {**cell, "spec": spec.__dict__}
     process = subprocess.run(
         [sys.executable, "-m", "qfm_iqm.benchmark.speed", json.dumps(payload)],
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -123,10 +135,15 @@ def run_cell(kind: str, model: str, batch_size: int, spec: SpeedSpec) -> dict:
 
 
 def run_speed(spec: SpeedSpec) -> list[dict]:
-    """Every scoring and training cell of ``spec``, one after the other (never in parallel)."""
-    cells = [("scoring", m, b) for m in spec.models for b in spec.score_batch_sizes]
-    cells += [("training", m, b) for m in spec.models for b in spec.train_batch_sizes]
-    return [run_cell(kind, model, batch, spec) for kind, model, batch in cells]
+    """Every cell of ``spec``, one after the other (never in parallel): per model, the scoring cells of
+    each runtime (the onnx ones after an ``onnx-export`` cell), then the training cells."""
+    cells = []
+    for model in spec.models:
+        for runtime in spec.score_runtimes:
+            cells += [("onnx-export", model, 0, runtime)] if runtime == "onnx" else []
+            cells += [("scoring", model, batch, runtime) for batch in spec.score_batch_sizes]
+        cells += [("training", model, batch, "torch") for batch in spec.train_batch_sizes]
+    return [run_cell(*cell, spec) for cell in cells]
 
 
 def _main(argv: list[str]) -> int:
@@ -135,8 +152,11 @@ def _main(argv: list[str]) -> int:
     payload = json.loads(parser.parse_args(argv).payload)
     reuse_freed_memory()  # as the qfm-iqm command does
     spec = SpeedSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["spec"].items()})
-    if payload["kind"] == "scoring":
-        result = measure_scoring(payload["model"], payload["batch_size"], spec.score_images, spec.image_size, spec.device)
+    if payload["kind"] == "onnx-export":
+        result = measure_onnx_export(payload["model"], spec.device)
+    elif payload["kind"] == "scoring":
+        result = measure_scoring(payload["model"], payload["batch_size"], spec.score_images, spec.image_size,
+                                 spec.device, payload["runtime"])
     else:
         result = measure_training(payload["model"], payload["batch_size"], spec.train_steps, spec.image_size, spec.device)
     result.update(torch_threads=torch.get_num_threads(), peak_rss_mib=round(peak_rss_mib(), 1))

@@ -97,7 +97,7 @@ def _score_inputs(args: argparse.Namespace) -> int:
     if args.max_pixels is not None:
         set_max_image_pixels(args.max_pixels or None)
     try:
-        scorer = load_model(args.model, local_device(args.device), args.grid)
+        scorer = load_model(args.model, local_device(args.device), args.grid, args.runtime)
         if output:
             output.start()
         workers = auto_workers(len(pending), args.batch_size) if args.workers is None else args.workers
@@ -368,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="test crops per side (default: the model's recorded eval_grid, else 3; 3 for the released "
                        "model); 4 measured about 0.01 SRCC better on LIVEC, 1.7x slower")
     score.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    score.add_argument("--runtime", choices=["torch", "onnx", "auto"], default="torch",
+                       help="what runs the model: torch (default), onnx (onnxruntime on the CPU; the exported graph is "
+                       "cached; needs pip install \"qfm-iqm[onnx]\") or auto (onnx where it can run, else torch)")
     score.add_argument("--batch-size", dest="batch_size", type=int, default=16, metavar="N",
                        help="images per loading batch (default: 16)")
     score.add_argument("--workers", type=int, metavar="N",
@@ -471,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads is not None:
             _set_threads(args.threads)
         return args.func(args)
-    except (DatasetError, FileNotFoundError, ValueError, KeyError) as error:
+    except (DatasetError, FileNotFoundError, ImportError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

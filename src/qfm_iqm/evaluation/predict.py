@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,8 +13,12 @@ from tqdm.auto import tqdm
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.torch_datasets import EvalCrops
 from qfm_iqm.data.transforms import Preprocessing
+from qfm_iqm.models.decoder import PanelOutput
 from qfm_iqm.models.qfm import QFMIQM
 from qfm_iqm.training.distributed import all_gather_uneven, is_main, shard
+
+# What scores a crop stack: the eager model, or its exported graph (qfm_iqm.runtime.OnnxNetwork).
+CropNetwork = Callable[[torch.Tensor], PanelOutput]
 
 
 @dataclass
@@ -30,7 +35,7 @@ def model_preprocessing(model: QFMIQM) -> Preprocessing:
 
 
 @torch.inference_mode()
-def score_crops(model: QFMIQM, crops: torch.Tensor) -> tuple[float, float]:
+def score_crops(model: CropNetwork, crops: torch.Tensor) -> tuple[float, float]:
     """Score one image from its crop stack (n, 3, S, S): mean score and mean panel spread.
 
     One forward pass per image keeps results independent of batch size and order.

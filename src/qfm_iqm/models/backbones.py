@@ -36,6 +36,7 @@ __all__ = [
     "list_backbones",
     "register_backbone",
     "remap_lite0_state_dict",
+    "restore_padded_same_convs",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -88,6 +89,16 @@ def _copy_free_same_padding(model: nn.Module) -> int:
     convs = [m for m in model.modules() if type(m) is Conv2dSame and StrideTwoSameConv2d.fits(m)]
     for conv in convs:
         conv.__class__ = StrideTwoSameConv2d
+    return len(convs)
+
+
+def restore_padded_same_convs(model: nn.Module) -> int:
+    """Undo :func:`_copy_free_same_padding`: every :class:`StrideTwoSameConv2d` of ``model`` becomes timm's
+    ``Conv2dSame`` again (for ONNX export: the exporter folds its padding into the convolution, where the
+    zero-extended kernel would only add work). Returns the number of converted layers."""
+    convs = [m for m in model.modules() if type(m) is StrideTwoSameConv2d]
+    for conv in convs:
+        conv.__class__ = Conv2dSame
     return len(convs)
 
 

@@ -32,6 +32,7 @@ from torch import Tensor
 __all__ = [
     "CheckpointError",
     "TensorInfo",
+    "atomic_write",
     "atomic_write_json",
     "atomic_write_text",
     "checkpoint_paths",
@@ -64,7 +65,7 @@ class TensorInfo:
     shape: tuple[int, ...]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temp file beside ``path``, fsync it, then ``os.replace`` it onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -107,7 +108,7 @@ def _fsync_dir(directory: Path) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
-    _atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def atomic_write_csv(path: str | Path, rows: Iterable[Sequence[Any]]) -> None:
@@ -151,7 +152,7 @@ def save_checkpoint(
     metadata = {_CONFIG_HASH_KEY: hashlib.sha256(config_text.encode("utf-8")).hexdigest()}
     prepared = _prepare_tensors(tensors)
     weights_path = directory / f"{name}.safetensors"
-    _atomic_write(weights_path, lambda tmp: save_file(prepared, str(tmp), metadata=metadata))
+    atomic_write(weights_path, lambda tmp: save_file(prepared, str(tmp), metadata=metadata))
     atomic_write_text(directory / f"{name}.json", config_text)
     return weights_path
 

@@ -1,0 +1,167 @@
+"""The onnx runtime: exported graphs score as the eager model does, are cached, and are checked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qfm_iqm import runtime
+from qfm_iqm.api import Scorer, load_model, to_rgb_image
+from qfm_iqm.benchmark.config import BenchmarkConfig, SpeedSpec
+from qfm_iqm.benchmark.report import markdown_tables
+from qfm_iqm.benchmark.runner import BenchmarkOutcome
+from qfm_iqm.benchmark.speed import run_speed
+from qfm_iqm.cli.main import main
+from qfm_iqm.evaluation.predict import score_crops
+from qfm_iqm.models.qfm import QFMIQM, ModelConfig, build_model
+from qfm_iqm.runtime import graph_key, resolve_runtime
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+INSTALL_HINT = 'pip install "qfm-iqm[onnx]"'
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Iterator[Path]:
+    """Skip without the onnx extra; else a graph cache of this module's own (``$QFM_IQM_CACHE``)."""
+    for name in ("onnxruntime", "onnx", "onnxscript"):
+        pytest.importorskip(name)
+    root = tmp_path_factory.mktemp("qfm_iqm_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QFM_IQM_CACHE", str(root))
+        yield root / "onnx"
+
+
+@pytest.fixture(scope="module")
+def released(cache: Path) -> tuple[Scorer, Scorer]:
+    """The released model in both runtimes (its graph exported into ``cache``)."""
+    return load_model(), load_model(runtime="onnx")
+
+
+def _tiny_model(seed: int) -> QFMIQM:
+    """A randomly initialised multi-stage model on 64-px crops (stages pooled up and down to 7x7)."""
+    torch.manual_seed(seed)
+    config = ModelConfig(dim=64, num_heads=4, multi_stage=True,
+                         preprocessing={"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3})
+    return build_model(config, pretrained_backbone=False).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny(cache: Path) -> tuple[Scorer, Scorer]:
+    """A tiny multi-stage model, BatchNorms not folded, in both runtimes (one model object)."""
+    model = _tiny_model(0)
+    return Scorer(model), Scorer(model, runtime="onnx")
+
+
+def _images() -> list[np.ndarray]:
+    """Three photo-like random images of different sizes (smooth colour fields plus noise)."""
+    rng = np.random.default_rng(0)
+    images = []
+    for width, height in ((300, 260), (224, 224), (500, 375)):
+        coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+        images.append(np.clip(np.asarray(coarse) + rng.normal(0, 8, (height, width, 3)), 0, 255).astype(np.uint8))
+    return images
+
+
+def _refuse_export(model: QFMIQM, path: Path) -> Path:
+    raise AssertionError("exported again")
+
+
+def test_the_released_model_scores_as_in_pytorch(released: tuple[Scorer, Scorer]) -> None:
+    eager, exported = released
+    assert (eager.runtime, exported.runtime) == ("torch", "onnx")
+    for image in _images():
+        expected, result = eager.score(image), exported.score(image)
+        assert result.score == pytest.approx(expected.score, abs=1e-3)  # MOS 0-100: 1e-5 normalised
+        assert result.uncertainty == pytest.approx(expected.uncertainty, abs=1e-3)
+
+
+def test_a_tiny_multi_stage_model_scores_as_in_pytorch(tiny: tuple[Scorer, Scorer]) -> None:
+    eager, exported = tiny
+    for image in _images():
+        crops = eager.crops(to_rgb_image(image)[0])
+        for batch in (crops, crops[:1]):  # any number of crops
+            assert score_crops(exported.network, batch) == pytest.approx(score_crops(eager.network, batch), abs=1e-5)
+    image = _images()[0]
+    assert np.array_equal(exported.quality_map(image), eager.quality_map(image))  # maps come from the eager model
+
+
+def test_a_cached_graph_is_reused(released: tuple[Scorer, Scorer], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "export_onnx", _refuse_export)
+    assert load_model(runtime="onnx").network.path == released[1].network.path
+
+
+def test_a_damaged_cached_graph_is_exported_again(tiny: tuple[Scorer, Scorer]) -> None:
+    eager, exported = tiny
+    path = exported.network.path
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="unusable"):
+        again = Scorer(eager.model, runtime="onnx")
+    assert again.network.path == path
+    crops = eager.crops(to_rgb_image(_images()[0])[0])
+    assert score_crops(again.network, crops) == pytest.approx(score_crops(eager.network, crops), abs=1e-5)
+
+
+def test_a_cached_graph_that_scores_otherwise_is_exported_again(
+    tiny: tuple[Scorer, Scorer], cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = _tiny_model(1)  # same architecture, other weights: the graph loads and runs, with other scores
+    shutil.copy(tiny[1].network.path, cache / f"{graph_key(other)}.onnx")
+    monkeypatch.setattr(runtime, "export_onnx", _refuse_export)
+    with pytest.warns(UserWarning, match="differ from PyTorch's"), pytest.raises(AssertionError, match="exported again"):
+        Scorer(other, runtime="onnx")
+
+
+def test_the_score_command_scores_alike_in_both_runtimes(released: tuple[Scorer, Scorer], tmp_path: Path) -> None:
+    rows = {}
+    for name in ("torch", "onnx"):
+        output = tmp_path / f"{name}.json"
+        assert main(["--quiet", "score", str(EXAMPLES), "--runtime", name, "-o", str(output)]) == 0
+        rows[name] = json.loads(output.read_text())
+    assert [row["path"] for row in rows["onnx"]] == [row["path"] for row in rows["torch"]] and len(rows["torch"]) == 5
+    for expected, row in zip(rows["torch"], rows["onnx"]):
+        assert row["score"] == pytest.approx(expected["score"], abs=1e-3)
+        assert row["uncertainty"] == pytest.approx(expected["uncertainty"], abs=1e-3)
+
+
+def test_without_the_onnx_extra_the_error_names_the_fix(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(ImportError, match=INSTALL_HINT.replace("[", r"\[").replace("]", r"\]")):
+        load_model(runtime="onnx")
+    assert load_model(runtime="auto").runtime == "torch"
+    assert main(["--quiet", "score", str(EXAMPLES / "sharp.jpg"), "--runtime", "onnx"]) == 2
+    assert INSTALL_HINT in capsys.readouterr().err
+
+
+def test_runtime_choice() -> None:
+    with pytest.raises(ValueError, match="CPU only"):
+        resolve_runtime("onnx", torch.device("cuda"))
+    assert resolve_runtime("auto", torch.device("cuda")) == "torch"
+    assert resolve_runtime("torch", torch.device("cpu")) == "torch"
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
+        resolve_runtime("tensorrt", torch.device("cpu"))
+
+
+def test_speed_cells_measure_both_runtimes(released: tuple[Scorer, Scorer]) -> None:
+    spec = SpeedSpec(models=("qfm-iqm-lite0-livec",), score_batch_sizes=(2,), score_runtimes=("torch", "onnx"),
+                     train_batch_sizes=(), score_images=2, image_size=64)
+    cells = run_speed(spec)  # in processes of their own, which find the graph ``released`` exported
+    assert [(cell["kind"], cell["runtime"]) for cell in cells] == [
+        ("scoring", "torch"), ("onnx-export", "onnx"), ("scoring", "onnx")
+    ], cells
+    assert not cells[1]["exported"] and cells[1]["seconds"] > 0
+    assert all(cell["images_per_second"] > 0 and cell["peak_rss_mib"] > 50 for cell in (cells[0], cells[2]))
+    table = markdown_tables(BenchmarkConfig("speed", (0,), (), ()), BenchmarkOutcome(speed=cells))
+    assert "| onnx-export | qfm-iqm-lite0-livec | onnx | - | " in table and " s to load the graph |" in table
+    assert "| scoring | qfm-iqm-lite0-livec | onnx | 2 | " in table
