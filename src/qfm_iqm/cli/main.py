@@ -156,7 +156,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML or JSON file of training options")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an option (repeatable)")
     parser.add_argument("--mode", choices=["qfm", "deiqt"],
-                        help="qfm: semantic noise + distillation on; deiqt: both off (the default, measured best on Lite0)")
+                        help="qfm: semantic noise on (distillation too with --set teacher=ema or pretrained); "
+                             "deiqt: both off (the default)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", dest="batch_size", type=int)
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")

@@ -75,7 +75,7 @@ class TrainConfig:
     noise_weight: float = 1.0
     noise_target: str = "tokens"  # what the matched noise perturbs: "tokens", "global" (c, hence the queries), "both"
     # distillation
-    teacher: str = "pretrained"  # beat "ema" on LIVEC/Lite0, 5 splits (docs/method.md); trains a DEIQT-mode teacher first
+    teacher: str = "none"  # on validation neither teacher helped, with or without extra photos (docs/method.md)
     ema_decay: float = 0.999
     ema_warmup: bool = True  # the keep-rate rises to ema_decay over the lr warm-up (warmup_epochs)
     kd_weight: float = 1.0
