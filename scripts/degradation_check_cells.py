@@ -1,0 +1,54 @@
+"""Add the degradation check to finished protocol cells that were run before it existed.
+
+    python scripts/degradation_check_cells.py --data-root ../shared/datasets/livec \\
+        results/benchmark/livec-multistage/livec/deiqt results/benchmark/livec-multistage/livec/noise
+
+For each ``split_<seed>/`` whose ``result.json`` has no ``degradation_check``, the split's saved model
+is checked on the same test photos the protocol would choose (``check_photos`` with the split seed and
+the cell's ``degradation_photos``), and the result is added to ``result.json``. Labels are not read.
+Run the benchmark command again afterwards to refresh its report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from qfm_iqm.data.registry import load_dataset
+from qfm_iqm.data.splits import load_splits
+from qfm_iqm.evaluation.degradation_check import check_photos, degradation_check
+from qfm_iqm.models.qfm import load_checkpoint_model
+from qfm_iqm.training.config import TrainConfig
+from qfm_iqm.training.feature_cache import frozen_backbone_features
+from qfm_iqm.training.trainer import resolve_device
+from qfm_iqm.utils.checkpoint import atomic_write_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("cells", nargs="+", type=Path)
+    parser.add_argument("--data-root", default=None)
+    args = parser.parse_args(argv)
+    for cell in args.cells:
+        method = json.loads((cell / "method.json").read_text())
+        config = TrainConfig.from_dict(method["config"])
+        dataset = load_dataset(method["dataset"], args.data_root)
+        device = resolve_device(config.device)
+        for split in load_splits(cell / "splits.json", dataset):
+            run_dir = cell / f"split_{split.seed}"
+            result = json.loads((run_dir / "result.json").read_text())
+            if result.get("degradation_check"):
+                continue
+            model, _ = load_checkpoint_model(run_dir, device)
+            photos = [dataset.records[i] for i in check_photos(split.test, config.degradation_photos, split.seed)]
+            features = frozen_backbone_features(config, model, device)
+            result["degradation_check"] = degradation_check(model, photos, config.eval_grid, device, features=features)
+            atomic_write_json(run_dir / "result.json", result)
+            print(f"{run_dir}: {result['degradation_check']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
