@@ -151,7 +151,7 @@ def test_speed_cells_measure_throughput_and_memory_in_their_own_process():
     cells = {(c["kind"], c["model"]): c for c in run_speed(spec)}
     scoring, training = cells["scoring", "qfm_iqm_lite0"], cells["training", "qfm_iqm_lite0"]
     assert scoring["images_per_second"] > 0 and scoring["images"] == 2 and scoring["peak_rss_mib"] > 50
-    assert training["crops_per_second"] > 0 and training["crops"] == 1 * (2 + 8)  # batch + teacher views
+    assert training["crops_per_second"] > 0 and training["crops"] == 1 * 2  # batch only: no teacher by default
     assert "no_such_model" in cells["scoring", "no_such_model"]["error"]
 
 
