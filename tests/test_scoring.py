@@ -91,8 +91,8 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_default_release_is_registered_and_missing_file_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
-    assert DEFAULT_MODEL == "qfm-iqm-lite0-livec" and DEFAULT_MODEL in list_pretrained()
-    assert pretrained.get_pretrained(DEFAULT_MODEL).filename_stem == "qfm_iqm_lite0_livec"
+    assert DEFAULT_MODEL == "qfm-iqm-lite0-livec-v2" and {DEFAULT_MODEL, "qfm-iqm-lite0-livec"} <= set(list_pretrained())
+    assert pretrained.get_pretrained(DEFAULT_MODEL).filename_stem == "qfm_iqm_lite0_livec_v2"
     monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="is not installed"):
         load_model()
@@ -106,7 +106,7 @@ def test_export_release_writes_fp16_copy_that_loads_by_name(
     checkpoint: Path, scorer: Scorer, tmp_path: Path, monkeypatch
 ) -> None:
     extra = {"score_scale": MOS, "training_data": {"dataset": "LIVEC", "images": 10}}
-    path = export_release(checkpoint, tmp_path, "qfm_iqm_lite0_livec", extra)
+    path = export_release(checkpoint, tmp_path, pretrained.get_pretrained(DEFAULT_MODEL).filename_stem, extra)
     tensors, info = load_checkpoint(path)
     assert {v.dtype for v in tensors.values() if v.is_floating_point()} == {torch.float16}
     assert tensors["backbone.model.bn1.num_batches_tracked"].dtype == torch.int64
@@ -119,7 +119,7 @@ def test_export_release_writes_fp16_copy_that_loads_by_name(
     monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
     released = load_model(DEFAULT_MODEL)
     assert all(p.dtype == torch.float32 for p in released.model.parameters())
-    assert released.scale.name == "MOS" and released.info["release"]["name"] == "qfm_iqm_lite0_livec"
+    assert released.scale.name == "MOS" and released.info["release"]["name"] == "qfm_iqm_lite0_livec_v2"
     image = _pixels(90, 120)
     assert released.score(image).score == pytest.approx(scorer.score(image).score, abs=0.5)
     assert load_trained_model(path).config.dim == 64
@@ -613,7 +613,7 @@ def test_the_checkpoints_grid_is_used_unless_told_otherwise(checkpoint: Path, tm
         assert read_results(out)[0].score == expected[grid]
         assert json.loads(settings_path(out).read_text())["settings"]["grid"] == grid
     monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)  # a release copy records it under "settings"
-    export_release(four, tmp_path, "qfm_iqm_lite0_livec", {"score_scale": MOS})
+    export_release(four, tmp_path, pretrained.get_pretrained(DEFAULT_MODEL).filename_stem, {"score_scale": MOS})
     assert load_model(DEFAULT_MODEL).grid == 4
 
 

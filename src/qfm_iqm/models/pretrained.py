@@ -72,11 +72,17 @@ def get_pretrained(name: str) -> PretrainedModel:
     return _PRETRAINED[known]
 
 
-DEFAULT_MODEL = "qfm-iqm-lite0-livec"
+DEFAULT_MODEL = "qfm-iqm-lite0-livec-v2"
 register_pretrained(
     DEFAULT_MODEL,
+    "qfm_iqm_lite0_livec_v2",
+    "QFM-IQM v2: frozen multi-stage EfficientNet-Lite0, semantic noise and degradation ranking, trained on "
+    "LIVE Challenge; MOS 0-100 with a calibrated 90% range (default; model card: qfm_iqm/weights/README.md)",
+)
+register_pretrained(
+    "qfm-iqm-lite0-livec",
     "qfm_iqm_lite0_livec",
-    "QFM-IQM with the EfficientNet-Lite0 backbone trained on LIVE Challenge; MOS scale 0-100 (default)",
+    "QFM-IQM v1: fine-tuned EfficientNet-Lite0 (last stage) trained on LIVE Challenge; MOS 0-100",
 )
 
 
