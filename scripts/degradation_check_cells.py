@@ -30,11 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cells", nargs="+", type=Path)
     parser.add_argument("--data-root", default=None)
+    parser.add_argument("--dataset", default=None,
+                        help="registry name of the cells' dataset (default: the folder above each cell, as a "
+                        "benchmark lays cells out in <output>/<dataset>/<method>)")
     args = parser.parse_args(argv)
     for cell in args.cells:
         method = json.loads((cell / "method.json").read_text())
         config = TrainConfig.from_dict(method["config"])
-        dataset = load_dataset(method["dataset"], args.data_root)
+        dataset = load_dataset(args.dataset or cell.resolve().parent.name, args.data_root)
+        if dataset.name != method["dataset"]:
+            raise SystemExit(f"{cell}: its method.json names dataset {method['dataset']}, not {dataset.name}; pass --dataset")
         device = resolve_device(config.device)
         for split in load_splits(cell / "splits.json", dataset):
             run_dir = cell / f"split_{split.seed}"

@@ -23,6 +23,15 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def graph_cache(tmp_path_factory) -> Iterator[None]:
+    """Exported ONNX graphs (``load_model``'s default runtime exports one) go to this session's own
+    folder, never to the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QFM_IQM_CACHE", str(tmp_path_factory.mktemp("qfm_iqm_cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def livec_root() -> Path:
     """The real copy: ``$QFM_IQM_LIVEC_ROOT``, ``./datasets/livec``, or the project's ``../shared/datasets/livec``."""

@@ -44,7 +44,7 @@ def cache(tmp_path_factory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def released(cache: Path) -> tuple[Scorer, Scorer]:
     """The released model in both runtimes (its graph exported into ``cache``)."""
-    return load_model(), load_model(runtime="onnx")
+    return load_model(runtime="torch"), load_model(runtime="onnx")
 
 
 def _tiny_model(seed: int) -> QFMIQM:
@@ -95,9 +95,13 @@ def test_a_tiny_multi_stage_model_scores_as_in_pytorch(tiny: tuple[Scorer, Score
     assert np.array_equal(exported.quality_map(image), eager.quality_map(image))  # maps come from the eager model
 
 
-def test_a_cached_graph_is_reused(released: tuple[Scorer, Scorer], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cached_graph_is_reused_and_is_the_default_on_a_cpu(
+    released: tuple[Scorer, Scorer], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(runtime, "export_onnx", _refuse_export)
     assert load_model(runtime="onnx").network.path == released[1].network.path
+    default = load_model()  # runtime "auto": onnx, as the extra is installed
+    assert default.runtime == "onnx" and default.network.path == released[1].network.path
 
 
 def test_a_damaged_cached_graph_is_exported_again(tiny: tuple[Scorer, Scorer]) -> None:
@@ -139,7 +143,7 @@ def test_without_the_onnx_extra_the_error_names_the_fix(
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
     with pytest.raises(ImportError, match=INSTALL_HINT.replace("[", r"\[").replace("]", r"\]")):
         load_model(runtime="onnx")
-    assert load_model(runtime="auto").runtime == "torch"
+    assert load_model(runtime="auto").runtime == "torch" and load_model().runtime == "torch"
     assert main(["--quiet", "score", str(EXAMPLES / "sharp.jpg"), "--runtime", "onnx"]) == 2
     assert INSTALL_HINT in capsys.readouterr().err
 

@@ -197,7 +197,7 @@ def load_model(
     name_or_path: str | Path = DEFAULT_MODEL,
     device: torch.device | str = "cpu",
     grid: int | None = None,
-    runtime: str = "torch",
+    runtime: str = "auto",
 ) -> Scorer:
     """Load a released model by name (see ``list_pretrained()``) or a trained checkpoint by path.
 
@@ -205,8 +205,9 @@ def load_model(
     (``eval_grid``), else 3. Measured on 5 LIVEC splits (docs/scoring.md): 4 is about 0.01 SRCC better
     than 3 with every split model, and 1.7x slower. The checkpoint's ``interval``, when it records one,
     gives every score its calibrated ``low``/``high``.
-    ``runtime``: ``"torch"``, ``"onnx"`` (onnxruntime on the CPU; the graph is exported on first use
-    and cached, needs ``pip install "qfm-iqm[onnx]"``) or ``"auto"`` (``"onnx"`` where it can run).
+    ``runtime``: ``"auto"`` (the default: ``"onnx"`` where it can run, i.e. on the CPU with the onnx extra
+    installed, else ``"torch"``), ``"torch"`` or ``"onnx"`` (onnxruntime on the CPU; the graph is
+    exported on first use and cached, needs ``pip install "qfm-iqm[onnx]"``).
     """
     model, info = load_checkpoint_model(resolve_model(name_or_path), device)
     fold_batch_norms(model.backbone)  # inference only: about 15% faster on CPU, same scores to 1e-6

@@ -104,4 +104,4 @@ def create_metric(
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return QualityMetric(load_model(name, device, grid), as_loss)
+    return QualityMetric(load_model(name, device, grid, runtime="torch"), as_loss)

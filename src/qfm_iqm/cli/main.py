@@ -369,9 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="test crops per side (default: the model's recorded eval_grid, else 3; 3 for the released "
                        "model); 4 measured about 0.01 SRCC better on LIVEC, 1.7x slower")
     score.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    score.add_argument("--runtime", choices=["torch", "onnx", "auto"], default="torch",
-                       help="what runs the model: torch (default), onnx (onnxruntime on the CPU; the exported graph is "
-                       "cached; needs pip install \"qfm-iqm[onnx]\") or auto (onnx where it can run, else torch)")
+    score.add_argument("--runtime", choices=["torch", "onnx", "auto"], default="auto",
+                       help="what runs the model: auto (default: onnx where it can run, else torch), torch, or onnx "
+                       "(onnxruntime on the CPU, faster; the graph is exported on first use and cached; needs "
+                       "pip install \"qfm-iqm[onnx]\")")
     score.add_argument("--batch-size", dest="batch_size", type=int, default=16, metavar="N",
                        help="images per loading batch (default: 16)")
     score.add_argument("--workers", type=int, metavar="N",
