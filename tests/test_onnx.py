@@ -21,6 +21,7 @@ from qfm_iqm.benchmark.runner import BenchmarkOutcome
 from qfm_iqm.benchmark.speed import run_speed
 from qfm_iqm.cli.main import main
 from qfm_iqm.evaluation.predict import score_crops
+from qfm_iqm.models.pretrained import DEFAULT_MODEL
 from qfm_iqm.models.qfm import QFMIQM, ModelConfig, build_model
 from qfm_iqm.runtime import graph_key, resolve_runtime
 
@@ -158,7 +159,7 @@ def test_runtime_choice() -> None:
 
 
 def test_speed_cells_measure_both_runtimes(released: tuple[Scorer, Scorer]) -> None:
-    spec = SpeedSpec(models=("qfm-iqm-lite0-livec",), score_batch_sizes=(2,), score_runtimes=("torch", "onnx"),
+    spec = SpeedSpec(models=(DEFAULT_MODEL,), score_batch_sizes=(2,), score_runtimes=("torch", "onnx"),
                      train_batch_sizes=(), score_images=2, image_size=64)
     cells = run_speed(spec)  # in processes of their own, which find the graph ``released`` exported
     assert [(cell["kind"], cell["runtime"]) for cell in cells] == [
@@ -167,5 +168,5 @@ def test_speed_cells_measure_both_runtimes(released: tuple[Scorer, Scorer]) -> N
     assert not cells[1]["exported"] and cells[1]["seconds"] > 0
     assert all(cell["images_per_second"] > 0 and cell["peak_rss_mib"] > 50 for cell in (cells[0], cells[2]))
     table = markdown_tables(BenchmarkConfig("speed", (0,), (), ()), BenchmarkOutcome(speed=cells))
-    assert "| onnx-export | qfm-iqm-lite0-livec | onnx | - | " in table and " s to load the graph |" in table
-    assert "| scoring | qfm-iqm-lite0-livec | onnx | 2 | " in table
+    assert f"| onnx-export | {DEFAULT_MODEL} | onnx | - | " in table and " s to load the graph |" in table
+    assert f"| scoring | {DEFAULT_MODEL} | onnx | 2 | " in table
