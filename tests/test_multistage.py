@@ -11,7 +11,7 @@ from conftest import tiny_config
 from qfm_iqm.data.records import IQADataset, ImageRecord, LabelScale
 from qfm_iqm.data.splits import Split
 from qfm_iqm.evaluation import protocol
-from qfm_iqm.evaluation.baselines import LITE0_STAGES
+from qfm_iqm.evaluation.baselines import LITE0_STAGES, LITE2_STAGES
 from qfm_iqm.evaluation.predict import predict_records
 from qfm_iqm.models.backbones import create_backbone
 from qfm_iqm.models.qfm import ModelConfig, create_model
@@ -30,6 +30,8 @@ def _multi_stage_config(**overrides):
 def test_every_stage_enters_the_tokens():
     backbone = create_backbone("tf_efficientnet_lite0", pretrained=False).use_stages(3)
     assert backbone.stage_channels == [16, 24, 40, 80, 112, 192, 320, 1280] == list(LITE0_STAGES)
+    lite2 = create_backbone("tf_efficientnet_lite2", pretrained=False).use_stages(3)
+    assert lite2.stage_channels == list(LITE2_STAGES) and lite2.num_features == sum(LITE2_STAGES)
     x = torch.randn(2, 3, 96, 96)
     c, tokens = backbone(x)
     assert tokens.shape == (2, 9, 2064) and c.shape == (2, 2064)

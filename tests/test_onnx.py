@@ -96,6 +96,18 @@ def test_a_tiny_multi_stage_model_scores_as_in_pytorch(tiny: tuple[Scorer, Score
     assert np.array_equal(exported.quality_map(image), eager.quality_map(image))  # maps come from the eager model
 
 
+def test_crops_run_in_chunks_score_as_in_one_call(tiny: tuple[Scorer, Scorer]) -> None:
+    """The graph runs a batch a few crops at a time (to bound memory); the scores do not depend on it."""
+    eager, exported = tiny
+    crops = torch.cat([eager.crops(to_rgb_image(image)[0]) for image in _images()])  # 27 crops
+    whole = runtime.OnnxNetwork(exported.network.path, threads=1, chunk=len(crops))(crops).member_scores
+    for chunk in (1, 4, runtime.CHUNK_CROPS):
+        chunked = runtime.OnnxNetwork(exported.network.path, threads=1, chunk=chunk)(crops).member_scores
+        assert chunked.shape == whole.shape and torch.allclose(chunked, whole, atol=1e-6)
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        runtime.OnnxNetwork(exported.network.path, chunk=0)
+
+
 def test_a_cached_graph_is_reused_and_is_the_default_on_a_cpu(
     released: tuple[Scorer, Scorer], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,6 +17,7 @@ import warnings
 from importlib.util import find_spec
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -123,11 +124,18 @@ def export_onnx(model: QFMIQM, path: str | Path) -> Path:
     return path
 
 
+CHUNK_CROPS = 18  # crops per onnxruntime call: peak memory grows with it, speed hardly (results/benchmark/onnx-chunks.json)
+
+
 class OnnxNetwork:
     """An exported graph in an onnxruntime session, called like the eager model (scores only, no
-    attention maps). ``threads``: onnxruntime's intra-op threads (default: ``torch.get_num_threads()``)."""
+    attention maps). ``threads``: onnxruntime's intra-op threads (default: ``torch.get_num_threads()``).
+    A call runs its crops ``chunk`` at a time (default :data:`CHUNK_CROPS`)."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, chunk: int | None = None) -> None:
+        chunk = CHUNK_CROPS if chunk is None else chunk
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1 crop, got {chunk}")
         _require("onnxruntime")
         import onnxruntime
 
@@ -135,11 +143,13 @@ class OnnxNetwork:
         options.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
         options.inter_op_num_threads = 1
         self.path = Path(path)
+        self.chunk = chunk
         self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, crops: Tensor) -> PanelOutput:
-        (scores,) = self.session.run([_OUTPUT], {_INPUT: crops.detach().cpu().float().contiguous().numpy()})
-        return PanelOutput(torch.from_numpy(scores))
+        pixels = crops.detach().cpu().float().contiguous().numpy()
+        scores = [self.session.run([_OUTPUT], {_INPUT: pixels[i : i + self.chunk]})[0] for i in range(0, len(pixels), self.chunk)]
+        return PanelOutput(torch.from_numpy(np.concatenate(scores)))
 
 
 def _checked(network: OnnxNetwork, model: QFMIQM) -> OnnxNetwork:
@@ -155,7 +165,7 @@ def _checked(network: OnnxNetwork, model: QFMIQM) -> OnnxNetwork:
     return network
 
 
-def onnx_network(model: QFMIQM, threads: int | None = None) -> OnnxNetwork:
+def onnx_network(model: QFMIQM, threads: int | None = None, chunk: int | None = None) -> OnnxNetwork:
     """``model`` (in eval mode, on the CPU) as an :class:`OnnxNetwork`: its graph from :func:`cache_dir`,
     exported there on first use. A cached graph that cannot be loaded or scores otherwise than ``model``
     is exported again, with a warning; a fresh graph that scores otherwise raises ``RuntimeError``."""
@@ -163,8 +173,8 @@ def onnx_network(model: QFMIQM, threads: int | None = None) -> OnnxNetwork:
     path = cache_dir() / f"{graph_key(model)}.onnx"
     if path.is_file():
         try:
-            return _checked(OnnxNetwork(path, threads), model)
+            return _checked(OnnxNetwork(path, threads, chunk), model)
         except Exception as error:  # noqa: BLE001 - whatever is wrong with a cached file, it is made again
             warnings.warn(f"cached ONNX graph {path} is unusable ({str(error).strip()[:200]}); exporting it again",
                           stacklevel=2)
-    return _checked(OnnxNetwork(export_onnx(model, path), threads), model)
+    return _checked(OnnxNetwork(export_onnx(model, path), threads, chunk), model)

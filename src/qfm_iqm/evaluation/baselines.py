@@ -163,15 +163,17 @@ def _brisque_of_dataset(dataset: IQADataset, progress: bool) -> np.ndarray:
     return brisque_features_of_files([record.path for record in dataset.records], progress)
 
 
-LITE0_STAGES = (16, 24, 40, 80, 112, 192, 320, 1280)  # Backbone.stage_channels of tf_efficientnet_lite0
-KERNEL_RIDGE_STAGE_CANDIDATES = tuple(
-    KernelRidgeRegressor(alpha, gamma_scale, LITE0_STAGES) for alpha, gamma_scale in
-    ((a, g) for a in (1e-2, 1e-1, 1.0) for g in (0.1, 0.3, 1.0, 3.0))
-)
+LITE0_STAGES = (16, 24, 40, 80, 112, 192, 320, 1280)  # Backbone.stage_channels of tf_efficientnet_lite0 and lite1
+LITE2_STAGES = (16, 24, 48, 88, 120, 208, 352, 1280)  # ... and of tf_efficientnet_lite2
 
 
-def _every_stage_features(dataset: IQADataset, progress: bool) -> np.ndarray:
-    return frozen_features(dataset, progress=progress, every_stage=True)
+def kernel_ridge_stage_candidates(stages: tuple[int, ...]) -> tuple[KernelRidgeRegressor, ...]:
+    """RBF kernel ridge candidates on every-stage features with ``stages`` channels, each stage weighted equally."""
+    return tuple(KernelRidgeRegressor(alpha, gamma_scale, stages) for alpha in (1e-2, 1e-1, 1.0) for gamma_scale in (0.1, 0.3, 1.0, 3.0))
+
+
+def _every_stage_features(backbone_name: str) -> Callable[[IQADataset, bool], np.ndarray]:
+    return lambda dataset, progress: frozen_features(dataset, backbone_name, progress=progress, every_stage=True)
 
 
 BASELINES: dict[str, FeatureBaseline] = {
@@ -185,15 +187,15 @@ BASELINES: dict[str, FeatureBaseline] = {
     "ridge-stages": FeatureBaseline(
         "ridge-stages",
         "frozen ImageNet Lite0 features of every stage (global averages, 3x3 crop grid) + ridge regression",
-        _every_stage_features,
+        _every_stage_features("tf_efficientnet_lite0"),
         RIDGE_CANDIDATES,
         "lite0-every-stage",
     ),
     "kernel-ridge-stages": FeatureBaseline(
         "kernel-ridge-stages",
         "frozen Lite0 features of every stage + RBF kernel ridge, each stage weighted equally",
-        _every_stage_features,
-        KERNEL_RIDGE_STAGE_CANDIDATES,
+        _every_stage_features("tf_efficientnet_lite0"),
+        kernel_ridge_stage_candidates(LITE0_STAGES),
         "lite0-every-stage",
     ),
     "brisque": FeatureBaseline(
@@ -204,6 +206,16 @@ BASELINES: dict[str, FeatureBaseline] = {
         "brisque",
     ),
 }
+
+
+for _variant, _stages in ((1, LITE0_STAGES), (2, LITE2_STAGES)):  # the larger Lites (the ``[lite]`` extra)
+    BASELINES[f"kernel-ridge-stages-lite{_variant}"] = FeatureBaseline(
+        f"kernel-ridge-stages-lite{_variant}",
+        f"frozen Lite{_variant} features of every stage + RBF kernel ridge, each stage weighted equally",
+        _every_stage_features(f"tf_efficientnet_lite{_variant}"),
+        kernel_ridge_stage_candidates(_stages),
+        f"lite{_variant}-every-stage",
+    )
 
 
 def get_baseline(name: str) -> FeatureBaseline:

