@@ -124,7 +124,10 @@ def export_onnx(model: QFMIQM, path: str | Path) -> Path:
     return path
 
 
-CHUNK_CROPS = 18  # crops per onnxruntime call: peak memory grows with it, speed hardly (results/benchmark/onnx-chunks.json)
+# Crops per onnxruntime call. Measured with the v2 model (results/benchmark/onnx-chunks.json, one run each):
+# 9, 18, 36 and 144 (a whole batch of 16 images) crops gave 10.7, 11.2, 10.1 and 9.5 images/s, and the
+# same peak memory (1176-1186 MiB).
+CHUNK_CROPS = 18
 
 
 class OnnxNetwork:
