@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from qfm_iqm.benchmark.runner import BenchmarkOutcome
 from qfm_iqm.benchmark.speed import run_speed
 from qfm_iqm.cli.main import main
 from qfm_iqm.evaluation.predict import score_crops
-from qfm_iqm.models.pretrained import DEFAULT_MODEL
+from qfm_iqm.models.pretrained import DEFAULT_MODEL, resolve_model
 from qfm_iqm.models.qfm import QFMIQM, ModelConfig, build_model
 from qfm_iqm.runtime import graph_key, resolve_runtime
 
@@ -115,6 +117,54 @@ def test_a_cached_graph_is_reused_and_is_the_default_on_a_cpu(
     assert load_model(runtime="onnx").network.path == released[1].network.path
     default = load_model()  # runtime "auto": onnx, as the extra is installed
     assert default.runtime == "onnx" and default.network.path == released[1].network.path
+
+
+def test_a_remembered_checkpoint_scores_without_building_its_model(released: tuple[Scorer, Scorer]) -> None:
+    """A fresh process serves the released model from its cached graph: the same score and range, with
+    neither timm nor torchvision imported; the eager model is built only when a quality map asks for it."""
+    code = ("import json, sys; from qfm_iqm import load_model; scorer = load_model(runtime='onnx'); "
+            "result = scorer.score(sys.argv[1]); light = [name in sys.modules for name in ('timm', 'torchvision')]; "
+            "scorer.quality_map(sys.argv[1]); print(json.dumps([result.score, result.low, result.high, light, "
+            "'timm' in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", code, str(EXAMPLES / "sharp.jpg")], capture_output=True, text=True,
+                          env=dict(os.environ), check=True)
+    score, low, high, light, timm_for_the_map = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = released[0].score(EXAMPLES / "sharp.jpg")
+    assert score == pytest.approx(expected.score, abs=1e-3)
+    assert (low, high) == pytest.approx((expected.low, expected.high), abs=1e-3)
+    assert light == [False, False] and timm_for_the_map
+
+
+def test_only_the_very_same_checkpoint_files_are_served_from_the_cache(
+    released: tuple[Scorer, Scorer], tmp_path: Path
+) -> None:
+    source = resolve_model(DEFAULT_MODEL)
+    copy = tmp_path / "copy.safetensors"
+    shutil.copy(source, copy)
+    shutil.copy(source.with_suffix(".json"), copy.with_suffix(".json"))
+    assert runtime.cached_checkpoint_network(copy).path == released[1].network.path  # same bytes, same graph
+    edited = json.loads(copy.with_suffix(".json").read_text())
+    edited["command"] = "edited"
+    copy.with_suffix(".json").write_text(json.dumps(edited))
+    assert runtime.cached_checkpoint_network(copy) is None
+
+
+@pytest.mark.parametrize("damage", ["unreadable", "other probe scores"])
+def test_a_damaged_checkpoint_entry_falls_back_to_the_model(
+    released: tuple[Scorer, Scorer], damage: str
+) -> None:
+    index = runtime.cache_dir() / f"checkpoint-{runtime.checkpoint_key(resolve_model(DEFAULT_MODEL))}.json"
+    entry = json.loads(index.read_text())
+    if damage == "unreadable":
+        index.write_text("{not json")
+    else:
+        index.write_text(json.dumps({**entry, "probe": (np.asarray(entry["probe"]) + 0.01).tolist()}))
+    with pytest.warns(UserWarning, match="building the model"):
+        scorer = load_model(runtime="onnx")
+    assert scorer._model is not None and scorer.network.path == released[1].network.path
+    assert json.loads(index.read_text()) == entry  # written again, from the model
+    image = _images()[0]
+    assert scorer.score(image).score == pytest.approx(released[0].score(image).score, abs=1e-3)
 
 
 def test_a_damaged_cached_graph_is_exported_again(tiny: tuple[Scorer, Scorer]) -> None:

@@ -16,18 +16,21 @@ import os
 import warnings
 from importlib.util import find_spec
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from qfm_iqm import __version__
-from qfm_iqm.models.backbones import fold_batch_norms, restore_padded_same_convs
 from qfm_iqm.models.decoder import PanelOutput
-from qfm_iqm.models.qfm import QFMIQM, ModelConfig, build_model
-from qfm_iqm.utils.checkpoint import atomic_write
+from qfm_iqm.utils.checkpoint import atomic_write, atomic_write_json, checkpoint_paths
 
-__all__ = ["RUNTIMES", "OnnxNetwork", "cache_dir", "export_onnx", "graph_key", "onnx_network", "resolve_runtime"]
+if TYPE_CHECKING:  # the model classes import timm (and torchvision): a cached graph is scored without them
+    from qfm_iqm.models.qfm import QFMIQM
+
+__all__ = ["RUNTIMES", "OnnxNetwork", "cache_dir", "cached_checkpoint_network", "checkpoint_key", "export_onnx",
+           "graph_key", "onnx_network", "remember_checkpoint_network", "resolve_runtime"]
 
 RUNTIMES = ("torch", "onnx")  # and "auto", which picks one of them
 GRAPH_FORMAT = "qfm-iqm-onnx/1"  # part of every graph's key: change it when the exported graph changes
@@ -77,6 +80,20 @@ def graph_key(model: QFMIQM) -> str:
     return digest.hexdigest()
 
 
+def checkpoint_key(checkpoint: str | Path) -> str:
+    """SHA-256 of a checkpoint's two files (weights and JSON), this package's version, torch's version and
+    :data:`GRAPH_FORMAT`: it names the graph of a checkpoint whose files have not changed since."""
+    digest = hashlib.sha256(json.dumps([GRAPH_FORMAT, __version__, torch.__version__]).encode())
+    for path in checkpoint_paths(checkpoint):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _probe_crops(size: int) -> Tensor:
+    """Two fixed random crops on which a graph must score as its model does."""
+    return torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
 class _MemberScores(nn.Module):
     """The network as the graph computes it: crops -> the panel members' scores."""
 
@@ -92,6 +109,9 @@ def _export_copy(model: QFMIQM) -> QFMIQM:
     """A CPU copy of ``model`` with its weights, built for export: timm's exportable layers and its
     padded "same" convolutions (whose padding the exporter folds into each convolution)."""
     from timm.layers import set_layer_config
+
+    from qfm_iqm.models.backbones import fold_batch_norms, restore_padded_same_convs
+    from qfm_iqm.models.qfm import ModelConfig, build_model
 
     with set_layer_config(exportable=True):
         network = build_model(ModelConfig.from_dict(model.config.to_dict()), pretrained_backbone=False)
@@ -155,12 +175,20 @@ class OnnxNetwork:
         return PanelOutput(torch.from_numpy(np.concatenate(scores)))
 
 
+def _probe_scores(model: QFMIQM) -> Tensor:
+    """``model``'s member scores of the probe crops."""
+    with torch.inference_mode():
+        return model(_probe_crops(int(model.config.preprocessing["input_size"]))).member_scores
+
+
 def _checked(network: OnnxNetwork, model: QFMIQM) -> OnnxNetwork:
     """``network``, after checking that it scores two fixed random crops as ``model`` does."""
-    size = int(model.config.preprocessing["input_size"])
-    crops = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    with torch.inference_mode():
-        expected = model(crops).member_scores
+    return _checked_against(network, _probe_scores(model))
+
+
+def _checked_against(network: OnnxNetwork, expected: Tensor) -> OnnxNetwork:
+    """``network``, after checking that it gives the probe crops the member scores ``expected``."""
+    crops = _probe_crops(int(network.session.get_inputs()[0].shape[-1]))
     error = (network(crops).member_scores - expected).abs().max().item()
     if not error <= PROBE_TOLERANCE:  # NaN too
         raise RuntimeError(f"{network.path}: the graph's scores differ from PyTorch's by {error:.3g} "
@@ -181,3 +209,35 @@ def onnx_network(model: QFMIQM, threads: int | None = None, chunk: int | None = 
             warnings.warn(f"cached ONNX graph {path} is unusable ({str(error).strip()[:200]}); exporting it again",
                           stacklevel=2)
     return _checked(OnnxNetwork(export_onnx(model, path), threads, chunk), model)
+
+
+def _checkpoint_index(checkpoint: str | Path) -> Path:
+    return cache_dir() / f"checkpoint-{checkpoint_key(checkpoint)}.json"
+
+
+def remember_checkpoint_network(checkpoint: str | Path, network: OnnxNetwork, model: QFMIQM) -> None:
+    """Record in :func:`cache_dir` that ``network`` (a checked graph of ``model``) is the graph of the
+    checkpoint files ``checkpoint``, with ``model``'s scores of the probe crops, so that
+    :func:`cached_checkpoint_network` can serve that checkpoint without building ``model``."""
+    probe = _probe_scores(model).tolist()
+    atomic_write_json(_checkpoint_index(checkpoint), {"format": GRAPH_FORMAT, "graph": network.path.name, "probe": probe})
+
+
+def cached_checkpoint_network(
+    checkpoint: str | Path, threads: int | None = None, chunk: int | None = None
+) -> OnnxNetwork | None:
+    """The graph :func:`remember_checkpoint_network` recorded for these very checkpoint files, checked
+    against the recorded probe scores; ``None`` when there is none, or it is unreadable or scores otherwise
+    (the caller then builds the model and :func:`onnx_network` exports or repairs the graph)."""
+    _require("onnxruntime")
+    index = _checkpoint_index(checkpoint)
+    if not index.is_file():
+        return None
+    try:
+        entry = json.loads(index.read_text())
+        network = OnnxNetwork(cache_dir() / entry["graph"], threads, chunk)
+        return _checked_against(network, torch.tensor(entry["probe"], dtype=torch.float32))
+    except Exception as error:  # noqa: BLE001 - whatever is wrong, the model is built and checked instead
+        warnings.warn(f"cached ONNX graph of {checkpoint} is unusable ({str(error).strip()[:200]}); "
+                      "building the model to check it", stacklevel=2)
+        return None

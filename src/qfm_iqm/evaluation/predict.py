@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,8 +15,10 @@ from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.torch_datasets import EvalCrops
 from qfm_iqm.data.transforms import Preprocessing
 from qfm_iqm.models.decoder import PanelOutput
-from qfm_iqm.models.qfm import QFMIQM
 from qfm_iqm.training.distributed import all_gather_uneven, is_main, shard
+
+if TYPE_CHECKING:  # the model classes import timm; scoring an exported graph needs neither
+    from qfm_iqm.models.qfm import QFMIQM
 
 # What scores a crop stack: the eager model, or its exported graph (qfm_iqm.runtime.OnnxNetwork).
 CropNetwork = Callable[[torch.Tensor], PanelOutput]
