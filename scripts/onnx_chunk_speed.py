@@ -19,7 +19,7 @@ CELL = """
 import json, sys
 from qfm_iqm import runtime
 from qfm_iqm.benchmark.speed import measure_scoring
-from qfm_iqm.evaluation.protocol import peak_rss_mib
+from qfm_iqm.utils.memory import peak_rss_mib
 from qfm_iqm.models.pretrained import DEFAULT_MODEL
 runtime.CHUNK_CROPS = int(sys.argv[1])
 result = measure_scoring(DEFAULT_MODEL, 16, 128, 500, "cpu", "onnx")

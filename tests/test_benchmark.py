@@ -179,11 +179,11 @@ def test_set_is_checked_before_anything_runs(tmp_path, label_files, capsys):
 
 def test_peak_memory_of_a_child_process_is_its_own():
     """A child started by fork + exec reports its own peak, not the (larger) peak of its parent."""
-    from qfm_iqm.evaluation.protocol import peak_rss_mib
+    from qfm_iqm.utils.memory import peak_rss_mib
 
     held = bytearray(1536 * 2**20)
     held[::4096] = b"\1" * len(range(0, len(held), 4096))  # make the pages resident
-    code = "from qfm_iqm.evaluation.protocol import peak_rss_mib; print(peak_rss_mib())"
+    code = "from qfm_iqm.utils.memory import peak_rss_mib; print(peak_rss_mib())"
     child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 0 < child < peak_rss_mib() - 1000
 

@@ -19,15 +19,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
-from qfm_iqm.benchmark.config import SpeedSpec
 from qfm_iqm.data.records import ImageRecord
-from qfm_iqm.evaluation.protocol import peak_rss_mib
+from qfm_iqm.utils.memory import peak_rss_mib
 from qfm_iqm.utils.allocator import reuse_freed_memory
+
+if TYPE_CHECKING:  # a cell's process imports no more than its measurement does
+    from qfm_iqm.benchmark.config import SpeedSpec
 
 
 def make_jpegs(folder: Path, count: int, size: int, seed: int = 0) -> list[Path]:
@@ -45,12 +48,19 @@ def make_jpegs(folder: Path, count: int, size: int, seed: int = 0) -> list[Path]
 
 
 def _scorer(model: str, device: str, runtime: str):
+    """A released model or checkpoint through ``load_model`` (which, with a cached graph, imports no
+    model code: the cell's memory is what a user's process holds), or an architecture with fixed
+    random weights."""
     from qfm_iqm.api import Scorer, load_model
+    from qfm_iqm.models.pretrained import release_name
+
+    if release_name(model) is not None or Path(model).exists():
+        return load_model(model, device, runtime=runtime)
     from qfm_iqm.models.backbones import fold_batch_norms
     from qfm_iqm.models.qfm import create_model, list_architectures
 
     if model not in list_architectures():
-        return load_model(model, device, runtime=runtime)
+        return load_model(model, device, runtime=runtime)  # its error names what is available
     torch.manual_seed(0)
     network = create_model(model, pretrained_backbone=False).eval()
     fold_batch_norms(network.backbone)  # as load_model does
@@ -151,14 +161,15 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("payload", help="JSON: kind, model, batch_size, spec")
     payload = json.loads(parser.parse_args(argv).payload)
     reuse_freed_memory()  # as the qfm-iqm command does
-    spec = SpeedSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["spec"].items()})
+    spec = payload["spec"]  # SpeedSpec's fields (its class is not imported here)
     if payload["kind"] == "onnx-export":
-        result = measure_onnx_export(payload["model"], spec.device)
+        result = measure_onnx_export(payload["model"], spec["device"])
     elif payload["kind"] == "scoring":
-        result = measure_scoring(payload["model"], payload["batch_size"], spec.score_images, spec.image_size,
-                                 spec.device, payload["runtime"])
+        result = measure_scoring(payload["model"], payload["batch_size"], spec["score_images"], spec["image_size"],
+                                 spec["device"], payload["runtime"])
     else:
-        result = measure_training(payload["model"], payload["batch_size"], spec.train_steps, spec.image_size, spec.device)
+        result = measure_training(payload["model"], payload["batch_size"], spec["train_steps"], spec["image_size"],
+                                  spec["device"])
     result.update(torch_threads=torch.get_num_threads(), peak_rss_mib=round(peak_rss_mib(), 1))
     print(json.dumps(result))
     return 0

@@ -11,7 +11,6 @@ import csv
 import json
 import math
 import platform
-import resource
 import sys
 import time
 from dataclasses import asdict, replace
@@ -36,30 +35,13 @@ from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.distributed import is_main
 from qfm_iqm.training.feature_cache import frozen_backbone_features
 from qfm_iqm.training.trainer import Trainer, resolve_device
+from qfm_iqm.utils.memory import peak_rss_mib
 from qfm_iqm.utils.checkpoint import atomic_write_csv, atomic_write_json, atomic_write_text
 
 INTERVAL_COVERAGE = 0.9  # of the interval calibrated on a split's validation part
 PREDICTION_COLUMNS = (
     "path", "raw_label", "score", "uncertainty", "label", "score_normalised", "uncertainty_normalised"
 )
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, MiB.
-
-    On Linux the high-water mark of ``/proc/self/status`` (``VmHWM``), which starts afresh at ``exec``:
-    ``ru_maxrss`` of a child started by fork + exec keeps the parent's peak. Elsewhere ``ru_maxrss``
-    (KiB on Linux, bytes on macOS).
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def fit_model(
