@@ -142,11 +142,12 @@ def test_only_the_very_same_checkpoint_files_are_served_from_the_cache(
     copy = tmp_path / "copy.safetensors"
     shutil.copy(source, copy)
     shutil.copy(source.with_suffix(".json"), copy.with_suffix(".json"))
-    assert runtime.cached_checkpoint_network(copy).path == released[1].network.path  # same bytes, same graph
+    served = runtime.cached_checkpoint_network(runtime.checkpoint_key(copy))
+    assert served.path == released[1].network.path  # same bytes, same graph
     edited = json.loads(copy.with_suffix(".json").read_text())
     edited["command"] = "edited"
     copy.with_suffix(".json").write_text(json.dumps(edited))
-    assert runtime.cached_checkpoint_network(copy) is None
+    assert runtime.cached_checkpoint_network(runtime.checkpoint_key(copy)) is None
 
 
 @pytest.mark.parametrize("damage", ["unreadable", "other probe scores"])

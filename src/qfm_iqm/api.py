@@ -31,7 +31,7 @@ from qfm_iqm.evaluation.predict import CropNetwork, model_preprocessing, score_c
 from qfm_iqm.evaluation.quality_map import assemble_quality_map, covering_grid
 from qfm_iqm.models.pretrained import DEFAULT_GRID, DEFAULT_MODEL, recorded_interval, resolve_model, scoring_grid
 from qfm_iqm.runtime import (
-    OnnxNetwork, cached_checkpoint_network, onnx_network, remember_checkpoint_network, resolve_runtime,
+    OnnxNetwork, cached_checkpoint_network, checkpoint_key, onnx_network, remember_checkpoint_network, resolve_runtime,
 )
 from qfm_iqm.utils.checkpoint import checkpoint_paths
 
@@ -242,16 +242,18 @@ def load_model(
     faster and about 200 MB lighter; the eager model is built if a quality map asks for it.
     """
     path = resolve_model(name_or_path)
-    if resolve_runtime(runtime, torch.device(device)) == "onnx":
-        network = cached_checkpoint_network(path)  # these very files were checked and exported before
+    onnx = resolve_runtime(runtime, torch.device(device)) == "onnx"
+    key = checkpoint_key(path) if onnx else None  # hashes the checkpoint's files once
+    if onnx:
+        network = cached_checkpoint_network(key)  # these very files were checked and exported before
         if network is not None:
             info = json.loads(checkpoint_paths(path)[1].read_text())
             return Scorer._from_graph(network, lambda: _load_folded(path, device)[0], _score_scale(info),
                                       scoring_grid(info, grid), info, recorded_interval(info))
     model, info = _load_folded(path, device)
     scorer = Scorer(model, _score_scale(info), device, scoring_grid(info, grid), info, recorded_interval(info), runtime)
-    if scorer.runtime == "onnx":
-        remember_checkpoint_network(path, scorer.network, model)
+    if onnx:
+        remember_checkpoint_network(key, scorer.network, model)
     return scorer
 
 

@@ -171,7 +171,8 @@ class OnnxNetwork:
 
     def __call__(self, crops: Tensor) -> PanelOutput:
         pixels = crops.detach().cpu().float().contiguous().numpy()
-        scores = [self.session.run([_OUTPUT], {_INPUT: pixels[i : i + self.chunk]})[0] for i in range(0, len(pixels), self.chunk)]
+        scores = [self.session.run([_OUTPUT], {_INPUT: pixels[i : i + self.chunk]})[0]
+                  for i in range(0, len(pixels), self.chunk)]
         return PanelOutput(torch.from_numpy(np.concatenate(scores)))
 
 
@@ -211,26 +212,25 @@ def onnx_network(model: QFMIQM, threads: int | None = None, chunk: int | None = 
     return _checked(OnnxNetwork(export_onnx(model, path), threads, chunk), model)
 
 
-def _checkpoint_index(checkpoint: str | Path) -> Path:
-    return cache_dir() / f"checkpoint-{checkpoint_key(checkpoint)}.json"
+def _checkpoint_index(key: str) -> Path:
+    return cache_dir() / f"checkpoint-{key}.json"
 
 
-def remember_checkpoint_network(checkpoint: str | Path, network: OnnxNetwork, model: QFMIQM) -> None:
+def remember_checkpoint_network(key: str, network: OnnxNetwork, model: QFMIQM) -> None:
     """Record in :func:`cache_dir` that ``network`` (a checked graph of ``model``) is the graph of the
-    checkpoint files ``checkpoint``, with ``model``'s scores of the probe crops, so that
-    :func:`cached_checkpoint_network` can serve that checkpoint without building ``model``."""
+    checkpoint files whose :func:`checkpoint_key` is ``key``, with ``model``'s scores of the probe crops,
+    so that :func:`cached_checkpoint_network` can serve them without building ``model``."""
     probe = _probe_scores(model).tolist()
-    atomic_write_json(_checkpoint_index(checkpoint), {"format": GRAPH_FORMAT, "graph": network.path.name, "probe": probe})
+    atomic_write_json(_checkpoint_index(key), {"format": GRAPH_FORMAT, "graph": network.path.name, "probe": probe})
 
 
-def cached_checkpoint_network(
-    checkpoint: str | Path, threads: int | None = None, chunk: int | None = None
-) -> OnnxNetwork | None:
-    """The graph :func:`remember_checkpoint_network` recorded for these very checkpoint files, checked
-    against the recorded probe scores; ``None`` when there is none, or it is unreadable or scores otherwise
-    (the caller then builds the model and :func:`onnx_network` exports or repairs the graph)."""
+def cached_checkpoint_network(key: str, threads: int | None = None, chunk: int | None = None) -> OnnxNetwork | None:
+    """The graph :func:`remember_checkpoint_network` recorded for the checkpoint files whose
+    :func:`checkpoint_key` is ``key``, checked against the recorded probe scores; ``None`` when there is
+    none, or it is unreadable or scores otherwise (the caller then builds the model and
+    :func:`onnx_network` exports or repairs the graph)."""
     _require("onnxruntime")
-    index = _checkpoint_index(checkpoint)
+    index = _checkpoint_index(key)
     if not index.is_file():
         return None
     try:
@@ -238,6 +238,6 @@ def cached_checkpoint_network(
         network = OnnxNetwork(cache_dir() / entry["graph"], threads, chunk)
         return _checked_against(network, torch.tensor(entry["probe"], dtype=torch.float32))
     except Exception as error:  # noqa: BLE001 - whatever is wrong, the model is built and checked instead
-        warnings.warn(f"cached ONNX graph of {checkpoint} is unusable ({str(error).strip()[:200]}); "
+        warnings.warn(f"cached ONNX graph entry {index} is unusable ({str(error).strip()[:200]}); "
                       "building the model to check it", stacklevel=2)
         return None
