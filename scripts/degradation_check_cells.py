@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             model, _ = load_checkpoint_model(run_dir, device)
             photos = [dataset.records[i] for i in check_photos(split.test, config.degradation_photos, split.seed)]
             features = frozen_backbone_features(config, model, device)
-            result["degradation_check"] = degradation_check(model, photos, config.eval_grid, device, features=features)
+            result["degradation_check"] = degradation_check(model, photos, config.eval_grid, device, features=features,
+                                       trained_kinds=config.ranked_kinds)
             atomic_write_json(run_dir / "result.json", result)
             print(f"{run_dir}: {result['degradation_check']}", flush=True)
     return 0

@@ -78,11 +78,13 @@ def main(argv: list[str] | None = None) -> int:
             photos = [dataset.records[i] for i in check_photos(val, config.degradation_photos, seed)]
             device = resolve_device(config.device)
             features = frozen_backbone_features(config, model, device)  # None unless the backbone is frozen
-            check = degradation_check(model, photos, config.eval_grid, device, features=features) if photos else {}
+            check = degradation_check(model, photos, config.eval_grid, device, features=features,
+                                       trained_kinds=config.ranked_kinds) if photos else {}
             for epoch in history:
                 rows.append({"variant": variant["name"], "seed": seed, "seconds": round(seconds, 1),
                              **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in epoch.items()}})
             rows[-1].update({f"ordered_{kind}": result["ordered"] for kind, result in check.items()})
+            rows[-1].update({f"steps_{kind}": "/".join(f"{step:.2f}" for step in result["steps"]) for kind, result in check.items()})
             labels = np.array([record.label for record in val_records])
             for grid in spec.get("grids", []):  # the test grid is a choice too: validation SRCC per grid
                 if features is None:

@@ -10,22 +10,23 @@ from PIL import Image
 from torch import nn
 
 from conftest import tiny_config
-from qfm_iqm.data.degradations import KINDS, STRENGTHS, degrade, levels
+from qfm_iqm.data.degradations import HELD_OUT_KINDS, KINDS, STRENGTHS, TRAINED_KINDS, degrade, levels
 from qfm_iqm.data.records import IQADataset, LabelScale
 from qfm_iqm.data.splits import Split
-from qfm_iqm.data.torch_datasets import DEGRADED_STACK, DegradationPairs, stack_position
+from qfm_iqm.data.torch_datasets import DegradationPairs, degraded_stack, stack_position
 from qfm_iqm.data.transforms import Preprocessing, TrainTransform
 from qfm_iqm.evaluation import protocol
-from qfm_iqm.evaluation.degradation_check import degradation_check, ordered_fraction
+from qfm_iqm.evaluation.degradation_check import degradation_check, ordered_fraction, step_fractions
+from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
 def photo() -> Image.Image:
     """A smooth scene with edges and texture, mid-grey on average."""
-    y, x = np.mgrid[0:96, 0:96]
+    y, x = np.mgrid[0:256, 0:256]  # large enough that JPEG 2000 at ratio 320 is not all header
     pixels = 128 + 60 * np.sin(x / 6.0)[..., None] * np.cos(y / 9.0)[..., None] * np.array([1.0, 0.8, 0.6])
-    pixels[30:60, 30:60] = [200, 60, 40]
+    pixels[80:160, 80:160] = [200, 60, 40]
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
@@ -45,6 +46,14 @@ def test_unknown_kinds_and_levels_are_refused(photo):
         degrade(photo, "rain", 1)
     with pytest.raises(ValueError, match="levels 0-3"):
         degrade(photo, "blur", 4)
+    with pytest.raises(ValueError, match="unknown degradation 'rain'"):
+        TrainConfig(rank_kinds=["blur", "rain"])
+
+
+def test_held_out_kinds_are_never_trained_by_default_and_every_family_has_one():
+    assert set(HELD_OUT_KINDS).isdisjoint(TrainConfig().rank_kinds)
+    assert set(TRAINED_KINDS) | set(HELD_OUT_KINDS) == set(KINDS)
+    assert TrainConfig().ranked_kinds == () and TrainConfig(rank_weight=1.0).ranked_kinds == TRAINED_KINDS
 
 
 def test_pairs_are_one_kind_milder_first_and_the_same_crop(tmp_path, photo):
@@ -52,13 +61,14 @@ def test_pairs_are_one_kind_milder_first_and_the_same_crop(tmp_path, photo):
     photo.save(path)
     record = SimpleNamespace(path=path, label=0.5)
     pre = Preprocessing(input_size=64, mean=(0.5,) * 3, std=(0.5,) * 3)
-    pairs = DegradationPairs([record], TrainTransform(pre), seed=0, views=40)
+    kinds = ("noise", "blur", "jpeg", "contrast")
+    pairs = DegradationPairs([record], TrainTransform(pre), seed=0, views=40, kinds=kinds)
     seen = set()
     for index in range(40):
         (kind, milder), (same_kind, stronger) = pairs.versions(index)
         assert kind == same_kind and 0 <= milder < stronger <= levels(kind)
         seen.add(kind)
-    assert seen == set(KINDS)
+    assert seen == set(kinds)
     index = next(i for i in range(40) if pairs.versions(i)[0] == ("blur", 0))
     crops = pairs[index]
     assert crops.shape == (2, 3, 64, 64)
@@ -67,15 +77,17 @@ def test_pairs_are_one_kind_milder_first_and_the_same_crop(tmp_path, photo):
 
 
 def test_stack_positions_cover_every_version_once():
-    positions = [stack_position(kind, level) for kind in KINDS for level in range(1, levels(kind) + 1)]
-    assert sorted(positions) == list(range(1, len(DEGRADED_STACK)))
-    assert stack_position("noise", 0) == 0 and len(DEGRADED_STACK) == 1 + sum(map(len, STRENGTHS.values()))
+    stack = degraded_stack(TRAINED_KINDS)
+    positions = [stack_position(TRAINED_KINDS, kind, level) for kind in TRAINED_KINDS for level in range(1, levels(kind) + 1)]
+    assert sorted(positions) == list(range(1, len(stack)))
+    assert stack_position(TRAINED_KINDS, "noise", 0) == 0
+    assert len(stack) == 1 + sum(len(STRENGTHS[kind]) for kind in TRAINED_KINDS)
 
 
 def test_ordered_fraction_counts_pairs_with_the_milder_higher():
     scores = np.array([[3.0, 2.0, 1.0], [1.0, 2.0, 2.0]])  # photo 1: all 3 right; photo 2: none right (a tie is wrong)
     assert ordered_fraction(scores) == pytest.approx(0.5)
-
+    assert step_fractions(scores) == [0.5, 0.5]  # level 0 vs 1: photo 1 right; 1 vs 2: photo 1 right, photo 2 tied
 
 class _Brightness(nn.Module):
     """Scores a crop by its mean value: brighter is better."""
@@ -91,9 +103,25 @@ def test_degradation_check_scores_every_level_of_every_photo(tmp_path, photo):
     for k in range(3):
         photo.rotate(90 * k).save(tmp_path / f"p{k}.png")
         records.append(SimpleNamespace(path=tmp_path / f"p{k}.png"))
-    check = degradation_check(_Brightness(), records, grid=2, kinds=("underexposure", "overexposure"))
-    assert check["underexposure"] == {"ordered": 1.0, "pairs": 3 * 6}
-    assert check["overexposure"]["ordered"] == 0.0
+    check = degradation_check(_Brightness(), records, grid=2, kinds=("underexposure", "overexposure"),
+                              trained_kinds=("overexposure",))
+    assert check["underexposure"] == {"ordered": 1.0, "pairs": 3 * 6, "steps": [1.0, 1.0, 1.0], "trained": False}
+    assert check["overexposure"]["ordered"] == 0.0 and check["overexposure"]["trained"]
+
+
+class _Constant(nn.Module):
+    """Scores every crop far below the scale, lower the darker: raw scores a clamp would tie at 0."""
+
+    config = _Brightness.config
+
+    def forward(self, crops):
+        return SimpleNamespace(score=crops.mean(dim=(1, 2, 3)) - 5.0, spread=torch.zeros(len(crops)))
+
+
+def test_the_check_orders_scores_below_the_scale_through_the_map(tmp_path, photo):
+    photo.save(tmp_path / "p.png")
+    check = degradation_check(_Constant(), [SimpleNamespace(path=tmp_path / "p.png")], grid=1, kinds=("underexposure",))
+    assert check["underexposure"]["ordered"] == 1.0  # a clamp to [0, 1] would have tied every level
 
 
 def test_ranking_loss_trains_on_pairs_from_labelled_and_unlabelled_images(tmp_path, blur_records):
@@ -112,8 +140,9 @@ def test_frozen_backbone_pairs_come_from_the_cached_stack(tmp_path, blur_records
     pairs = trainer.rank_loader.dataset
     tokens = pairs[0]
     (kind, milder), (_, stronger) = pairs.versions(0)
-    stack = trainer.features.degraded(blur_records[0], range(len(DEGRADED_STACK)))
-    assert torch.equal(tokens, stack[[stack_position(kind, milder), stack_position(kind, stronger)]].float())
+    kinds = config.rank_kinds
+    stack = trainer.features.degraded(blur_records[0], kinds, range(len(degraded_stack(kinds))))
+    assert torch.equal(tokens, stack[[stack_position(kinds, kind, milder), stack_position(kinds, kind, stronger)]].float())
     # level 0 is bank crop 0 (equal up to float16 rounding of two batch sizes)
     assert torch.allclose(stack[0].float(), trainer.features.bank(blur_records[0])[0].float(), atol=1e-2)
 

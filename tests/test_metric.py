@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import qfm_iqm
+from qfm_iqm.data.transforms import crop_grid
 from qfm_iqm.models.pretrained import DEFAULT_MODEL
 
 
@@ -73,19 +74,24 @@ def test_gradient_step_raises_the_score(images: np.ndarray) -> None:
 
 
 def test_scores_stay_on_the_scale_whatever_the_network_outputs(images: np.ndarray) -> None:
-    """A head scaled 50x drives the raw output far outside [0, 1]: ``score`` and the metric clamp it
-    to the model's range; the loss keeps the unclamped value (its gradient must not vanish)."""
+    """A head scaled 50x drives the raw output far outside [0, 1]: ``score``, the metric and the loss
+    all map it into the model's range by the same strictly increasing map, so scores stay distinct and
+    in order, and the loss's gradient does not vanish."""
     metric = qfm_iqm.create_metric(DEFAULT_MODEL, device="cpu", grid=1)
     loss = qfm_iqm.create_metric(DEFAULT_MODEL, device="cpu", grid=1, as_loss=True)
-    scorer = qfm_iqm.load_model(DEFAULT_MODEL, "cpu", grid=1)
+    scorer = qfm_iqm.load_model(DEFAULT_MODEL, "cpu", grid=1, runtime="torch")
     for net in (metric.net, loss.net, scorer.model):
         with torch.no_grad():
             net.decoder.head.weight.mul_(50.0)
     x = _batch(images)
-    raw = loss(x).detach()
-    assert (raw < 0).any() or (raw > 100).any()
-    clamped = metric(x)
-    assert ((clamped >= 0) & (clamped <= 100)).all()
-    assert torch.allclose(clamped, raw.clamp(0, 100), atol=1e-3)
-    scores = [result.score for result in scorer.score(list(images))]
-    assert all(0 <= s <= 100 for s in scores)
+    raw = metric.net(crop_grid((x - metric.mean) / metric.std, 224, 1).flatten(0, 1)).score.float()
+    assert (raw < 0).any() or (raw > 1).any()
+    mapped = metric(x)
+    assert ((mapped > 0) & (mapped < 100)).all() and len(set(mapped.tolist())) == len(mapped)
+    assert torch.equal(torch.argsort(mapped), torch.argsort(raw))
+    y = x.clone().requires_grad_()
+    scores = loss(y)
+    assert torch.allclose(scores.detach(), mapped)
+    scores.sum().backward()
+    assert all(bool(g.abs().sum() > 0) for g in y.grad)  # every image, even those mapped near an end
+    assert [result.score for result in scorer.score(list(images))] == pytest.approx(mapped.tolist(), abs=1e-3)

@@ -29,6 +29,7 @@ from qfm_iqm.data.transforms import Preprocessing, grid_crops, prepare_image
 from qfm_iqm.evaluation.conformal import ConformalInterval
 from qfm_iqm.evaluation.predict import CropNetwork, model_preprocessing, score_crops
 from qfm_iqm.evaluation.quality_map import assemble_quality_map, covering_grid
+from qfm_iqm.evaluation.score_map import bounded, interval_bounds
 from qfm_iqm.models.pretrained import DEFAULT_GRID, DEFAULT_MODEL, recorded_interval, resolve_model, scoring_grid
 from qfm_iqm.runtime import (
     OnnxNetwork, cached_checkpoint_network, checkpoint_key, onnx_network, remember_checkpoint_network, resolve_runtime,
@@ -43,9 +44,6 @@ __all__ = ["ImageInput", "NORMALISED_SCALE", "ScoreResult", "Scorer", "load_mode
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 # The scale of checkpoints that record none (plain training runs): the model's own [0, 1] output.
 NORMALISED_SCALE = LabelScale(low=0.0, high=1.0, higher_is_better=True, name="normalised")
-# Scores and interval bounds on the normalised scale are clamped to it: the network's linear head is
-# unbounded, and an image far from the training data can land outside the scale.
-NORMALISED_LIMITS = (0.0, 1.0)
 _MAP_CHUNK = 16  # crops per forward pass when computing quality maps of large images
 
 
@@ -174,16 +172,14 @@ class Scorer:
         return grid_crops(image, self.preprocessing, self.grid)
 
     def score_crops(self, crops: torch.Tensor, path: str | None = None) -> ScoreResult:
-        """Score one image from its :meth:`crops`; the score and its range are clamped to the model's
-        scale (see :data:`NORMALISED_LIMITS`)."""
-        score, spread = score_crops(self.network, crops.to(self.device))
-        score = float(np.clip(score, *NORMALISED_LIMITS))
+        """Score one image from its :meth:`crops`. The raw output goes through the one monotone map onto
+        the model's scale, and so does its calibrated range (:mod:`qfm_iqm.evaluation.score_map`)."""
+        raw, spread = score_crops(self.network, crops.to(self.device))
         low = high = None
         if self.interval is not None:  # sorted: a lower-is-better scale swaps the bounds
-            bounds = self.interval.bounds(score, limits=NORMALISED_LIMITS)
-            low, high = sorted(self.scale.denormalize(bound) for bound in bounds)
+            low, high = sorted(self.scale.denormalize(float(bound)) for bound in interval_bounds(self.interval, raw))
         spread = spread * (self.scale.high - self.scale.low)
-        return ScoreResult(self.scale.denormalize(score), spread, path, low=low, high=high)
+        return ScoreResult(self.scale.denormalize(bounded(raw)), spread, path, low=low, high=high)
 
     def score(self, images: ImageInput | Sequence[ImageInput]) -> ScoreResult | list[ScoreResult]:
         """Score one image, or each of a list (or of a Bx3xHxW tensor) -> a result or a list of them.
@@ -228,6 +224,7 @@ def load_model(
     device: torch.device | str = "cpu",
     grid: int | None = None,
     runtime: str = "auto",
+    native: bool = False,
 ) -> Scorer:
     """Load a released model by name (see ``list_pretrained()``) or a trained checkpoint by path.
 
@@ -240,7 +237,18 @@ def load_model(
     exported on first use and cached, needs ``pip install "qfm-iqm[onnx]"``). Once a checkpoint's files
     have a cached graph, the onnx runtime loads it without building the eager model (or importing timm):
     faster and about 200 MB lighter; the eager model is built if a quality map asks for it.
+    ``native``: score photos at their own resolution. By default a photo larger than the scale the
+    model's training data was rated at (its ``preprocessing.max_short_side``, 500 px for the released
+    models) is first downscaled to it, so that its score does not depend on its pixel count.
     """
+    scorer = _load_scorer(name_or_path, device, grid, runtime)
+    if native:
+        scorer.preprocessing = scorer.preprocessing.without_viewing_scale()
+    return scorer
+
+
+def _load_scorer(name_or_path: str | Path, device: torch.device | str, grid: int | None, runtime: str) -> Scorer:
+    """:func:`load_model` at the checkpoint's own preprocessing."""
     path = resolve_model(name_or_path)
     onnx = resolve_runtime(runtime, torch.device(device)) == "onnx"
     key = checkpoint_key(path) if onnx else None  # hashes the checkpoint's files once

@@ -6,10 +6,9 @@
 >>> loss_fn = qfm_iqm.create_metric(as_loss=True)
 >>> loss = -loss_fn(restored).mean()     # higher is better (``lower_better`` is False): minimise -score
 
-A tensor is scored exactly as :meth:`qfm_iqm.Scorer.score` scores an image (the same grid of crops,
-normalisation and score scale) but without 8-bit quantisation. Images whose shorter side is below
-the crop size are upscaled with torch's bicubic interpolation, which is close to, but not the same
-as, the PIL resampling used for files.
+A tensor is scored exactly as :meth:`qfm_iqm.Scorer.score` scores an image (the same viewing scale,
+grid of crops, normalisation and score map) but without 8-bit quantisation: images are resized (to the model's
+viewing scale, or up to the crop size) by the same resampling as files, without rounding to 8 bits.
 """
 
 from __future__ import annotations
@@ -21,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qfm_iqm.api import Scorer, load_model
-from qfm_iqm.data.transforms import crop_grid, short_side_size
+from qfm_iqm.data.transforms import crop_grid, resize_tensor
+from qfm_iqm.evaluation.score_map import bounded
 from qfm_iqm.models.pretrained import DEFAULT_MODEL, list_pretrained
 
 __all__ = ["QualityMetric", "create_metric", "list_models"]
@@ -32,22 +32,15 @@ def list_models() -> list[str]:
     return list_pretrained()
 
 
-def _resized(x: Tensor, size: int) -> Tensor:
-    """Bicubic resize of (B, C, H, W) so that the shorter side equals ``size`` (aspect kept)."""
-    width, height = short_side_size(x.shape[-1], x.shape[-2], size)
-    if (height, width) == tuple(x.shape[-2:]):
-        return x
-    return F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
-
-
 class QualityMetric(nn.Module):
     """A QFM-IQM model as a metric: ``forward(x)`` maps Bx3xHxW floats in [0, 1] to B scores.
 
     Scores are on the model's scale (``score_range``; MOS 0-100 for the released model), higher is
     better unless ``lower_better``. The network is frozen and stays in eval mode; with ``as_loss``
     gradients flow to the input, otherwise the forward pass records none. Input values outside [0, 1]
-    are not clipped. Scores are clamped to ``score_range`` as ``score`` clamps them, except with
-    ``as_loss``, where a clamp would stop the gradient of an image scored outside the range.
+    are not clipped. Scores go through the same strictly increasing map onto ``score_range`` as
+    ``score``'s (:mod:`qfm_iqm.evaluation.score_map`), with or without ``as_loss``: bounded, and with a
+    gradient everywhere.
     """
 
     def __init__(self, scorer: Scorer, as_loss: bool = False) -> None:
@@ -78,13 +71,14 @@ class QualityMetric(nn.Module):
             pre = self.preprocessing
             x = x.to(self.mean.device, torch.float32)
             if pre.resize_short_side:
-                x = _resized(x, pre.resize_short_side)
+                x = resize_tensor(x, pre.resize_short_side)
+            if pre.max_short_side and min(x.shape[-2:]) > pre.max_short_side:
+                x = resize_tensor(x, pre.max_short_side)
             if min(x.shape[-2:]) < pre.input_size:
-                x = _resized(x, pre.input_size)
+                x = resize_tensor(x, pre.input_size)
             crops = crop_grid((x - self.mean) / self.std, pre.input_size, self.grid)  # (B, n, 3, S, S)
-            normalised = self.net(crops.flatten(0, 1)).score.float().view(len(x), -1).mean(dim=1)
-            if not self.as_loss:
-                normalised = normalised.clamp(0.0, 1.0)
+            raw = self.net(crops.flatten(0, 1)).score.float().view(len(x), -1).mean(dim=1)
+            normalised = bounded(raw)
             if self.lower_better:
                 normalised = 1.0 - normalised
             return self.scale.low + normalised * (self.scale.high - self.scale.low)
@@ -95,13 +89,15 @@ def create_metric(
     device: torch.device | str | None = None,
     as_loss: bool = False,
     grid: int | None = None,
+    native: bool = False,
 ) -> QualityMetric:
     """A released model (``list_models()``; hyphens or underscores) or a trained checkpoint as a metric.
 
     ``device``: where it runs (default: CUDA when available, else CPU). ``as_loss``: let gradients
     flow to the input, to train a network with the metric as its loss. ``grid``: crops per side, as
-    for ``load_model`` (by default the checkpoint's recorded grid, else 3).
+    for ``load_model`` (by default the checkpoint's recorded grid, else 3). ``native``: score at the
+    input's own resolution instead of the model's viewing scale, as for ``load_model``.
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return QualityMetric(load_model(name, device, grid, runtime="torch"), as_loss)
+    return QualityMetric(load_model(name, device, grid, runtime="torch", native=native), as_loss)

@@ -22,6 +22,7 @@ from qfm_iqm.data.records import DatasetError, IQADataset, LabelScale, offenders
 from qfm_iqm.data.registry import register_dataset
 
 CSIQ_SCALE = LabelScale(low=0.0, high=1.0, higher_is_better=False, name="DMOS")
+CSIQ_RATED_SIDE = 512  # every image is 512x512, rated as stored
 XLSX_NAME = "csiq.DMOS.xlsx"
 TXT_NAME = "csiq_label.txt"
 # distortion folder under dst_imgs/ -> the type token inside the file names
@@ -123,4 +124,5 @@ def load_csiq(root: str | Path) -> IQADataset:
     what = f"CSIQ images listed in {label_file.name}"
     paths = resolve_images([finders[f] for f in folders], names, what)
     records = make_records(paths, raw, CSIQ_SCALE, ref_ids=refs)
-    return IQADataset(name="CSIQ", root=root, records=records, scale=CSIQ_SCALE, synthetic=True)
+    return IQADataset(name="CSIQ", root=root, records=records, scale=CSIQ_SCALE, synthetic=True,
+                      rated_short_side=CSIQ_RATED_SIDE)

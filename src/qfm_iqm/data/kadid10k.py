@@ -17,6 +17,7 @@ from qfm_iqm.data.records import IQADataset, LabelScale
 from qfm_iqm.data.registry import register_dataset
 
 KADID_SCALE = LabelScale(low=1.0, high=5.0, higher_is_better=True, name="MOS")
+KADID_RATED_SIDE = 384  # every image is 512x384, rated as stored
 
 
 @register_dataset(
@@ -45,4 +46,5 @@ def load_kadid10k(root: str | Path) -> IQADataset:
     stds = None if var is None else check_scores(names, table.values(var), where, 0.0, None)
     paths = resolve_images(ImageFinder([root / "images"]), names, f"KADID-10k images listed in {table.path.name}")
     records = make_records(paths, raw, KADID_SCALE, ref_ids=refs, stds=stds)
-    return IQADataset(name="KADID-10k", root=root, records=records, scale=KADID_SCALE, synthetic=True)
+    return IQADataset(name="KADID-10k", root=root, records=records, scale=KADID_SCALE, synthetic=True,
+                      rated_short_side=KADID_RATED_SIDE)

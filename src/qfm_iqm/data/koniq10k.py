@@ -22,6 +22,7 @@ from qfm_iqm.data.registry import register_dataset
 
 SCORES_FILE = "koniq10k_scores_and_distributions.csv"
 SETS_FILE = "koniq10k_distributions_sets.csv"
+KONIQ_RATED_SIDE = 768  # the released 1024x768 images, as rated
 IMAGE_FOLDERS = ("1024x768", "512x384")
 # score -> its scale: MOS_zscore is the rescaled z-score MOS (0..100) the field reports, MOS the mean of
 # the 1..5 ratings
@@ -101,4 +102,5 @@ def load_koniq10k(root: str | Path, *, images: str = "auto", score: str = "MOS_z
         split = _official_split(names, table if sets_path == table.path else read_csv(sets_path))
     paths = resolve_images(ImageFinder([root / folder]), names, f"KonIQ-10k images listed in {table.path.name}")
     records = make_records(paths, raw, scale, stds=stds)
-    return IQADataset(name="KonIQ-10k", root=root, records=records, scale=scale, synthetic=False, official_split=split)
+    return IQADataset(name="KonIQ-10k", root=root, records=records, scale=scale, synthetic=False, official_split=split,
+                      rated_short_side=KONIQ_RATED_SIDE)

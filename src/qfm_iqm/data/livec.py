@@ -20,6 +20,7 @@ from qfm_iqm.data.records import DatasetError, IQADataset, LabelScale, offenders
 from qfm_iqm.data.registry import register_dataset
 
 LIVEC_SCALE = LabelScale(low=0.0, high=100.0, higher_is_better=True, name="MOS")
+LIVEC_RATED_SIDE = 500  # the photos were rated as stored: 500x500 (phone photos downscaled by the authors)
 # The release's first entries are the training-phase images t1..t7, excluded by the standard protocol.
 LIVEC_N_TRAINING_ENTRIES = 7
 _IMAGE_DIRS = ("Images", "Images/trainingImages")
@@ -73,4 +74,5 @@ def load_livec(root: str | Path) -> IQADataset:
         raise DatasetError(f"LIVEC image folder missing: {root / _IMAGE_DIRS[0]}")
     paths = resolve_images(finder, names, f"LIVEC images listed in {data}")
     records = make_records(paths, mos, LIVEC_SCALE, stds=std)
-    return IQADataset(name="LIVEC", root=root, records=records, scale=LIVEC_SCALE, synthetic=False)
+    return IQADataset(name="LIVEC", root=root, records=records, scale=LIVEC_SCALE, synthetic=False,
+                      rated_short_side=LIVEC_RATED_SIDE)

@@ -72,7 +72,9 @@ class IQADataset:
     ``official_split`` maps the authors' part names (``train``, ``val``, ``test``) to record indices
     where the authors publish a split. ``resize_short_side`` is the dataset's resize rule: images are
     to be resized (aspect kept) so their shorter side has this many pixels before cropping; ``None``
-    means images are used at their stored size.
+    means images are used at their stored size. ``rated_short_side`` is the shorter side at which the
+    images were shown to the raters (where it is one size): a model trained on them scores every photo
+    at that scale (``Preprocessing.max_short_side``).
     """
 
     name: str
@@ -82,6 +84,7 @@ class IQADataset:
     synthetic: bool
     official_split: dict[str, tuple[int, ...]] | None = None
     resize_short_side: int | None = None
+    rated_short_side: int | None = None
 
     def __len__(self) -> int:
         return len(self.records)

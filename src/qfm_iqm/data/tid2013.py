@@ -17,6 +17,7 @@ from qfm_iqm.data.records import DatasetError, IQADataset, LabelScale, offenders
 from qfm_iqm.data.registry import register_dataset
 
 TID2013_SCALE = LabelScale(low=0.0, high=9.0, higher_is_better=True, name="MOS")
+TID2013_RATED_SIDE = 384  # every image is 512x384, rated as stored
 _NAME = re.compile(r"i(?P<ref>\d{2})_(?P<dist>\d{2})_(?P<level>\d)\.bmp", re.IGNORECASE)
 
 
@@ -62,4 +63,5 @@ def load_tid2013(root: str | Path) -> IQADataset:
     paths = resolve_images(ImageFinder([root / "distorted_images"]), names, f"TID2013 images listed in {label_file}")
     refs = [f"I{m.group('ref')}" for m in matches if m is not None]
     records = make_records(paths, raw, TID2013_SCALE, ref_ids=refs, stds=stds)
-    return IQADataset(name="TID2013", root=root, records=records, scale=TID2013_SCALE, synthetic=True)
+    return IQADataset(name="TID2013", root=root, records=records, scale=TID2013_SCALE, synthetic=True,
+                      rated_short_side=TID2013_RATED_SIDE)

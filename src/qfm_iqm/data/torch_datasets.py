@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from qfm_iqm.data.degradations import KINDS, degrade, levels
+from qfm_iqm.data.degradations import degrade, levels
 from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.transforms import Preprocessing, TrainTransform, grid_crops, prepare_image
@@ -111,15 +111,14 @@ class EvalCrops(Dataset):
         return x, y, index
 
 
-# The degraded versions of one crop, in a fixed order: the crop itself, then every (kind, level >= 1).
-DEGRADED_STACK: tuple[tuple[str | None, int], ...] = ((None, 0),) + tuple(
-    (kind, level) for kind in KINDS for level in range(1, levels(kind) + 1)
-)
+def degraded_stack(kinds: Sequence[str]) -> tuple[tuple[str | None, int], ...]:
+    """The degraded versions of one crop, in a fixed order: the crop itself, then every (kind, level >= 1)."""
+    return ((None, 0),) + tuple((kind, level) for kind in kinds for level in range(1, levels(kind) + 1))
 
 
-def stack_position(kind: str, level: int) -> int:
-    """Where ``kind`` at ``level`` lies in :data:`DEGRADED_STACK` (level 0 is the undamaged crop)."""
-    return 0 if level == 0 else DEGRADED_STACK.index((kind, level))
+def stack_position(kinds: Sequence[str], kind: str, level: int) -> int:
+    """Where ``kind`` at ``level`` lies in ``degraded_stack(kinds)`` (level 0 is the undamaged crop)."""
+    return 0 if level == 0 else degraded_stack(kinds).index((kind, level))
 
 
 def degraded_crops(
@@ -137,23 +136,24 @@ def degraded_crops(
 
 class DegradationPairs(EpochViews):
     """Pairs whose quality order is known: item ``i`` -> ``(2, ...)``, a milder and a stronger version of
-    one crop of record ``i % n`` under one degradation kind, both drawn from (seed, epoch, i).
+    one crop of record ``i % n`` under one of ``kinds``, both drawn from (seed, epoch, i).
 
     With ``features`` (a frozen backbone's cache) the versions are the cached backbone tokens of the
     record's fixed degraded crop stack; otherwise crops are cut and damaged on the fly.
     """
 
     def __init__(self, records: Sequence[ImageRecord], transform: TrainTransform, seed: int, views: int,
-                 features=None) -> None:
+                 kinds: Sequence[str], features=None) -> None:
         super().__init__(len(records), seed, views)
         self.records = list(records)
         self.transform = transform
+        self.kinds = tuple(kinds)
         self.features = features
 
     def versions(self, index: int) -> tuple[tuple[str, int], tuple[str, int]]:
         """The (kind, level) of the milder and of the stronger version of item ``index``."""
         rng = np.random.default_rng(self.view_seed(index))
-        kind = KINDS[int(rng.integers(len(KINDS)))]
+        kind = self.kinds[int(rng.integers(len(self.kinds)))]
         milder, stronger = sorted(rng.choice(levels(kind) + 1, size=2, replace=False).tolist())
         return (kind, milder), (kind, stronger)
 
@@ -161,6 +161,7 @@ class DegradationPairs(EpochViews):
         record = self.records[index % self.num_records]
         pair = self.versions(index)
         if self.features is not None:
-            return self.features.degraded(record, [stack_position(*version) for version in pair]).float()
+            positions = [stack_position(self.kinds, *version) for version in pair]
+            return self.features.degraded(record, self.kinds, positions).float()
         image = prepare_image(load_image(record.path), self.transform.pre)
         return degraded_crops(image, self.transform, pair, self.view_seed(index) % 2**32)

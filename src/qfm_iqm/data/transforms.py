@@ -1,19 +1,25 @@
 """Crop-based preprocessing: random training crops and a deterministic grid of test crops.
 
-Resize rules (both train and test, applied before cropping):
+Resize rules (train, test and scoring alike, applied before cropping, in this order):
 * datasets of very large photos (SPAQ) set ``resize_short_side``: every image is first resized
-  (bicubic, aspect kept) so that its shorter side equals it;
-* small-image rule: an image whose shorter side is below the crop size ``S`` is then upscaled with
-  bicubic resampling, keeping its aspect ratio, so that its shorter side equals ``S``.
-Otherwise images are never resized; crops are taken at native resolution.
+  (aspect kept) so that its shorter side equals it;
+* the canonical viewing scale ``max_short_side``: the scale the training data was rated at (500 px
+  for LIVE Challenge). An image whose shorter side is larger is downscaled (aspect kept) so that its
+  shorter side equals it, so a photo scores the same at any pixel count;
+  smaller images are left as they are;
+* small-image rule: an image whose shorter side is below the crop size ``S`` is then upscaled,
+  keeping its aspect ratio, so that its shorter side equals ``S``.
+Otherwise images are never resized; crops are taken at native resolution. Every resize is bicubic with
+antialiasing (:func:`resize_tensor`), on files and on the metric's tensors alike.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from qfm_iqm.data.images import to_rgb
@@ -24,12 +30,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Crop size and per-channel normalisation of a backbone's input."""
+    """Crop size, per-channel normalisation and resize rules (module docstring) of a model's input."""
 
     input_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resize_short_side: int | None = None
+    max_short_side: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> "Preprocessing":
@@ -39,7 +46,12 @@ class Preprocessing:
             mean=tuple(data["mean"]),
             std=tuple(data["std"]),
             resize_short_side=data.get("resize_short_side"),
+            max_short_side=data.get("max_short_side"),
         )
+
+    def without_viewing_scale(self) -> "Preprocessing":
+        """The same preprocessing at native resolution (no ``max_short_side``): ``--native`` scoring."""
+        return replace(self, max_short_side=None)
 
     def __post_init__(self) -> None:
         if self.input_size <= 0:
@@ -66,22 +78,38 @@ def short_side_size(width: int, height: int, size: int) -> tuple[int, int]:
             size if height == short else max(size, round(height * scale)))
 
 
+def resize_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize images (..., C, H, W) so that the shorter side equals ``size`` (aspect kept): bicubic with
+    antialiasing, the one resampling of every resize rule, for files and tensors (the metric) alike."""
+    width, height = short_side_size(x.shape[-1], x.shape[-2], size)
+    if (height, width) == tuple(x.shape[-2:]):
+        return x
+    batch = x.reshape(-1, *x.shape[-3:])
+    resized = F.interpolate(batch, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+    return resized.reshape(*x.shape[:-2], height, width)
+
+
 def resize_short_side(img: Image.Image, size: int) -> Image.Image:
-    """Bicubic resize (aspect kept) so that the shorter side equals ``size``."""
-    new_size = short_side_size(*img.size, size)
-    return img if new_size == img.size else img.resize(new_size, Image.Resampling.BICUBIC)
+    """:func:`resize_tensor` of an RGB image, rounded back to 8 bits."""
+    if short_side_size(*img.size, size) == img.size:
+        return img
+    pixels = torch.from_numpy(np.asarray(to_rgb(img), dtype=np.uint8).copy()).permute(2, 0, 1).float()
+    resized = resize_tensor(pixels, size).round_().clamp_(0, 255).to(torch.uint8)
+    return Image.fromarray(resized.permute(1, 2, 0).numpy())
 
 
 def ensure_min_side(img: Image.Image, size: int) -> Image.Image:
-    """Apply the small-image rule: bicubic upscale so the shorter side is ``size`` (no-op if already >=)."""
+    """Apply the small-image rule: upscale so the shorter side is ``size`` (no-op if already >=)."""
     return img if min(img.size) >= size else resize_short_side(img, size)
 
 
 def prepare_image(img: Image.Image, pre: Preprocessing) -> Image.Image:
-    """RGB conversion and both resize rules of the module docstring, in that order."""
+    """RGB conversion and the resize rules of the module docstring, in that order."""
     img = to_rgb(img)
     if pre.resize_short_side:
         img = resize_short_side(img, pre.resize_short_side)
+    if pre.max_short_side and min(img.size) > pre.max_short_side:
+        img = resize_short_side(img, pre.max_short_side)
     return ensure_min_side(img, pre.input_size)
 
 

@@ -7,13 +7,14 @@ with the calibration images (Vovk et al.; Lei et al. 2018). With a per-image ``d
 residuals are divided by it and the interval is ``score +- q * difficulty``: as valid, and narrower
 where the difficulty estimate tracks the error.
 
-Bounds can be clamped to the scale the labels live on (``limits``): a label inside the scale is
-inside the clamped interval exactly when it is inside the unclamped one, so coverage is unchanged.
+Reported scores go through a strictly increasing map onto the scale (:mod:`qfm_iqm.evaluation.score_map`);
+calibrating on labels taken back through its inverse keeps the guarantee for the mapped bounds.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -56,10 +57,8 @@ class ConformalInterval:
         self,
         scores: np.ndarray | float,
         difficulty: np.ndarray | None = None,
-        limits: tuple[float, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(low, high)`` for each score (same units as the calibration residuals), clamped to
-        ``limits`` when given."""
+        """``(low, high)`` for each score (same units as the calibration residuals)."""
         scores = np.asarray(scores, dtype=np.float64)
         if self.scaled:
             if difficulty is None:
@@ -67,10 +66,7 @@ class ConformalInterval:
             half = self.quantile * np.asarray(difficulty, dtype=np.float64)
         else:
             half = np.full_like(scores, self.quantile)
-        low, high = scores - half, scores + half
-        if limits is not None:
-            low, high = np.clip(low, *limits), np.clip(high, *limits)
-        return low, high
+        return scores - half, scores + half
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,8 +82,10 @@ def calibrate(
 ) -> ConformalInterval:
     """The split-conformal interval of ``coverage`` from held-out ``predictions`` and their ``labels``.
 
-    Raises ``ValueError`` for a coverage outside (0, 1), mismatched or non-finite inputs, a
-    non-positive difficulty, or too few calibration images for the coverage (``n < 1/(1-coverage) - 1``).
+    A label of ``+-inf`` (one at the very end of a bounded scale, see :func:`~qfm_iqm.evaluation.score_map.unbounded`)
+    is a residual no interval covers. Raises ``ValueError`` for a coverage outside (0, 1), mismatched
+    inputs, NaN or infinite predictions, a non-positive difficulty, too few calibration images for the
+    coverage (``n < 1/(1-coverage) - 1``), or so many infinite residuals that the half-width is infinite.
     """
     _check_coverage(coverage)
     predictions, labels = np.asarray(predictions, np.float64), np.asarray(labels, np.float64)
@@ -99,13 +97,15 @@ def calibrate(
         if difficulty.shape != residuals.shape or not (difficulty > 0).all():
             raise ValueError("difficulty must be positive, one value per prediction")
         residuals = residuals / difficulty
-    if not np.isfinite(residuals).all():
-        raise ValueError("calibration residuals must be finite")
+    if not np.isfinite(predictions).all() or np.isnan(labels).any():
+        raise ValueError("calibration predictions must be finite and labels not NaN")
     n = len(residuals)
     if n < min_calibration_size(coverage):
         raise ValueError(f"{n} calibration images are too few for {coverage:.0%} coverage "
                          f"(need {min_calibration_size(coverage)})")
     quantile = float(np.sort(residuals)[_rank(n, coverage) - 1])
+    if not math.isfinite(quantile):
+        raise ValueError(f"more than {1 - coverage:.0%} of the calibration labels lie at the ends of the scale")
     return ConformalInterval(coverage, quantile, difficulty is not None, n)
 
 
@@ -114,10 +114,12 @@ def interval_report(
     predictions: np.ndarray,
     labels: np.ndarray,
     difficulty: np.ndarray | None = None,
-    limits: tuple[float, float] | None = None,
+    score_map: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Measured ``coverage`` (share of labels inside their interval) and ``mean_width`` on new data
-    (of the bounds clamped to ``limits`` when given)."""
-    low, high = interval.bounds(predictions, difficulty, limits)
+    """Measured ``coverage`` (share of labels inside their interval) and ``mean_width`` on new data, of
+    the bounds passed through ``score_map`` when given (the reported range)."""
+    low, high = interval.bounds(predictions, difficulty)
+    if score_map is not None:
+        low, high = score_map(low), score_map(high)
     labels = np.asarray(labels, np.float64)
     return {"coverage": float(((labels >= low) & (labels <= high)).mean()), "mean_width": float((high - low).mean())}

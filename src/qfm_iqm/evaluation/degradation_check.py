@@ -1,8 +1,10 @@
 """The degradation check: does a model rate a photo lower the more it is damaged?
 
-Each photo is scored at every level of every degradation kind (``qfm_iqm.data.degradations``); of every
-(milder, stronger) pair of levels of one photo and kind, the model is right when the milder one scores
-higher (a tie counts as wrong). The result is the fraction of pairs ordered right, per kind.
+Each photo is scored at every level of every degradation kind (``qfm_iqm.data.degradations``), as users
+get scores: at the model's viewing scale and through the score map. Of every (milder, stronger) pair of
+levels of one photo and kind, the model is right when the milder one scores higher (a tie counts as
+wrong). The result is, per kind, the fraction of all pairs ordered right and of the neighbour pairs of
+each strength step (level 0 vs 1, 1 vs 2, ...), and whether the ranking loss trained on the kind.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.transforms import grid_crops
 from qfm_iqm.evaluation.predict import model_preprocessing, score_crops, score_tokens
+from qfm_iqm.evaluation.score_map import bounded
 from qfm_iqm.models.qfm import QFMIQM
 from qfm_iqm.training.feature_cache import FrozenBackboneFeatures
 
@@ -29,6 +32,11 @@ def ordered_fraction(scores: np.ndarray) -> float:
     return float(np.mean(pairs))
 
 
+def step_fractions(scores: np.ndarray) -> list[float]:
+    """Per strength step ``k`` (level ``k - 1`` vs ``k``), the share of photos whose milder version scores higher."""
+    return [float(np.mean(scores[:, k - 1] > scores[:, k])) for k in range(1, scores.shape[1])]
+
+
 @torch.inference_mode()
 def degradation_check(
     model: QFMIQM,
@@ -37,9 +45,11 @@ def degradation_check(
     device: torch.device | str = "cpu",
     kinds: Sequence[str] = KINDS,
     features: FrozenBackboneFeatures | None = None,
-) -> dict[str, dict[str, float]]:
-    """``{kind: {"ordered": fraction of pairs ordered right, "pairs": number of pairs}}`` on ``records``'
-    photos (their labels are not read). Each photo's noise is seeded by its path. With ``features``
+    trained_kinds: Sequence[str] = (),
+) -> dict[str, dict]:
+    """``{kind: {"ordered": fraction of pairs ordered right, "pairs": number of pairs, "steps": fraction
+    ordered right per strength step, "trained": whether the kind is one of ``trained_kinds``}}`` on
+    ``records``' photos (their labels are not read). Each photo's noise is seeded by its path. With ``features``
     (the model's frozen backbone and its cache) the backbone outputs of the damaged photos are
     computed once and shared by every model on that backbone."""
     model.eval()
@@ -62,8 +72,10 @@ def degradation_check(
             for level in range(1, levels(kind) + 1):
                 scores[kind][row, level] = score(kind, level)
     pairs_per_photo = {kind: levels(kind) * (levels(kind) + 1) // 2 for kind in kinds}
+    reported = {kind: bounded(raw) for kind, raw in scores.items()}  # the scores users get
     return {
-        kind: {"ordered": round(ordered_fraction(scores[kind]), 4), "pairs": len(records) * pairs_per_photo[kind]}
+        kind: {"ordered": round(ordered_fraction(reported[kind]), 4), "pairs": len(records) * pairs_per_photo[kind],
+               "steps": [round(step, 4) for step in step_fractions(reported[kind])], "trained": kind in trained_kinds}
         for kind in kinds
     }
 

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from qfm_iqm import __version__
-from qfm_iqm.api import NORMALISED_LIMITS
 from qfm_iqm.data.records import IQADataset, ImageRecord
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.splits import Split, carve_validation, make_splits, save_splits
 from qfm_iqm.evaluation.baselines import FeatureBaseline, get_baseline, regress_on_split
 from qfm_iqm.evaluation.degradation_check import check_photos, degradation_check
-from qfm_iqm.evaluation.conformal import ConformalInterval, calibrate, interval_report, min_calibration_size
+from qfm_iqm.evaluation.conformal import ConformalInterval, interval_report, min_calibration_size
+from qfm_iqm.evaluation.score_map import bounded, calibrate_bounded
 from qfm_iqm.evaluation.metrics import compute_metrics, summarize
 from qfm_iqm.evaluation.predict import Predictions, predict_records
 from qfm_iqm.models.pretrained import record_interval
@@ -70,8 +70,9 @@ def fit_model(
 
 
 def config_for_dataset(config: TrainConfig, dataset: IQADataset) -> TrainConfig:
-    """The configuration with the dataset's resize rule recorded in the model's preprocessing."""
-    return replace(config, model=replace(config.model, resize_short_side=dataset.resize_short_side))
+    """The configuration with the dataset's resize rule and viewing scale recorded in the model's preprocessing."""
+    return replace(config, model=replace(config.model, resize_short_side=dataset.resize_short_side,
+                                         max_short_side=dataset.rated_short_side))
 
 
 def training_metadata(dataset: IQADataset, split_seed: int | None, train_size: int, command: str | None = None) -> dict:
@@ -86,21 +87,23 @@ def training_metadata(dataset: IQADataset, split_seed: int | None, train_size: i
 
 
 def metrics_on(dataset: IQADataset, indices: tuple[int, ...], predictions: Predictions) -> dict[str, float]:
-    """Correlations against the normalised labels; RMSE of the predictions in raw-label units."""
+    """Correlations of the reported scores (the raw ones through the score map) against the normalised
+    labels; RMSE in raw-label units."""
     labels = dataset.labels()[list(indices)]
-    metrics = compute_metrics(predictions.scores, labels)
+    metrics = compute_metrics(bounded(predictions.scores), labels)
     metrics["rmse"] *= dataset.scale.high - dataset.scale.low
     return metrics
 
 
 def write_predictions(path: Path, dataset: IQADataset, indices: tuple[int, ...], predictions: Predictions) -> None:
-    """CSV of the predictions: ``score`` and ``uncertainty`` on the scale of ``raw_label`` (the dataset's);
-    ``label``, ``score_normalised`` and ``uncertainty_normalised`` on the [0, 1] scale (higher is better)."""
+    """CSV of the predictions: ``score`` (as the scorer reports it) and ``uncertainty`` on the scale of
+    ``raw_label`` (the dataset's); ``label``, ``uncertainty_normalised`` and the network's raw output
+    ``score_normalised`` (before the score map, what ``qfm-iqm calibrate`` reads) on the [0, 1] scale."""
     width = dataset.scale.high - dataset.scale.low
     rows = [list(PREDICTION_COLUMNS)]
     for i, score, spread in zip(indices, predictions.scores, predictions.spreads):
         record = dataset.records[i]
-        rows.append([str(record.path), record.raw_label, f"{dataset.scale.denormalize(score):.6f}",
+        rows.append([str(record.path), record.raw_label, f"{dataset.scale.denormalize(bounded(score)):.6f}",
                      f"{spread * width:.6f}", record.label, f"{score:.6f}", f"{spread:.6f}"])
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(path, rows)
@@ -125,9 +128,9 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def calibrate_normalised(
     scores: np.ndarray, labels: np.ndarray, coverage: float = INTERVAL_COVERAGE
 ) -> ConformalInterval:
-    """The interval of ``coverage`` for normalised scores of held-out images, clamped to [0, 1] first
-    as the scorer clamps them, and their normalised labels."""
-    return calibrate(np.clip(scores, *NORMALISED_LIMITS), labels, coverage)
+    """The interval of ``coverage`` for raw normalised scores of held-out images and their normalised
+    labels, whose range mapped as the scorer maps it holds the labels (:func:`calibrate_bounded`)."""
+    return calibrate_bounded(scores, labels, coverage)
 
 
 def calibrate_on_validation(
@@ -153,12 +156,12 @@ def interval_details(
     interval: ConformalInterval | None, dataset: IQADataset, indices: tuple[int, ...], predictions: Predictions
 ) -> dict:
     """``{"interval": ...}``: how ``interval`` does on the images ``indices`` (their share inside it,
-    ``test_coverage``, and its mean width in raw-label units, bounds clamped to the scale as the scorer
-    clamps them); empty without an interval."""
+    ``test_coverage``, and its mean width in raw-label units, of the range the scorer reports); empty
+    without an interval."""
     if interval is None:
         return {}
-    scores, labels = np.clip(predictions.scores, *NORMALISED_LIMITS), dataset.labels()[list(indices)]
-    report = interval_report(interval, scores, labels, limits=NORMALISED_LIMITS)
+    labels = dataset.labels()[list(indices)]
+    report = interval_report(interval, predictions.scores, labels, score_map=bounded)
     return {"interval": {
         "coverage_target": interval.coverage,
         "quantile": interval.quantile,
@@ -233,7 +236,8 @@ def run_split(
         teacher_predictions = predict_records(teacher, test_records, config.eval_grid, device, progress=progress)
     photos = [dataset.records[i] for i in check_photos(split.test, config.degradation_photos, split.seed)]
     features = frozen_backbone_features(config, model, device)
-    check = degradation_check(model, photos, config.eval_grid, device, features=features) if photos else {}
+    check = degradation_check(model, photos, config.eval_grid, device, features=features,
+                                   trained_kinds=config.ranked_kinds) if photos else {}
     return finish_split(
         run_dir,
         dataset,

@@ -28,6 +28,7 @@ class ModelConfig:
     final_norm: bool = True  # a LayerNorm between the decoder and the score head
     head_init: str = "default"  # projection/decoder/head weights: "default" (PyTorch's) or "deiqt" (see HEAD_INITS)
     resize_short_side: int | None = None  # set from the training dataset (e.g. SPAQ's large photos)
+    max_short_side: int | None = None  # the canonical viewing scale, set from the dataset's rated size
     preprocessing: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -116,6 +117,8 @@ class QFMIQM(nn.Module):
             }
         if config.resize_short_side is not None:
             config.preprocessing["resize_short_side"] = config.resize_short_side
+        if config.max_short_side is not None:
+            config.preprocessing["max_short_side"] = config.max_short_side
 
     def encode(self, images: Tensor) -> Encoded:
         return self.encode_features(*self.backbone(images))

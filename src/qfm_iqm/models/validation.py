@@ -50,12 +50,14 @@ BOUNDS: dict[type, dict[str, tuple[float, float]]] = {
         "mlp_ratio": (0.25, 16.0),
         "stage_grid": (1, 64),
         "resize_short_side": (16, MAX_SHORT_SIDE),
+        "max_short_side": (16, MAX_SHORT_SIDE),
     },
     Preprocessing: {
         "input_size": (16, MAX_CROP_SIZE),
         "mean": (0.0, 1.0),
         "std": (0.01, 1.0),
         "resize_short_side": (16, MAX_SHORT_SIDE),
+        "max_short_side": (16, MAX_SHORT_SIDE),
     },
     LabelScale: {"low": (-1e9, 1e9), "high": (-1e9, 1e9)},
     # on the normalised [0, 1] scale; coverage 0 and 1 are refused on their own

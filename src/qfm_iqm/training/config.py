@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from qfm_iqm.data.degradations import TRAINED_KINDS, check_kinds
 from qfm_iqm.models.qfm import ModelConfig
 
 MODES = ("qfm", "deiqt")
@@ -85,6 +86,7 @@ class TrainConfig:
     rank_weight: float = 0.0
     rank_pairs: int = 8  # degradation pairs per step, from the training (and unlabelled) images
     rank_margin: float = 0.02  # hinge margin on the normalised scale
+    rank_kinds: list[str] = field(default_factory=lambda: list(TRAINED_KINDS))  # the kinds pairs are drawn from
     # data and evaluation
     eval_grid: int = 4  # test crops per side; 4 beat 3 on 25 of 25 LIVEC split models (docs/method.md)
     degradation_photos: int = 20  # test photos per split in the degradation check (0: no check)
@@ -111,6 +113,9 @@ class TrainConfig:
             raise ValueError("crops_per_image and crop_bank must be >= 1")
         if self.rank_weight < 0 or self.rank_pairs < 1 or self.rank_margin < 0 or self.degradation_photos < 0:
             raise ValueError("rank_weight, rank_margin and degradation_photos must be >= 0, rank_pairs >= 1")
+        if not isinstance(self.rank_kinds, (list, tuple)) or not self.rank_kinds:
+            raise ValueError(f"rank_kinds must be a non-empty list of degradation kinds, got {self.rank_kinds!r}")
+        self.rank_kinds = list(check_kinds(self.rank_kinds))
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.schedule not in ("step", "cosine"):
@@ -120,6 +125,11 @@ class TrainConfig:
     def use_noise(self) -> bool:
         """Semantic noisy matching is on (never in ``deiqt`` mode)."""
         return self.mode == "qfm" and self.noise and self.noise_weight > 0
+
+    @property
+    def ranked_kinds(self) -> tuple[str, ...]:
+        """The degradation kinds the ranking loss trains on (none when it is off)."""
+        return tuple(self.rank_kinds) if self.rank_weight > 0 else ()
 
     @property
     def distill(self) -> bool:

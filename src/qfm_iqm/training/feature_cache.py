@@ -17,7 +17,7 @@ from torch import Tensor
 from qfm_iqm.data.degradations import STRENGTHS, degrade
 from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
-from qfm_iqm.data.torch_datasets import DEGRADED_STACK, EpochViews, degraded_crops, item_seed
+from qfm_iqm.data.torch_datasets import EpochViews, degraded_crops, degraded_stack, item_seed
 from qfm_iqm.data.transforms import Preprocessing, TrainTransform, grid_crops, prepare_image
 from qfm_iqm.models.backbones import Backbone
 
@@ -103,16 +103,17 @@ class FrozenBackboneFeatures:
 
         return self._cached((self.identity, str(record.path), "bank", self.bank_size), compute)
 
-    def degraded(self, record: ImageRecord, positions: Sequence[int]) -> Tensor:
+    def degraded(self, record: ImageRecord, kinds: Sequence[str], positions: Sequence[int]) -> Tensor:
         """Tokens of the given ``positions`` of the record's degraded stack: one fixed random crop, undamaged
-        and at every (kind, level) of ``DEGRADED_STACK``. With ``cache_dir`` the stack stays on disk (read
-        a slice at a time, so memory does not grow with it); without, in this process's memory."""
-        key = (self.identity, str(record.path), "degraded", repr(STRENGTHS))
+        and at every (kind, level) of ``degraded_stack(kinds)``. With ``cache_dir`` the stack stays on disk
+        (read a slice at a time, so memory does not grow with it); without, in this process's memory."""
+        strengths = {kind: STRENGTHS[kind] for kind in kinds}
+        key = (self.identity, str(record.path), "degraded", repr(strengths))
 
         def compute() -> Tensor:
             image = prepare_image(load_image(record.path), self.pre)
             seed = item_seed(BANK_SEED, 0, zlib.crc32(str(record.path).encode())) % 2**32
-            return self._encode(degraded_crops(image, self.transform, DEGRADED_STACK, seed))
+            return self._encode(degraded_crops(image, self.transform, degraded_stack(kinds), seed))
 
         file = self._file(key)
         if file is None:
@@ -132,7 +133,7 @@ class FrozenBackboneFeatures:
             damaged = degrade(load_image(record.path), kind, level, zlib.crc32(str(record.path).encode()))
             return self._encode(grid_crops(damaged, self.pre, grid))
 
-        return self._cached((self.identity, str(record.path), "grid", grid, kind, level, repr(STRENGTHS)), compute)
+        return self._cached((self.identity, str(record.path), "grid", grid, kind, level, repr(STRENGTHS[kind])), compute)
 
 
 class CachedCrops(EpochViews):

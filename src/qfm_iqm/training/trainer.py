@@ -192,7 +192,7 @@ class Trainer:
         )
         self.rank_loader = None
         if config.rank_weight > 0:
-            pairs = DegradationPairs(side, TrainTransform(self.pre), config.seed + 2, 1, self.features)
+            pairs = DegradationPairs(side, TrainTransform(self.pre), config.seed + 2, 1, config.rank_kinds, self.features)
             self.rank_loader = self._loader(pairs, config.rank_pairs, config.seed + 2)
         self.forward_pass = self._forward_module()
         self.epoch = 0

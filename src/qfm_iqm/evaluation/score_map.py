@@ -1,0 +1,76 @@
+"""The one map from the network's raw output to a reported score, and the interval built around it.
+
+The score head is linear, so its output is unbounded: a photo unlike any training image can land
+below 0 or above 1 on the normalised scale. Clamping would tie every such photo at the scale's end and
+lose their order. Instead every score users see goes through :func:`bounded`, a strictly increasing map
+of the real line onto (0, 1):
+
+* the identity on ``[MARGIN, 1 - MARGIN]`` (5-95 on a 0-100 MOS scale), so that scores inside the
+  range of the training labels are the network's own;
+* hyperbolic tails below and above, ``MARGIN**2 / (2*MARGIN - x)``, that meet the identity with
+  the same value and slope and approach 0 (1) without reaching it.
+
+Distinct raw scores stay distinct and the map has a positive gradient everywhere, so ``as_loss`` can
+optimise through it. :func:`unbounded` is its inverse.
+
+The calibrated range is built in raw units and mapped: ``[bounded(s - q), bounded(s + q)]``, with ``q``
+calibrated on the residuals ``|unbounded(label) - s|`` of held-out images. A label is inside the mapped
+range exactly when ``unbounded(label)`` is inside the raw one, so split-conformal coverage holds for
+the reported range as it does for the raw one (labels at the very ends of the scale count as misses).
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from qfm_iqm.evaluation.conformal import ConformalInterval, calibrate
+
+__all__ = ["MARGIN", "bounded", "calibrate_bounded", "interval_bounds", "unbounded"]
+
+MARGIN = 0.05  # normalised units: the map is the identity on [MARGIN, 1 - MARGIN]
+
+Scores = TypeVar("Scores", np.ndarray, torch.Tensor, float)
+
+
+def _tail(distance: Scores) -> Scores:
+    """The lower tail at ``MARGIN - distance`` for ``distance >= 0`` (``MARGIN`` at 0, towards 0 as it grows)."""
+    return MARGIN * MARGIN / (MARGIN + distance)
+
+
+def bounded(raw: Scores) -> Scores:
+    """Raw normalised scores -> (0, 1), strictly increasing (works on floats, numpy arrays and tensors,
+    with gradients for tensors)."""
+    if isinstance(raw, torch.Tensor):
+        below = (MARGIN - raw).clamp_min(0.0)  # each tail sees only its own side: no inf in the unused branch
+        above = (raw - (1.0 - MARGIN)).clamp_min(0.0)
+        middle = raw.clamp(MARGIN, 1.0 - MARGIN)
+        return torch.where(raw < MARGIN, _tail(below), torch.where(raw > 1.0 - MARGIN, 1.0 - _tail(above), middle))
+    values = np.asarray(raw, dtype=np.float64)
+    below, above = np.maximum(MARGIN - values, 0.0), np.maximum(values - (1.0 - MARGIN), 0.0)
+    mapped = np.where(values < MARGIN, _tail(below), np.where(values > 1.0 - MARGIN, 1.0 - _tail(above), values))
+    return float(mapped) if isinstance(raw, (float, int)) else mapped
+
+
+def unbounded(score: np.ndarray | float) -> np.ndarray:
+    """The inverse of :func:`bounded` on (0, 1); scores at or beyond 0 (1) give -inf (+inf)."""
+    values = np.asarray(score, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        low = np.where(values > 0.0, MARGIN - (MARGIN * MARGIN / np.maximum(values, 1e-300) - MARGIN), -np.inf)
+        high_distance = np.maximum(1.0 - values, 1e-300)
+        high = np.where(values < 1.0, 1.0 - MARGIN + (MARGIN * MARGIN / high_distance - MARGIN), np.inf)
+    return np.where(values < MARGIN, low, np.where(values > 1.0 - MARGIN, high, values))
+
+
+def calibrate_bounded(raw_scores: np.ndarray, labels: np.ndarray, coverage: float) -> ConformalInterval:
+    """The split-conformal interval (raw units) whose mapped range holds normalised ``labels`` of new
+    images for ``coverage`` of them, from held-out raw scores and their labels."""
+    return calibrate(np.asarray(raw_scores, np.float64), unbounded(labels), coverage)
+
+
+def interval_bounds(interval: ConformalInterval, raw_scores: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """The reported range ``(low, high)`` (normalised, inside (0, 1)) of raw scores."""
+    low, high = interval.bounds(raw_scores)
+    return bounded(low), bounded(high)
