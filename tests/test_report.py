@@ -181,3 +181,10 @@ def test_bad_arguments_are_one_line_errors_before_the_model_loads(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert (tmp_path / "old.html").read_text() == "<p>an older page</p>" and not (tmp_path / "r_files").exists()
+
+
+def test_a_folder_without_images_is_refused_and_leaves_nothing_behind(tmp_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "-o", str(tmp_path / "r.html")]) == 2
+    assert "error: no images found in" in capsys.readouterr().err
+    assert [path.name for path in tmp_path.iterdir()] == ["empty"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -68,6 +69,8 @@ def _report(args: argparse.Namespace, score: Callable[[argparse.Namespace], int]
         scores_file.parent.mkdir(parents=True, exist_ok=True)
         code = score(argparse.Namespace(**{**vars(args), "output": scores_file, "map": None}))
         if code not in (0, 1):
+            with contextlib.suppress(OSError):  # the folder goes only if the run left nothing in it
+                scores_file.parent.rmdir()
             return code
         scores = read_scores(scores_file)
     if args.paths:
@@ -76,6 +79,8 @@ def _report(args: argparse.Namespace, score: Callable[[argparse.Namespace], int]
             for warning in warnings:
                 print(f"warning: {warning}", file=sys.stderr)
         rows = select_rows(scores, files)
+        if not rows:
+            raise ValueError(f"no images found in {' '.join(args.paths)}")
     else:
         rows = scores.rows
     if not is_main():

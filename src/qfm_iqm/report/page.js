@@ -47,7 +47,8 @@
     if (!photo.thumb) return box;
     box.style.aspectRatio = `${photo.width} / ${photo.height}`;
     const img = el("img", "thumb");
-    Object.assign(img, { src: photo.thumb, width: photo.width, height: photo.height, alt: photo.name, loading: "lazy", decoding: "async" });
+    Object.assign(img, { loading: "lazy", decoding: "async", width: photo.width, height: photo.height, alt: photo.name });
+    img.src = photo.thumb; // after loading = "lazy", or every thumbnail is fetched at once
     box.append(img);
     if (photo.map) {
       const overlay = el("img", "map");
@@ -202,5 +203,9 @@
   arrange();
   applyThreshold();
   document.documentElement.dataset.renderMs = performance.now().toFixed(0);
-  window.addEventListener("load", () => { document.documentElement.dataset.loadMs = performance.now().toFixed(0); });
+  window.addEventListener("load", () => {  // timings and thumbnails shown by then, for measurements
+    const root = document.documentElement;
+    root.dataset.loadMs = performance.now().toFixed(0);
+    root.dataset.thumbnailsLoaded = [...gallery.querySelectorAll("img.thumb")].filter((img) => img.naturalWidth > 0).length;
+  });
 })();
