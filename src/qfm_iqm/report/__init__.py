@@ -100,7 +100,10 @@ def select_rows(scores: ScoreFile, files: Sequence[InputFile]) -> list[ScoreResu
         row = rows.get(input_key(file.path))
         if row is None and file.error is not None:
             row = ScoreResult(None, None, file.path, file.error)
-        (missing.append(file.path) if row is None else selected.append(row))
+        if row is None:
+            missing.append(file.path)
+        else:
+            selected.append(row)
     if missing:
         raise ValueError(f"{len(missing)} of the {len(files)} inputs have no row in {scores.path} (e.g. {missing[0]}): "
                          f"score them first with qfm-iqm score ... -o {scores.path} --resume")
@@ -110,10 +113,6 @@ def select_rows(scores: ScoreFile, files: Sequence[InputFile]) -> list[ScoreResu
 def _url(path: str) -> str:
     """A relative URL of a relative file path."""
     return quote(Path(path).as_posix())
-
-
-def _one_decimal(value: float | None) -> str | None:
-    return None if value is None else f"{value:.1f}"
 
 
 def _thumbnail(image: Image.Image) -> Image.Image:
@@ -136,7 +135,7 @@ def _photo_entry(
         "name": name,
         "href": None if row.error is not None else _url(os.path.relpath(source, page_dir)),
         "score": row.score,
-        "text": _one_decimal(row.score),
+        "text": None if row.score is None else f"{row.score:.1f}",
         "low": row.low,
         "high": row.high,
         "range": None if row.low is None else f"{row.low:.1f}\u2013{row.high:.1f}",
