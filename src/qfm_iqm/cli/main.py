@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from qfm_iqm.cli.benchmark_cmd import add_benchmark_command
 from qfm_iqm.cli.datasets_cmd import add_dataset_option_argument, add_datasets_command, parse_dataset_options
+from qfm_iqm.cli.report_cmd import add_report_command
 from qfm_iqm.data.records import DatasetError, IQADataset
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.models.pretrained import DEFAULT_MODEL, release_name
@@ -353,6 +354,32 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``score`` that ``report`` shares: the model, how it runs, and how inputs are found."""
+    parser.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_PATH",
+                        help="released model name or checkpoint folder/file (default: %(default)s)")
+    parser.add_argument("--grid", type=int, metavar="N",
+                        help="test crops per side (default: the model's recorded eval_grid, else 3; 3 for the released "
+                        "model); 4 measured about 0.01 SRCC better on LIVEC, 1.7x slower")
+    parser.add_argument("--native", action="store_true",
+                        help="score photos at their own resolution (pixel-level inspection) instead of first "
+                        "downscaling large ones to the scale the model's training data was rated at (500 px shorter "
+                        "side for the released models)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--runtime", choices=["torch", "onnx", "auto"], default="auto",
+                        help="what runs the model: auto (default: onnx where it can run, else torch), torch, or onnx "
+                        "(onnxruntime on the CPU, faster; the graph is exported on first use and cached; needs "
+                        "pip install \"qfm-iqm[onnx]\")")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=16, metavar="N",
+                        help="images per loading batch (default: 16)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="decoding processes (default: 0 for a single batch or on <= 2 cores, else min(4, CPUs/2))")
+    parser.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
+                        help="search folders recursively (default: yes)")
+    parser.add_argument("--max-pixels", dest="max_pixels", type=int, metavar="N",
+                        help="decompression-bomb limit in pixels (default: Pillow's, about 89.5 million; 0: no limit)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qfm-iqm", description="QFM-IQM no-reference image quality assessment")
     _add_global_options(parser, in_command=False)
@@ -365,30 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     score.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder or glob pattern")
-    score.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_PATH",
-                       help="released model name or checkpoint folder/file (default: %(default)s)")
-    score.add_argument("--grid", type=int, metavar="N",
-                       help="test crops per side (default: the model's recorded eval_grid, else 3; 3 for the released "
-                       "model); 4 measured about 0.01 SRCC better on LIVEC, 1.7x slower")
-    score.add_argument("--native", action="store_true",
-                       help="score photos at their own resolution (pixel-level inspection) instead of first "
-                       "downscaling large ones to the scale the model's training data was rated at (500 px shorter "
-                       "side for the released models)")
-    score.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    score.add_argument("--runtime", choices=["torch", "onnx", "auto"], default="auto",
-                       help="what runs the model: auto (default: onnx where it can run, else torch), torch, or onnx "
-                       "(onnxruntime on the CPU, faster; the graph is exported on first use and cached; needs "
-                       "pip install \"qfm-iqm[onnx]\")")
-    score.add_argument("--batch-size", dest="batch_size", type=int, default=16, metavar="N",
-                       help="images per loading batch (default: 16)")
-    score.add_argument("--workers", type=int, metavar="N",
-                       help="decoding processes (default: 0 for a single batch or on <= 2 cores, else min(4, CPUs/2))")
+    _add_scoring_options(score)
     score.add_argument("-o", "--output", type=Path, metavar="FILE", help="write results to FILE (.csv, .json, .jsonl)")
     score.add_argument("--map", type=Path, metavar="OUT_DIR", help="write <stem>_map.png quality-map overlays here")
-    score.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
-                       help="search folders recursively (default: yes)")
-    score.add_argument("--max-pixels", dest="max_pixels", type=int, metavar="N",
-                       help="decompression-bomb limit in pixels (default: Pillow's, about 89.5 million; 0: no limit)")
     existing = score.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true",
                           help="keep the rows of the -o file (or of its interrupted run) and score only the other inputs")
@@ -398,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_datasets_command(commands)
     add_benchmark_command(commands)
+    add_report_command(commands, _add_scoring_options, _score)
 
     train = commands.add_parser("train", help="train a model on a dataset (one split's training part, or all)")
     _add_dataset_options(train)
