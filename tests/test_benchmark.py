@@ -202,6 +202,12 @@ def test_report_pools_the_degradation_check_and_shows_teachers_beside_students()
     assert "| d | Method M | 0.625 |" in degradation_table(config, outcome)  # (10 + 15) / 40 pairs
     assert "| d | Method M | 2 | 0.8500 / 0.8500 | 0.7500 / 0.8000 |" in teacher_table(config, outcome)
     assert degradation_table(config, BenchmarkOutcome(cells={("d", "m"): {"runs": [{"seed": 0}]}})) == []
+    # checks that record strength steps and training: the weakest step pooled over splits, held-out kinds marked
+    for run, steps in zip(runs, ([1.0, 0.5], [0.5, 1.0])):
+        run["degradation_check"] = {"blur": {"ordered": 0.75, "pairs": 12, "steps": steps, "trained": True},
+                                    "jitter": {"ordered": 0.5, "pairs": 12, "steps": steps, "trained": False}}
+    table = degradation_table(config, outcome)
+    assert "| d | Method M | 0.750 / 0.75 | 0.500 / 0.75 *held out* |" in table
 
 
 def test_table_shows_the_interval_coverage_and_width_of_cells_that_have_one(label_files):

@@ -92,7 +92,7 @@ def test_bad_input_gives_a_clear_error(tmp_path, csv_dataset, capsys):
 def test_cross_dataset_evaluation_handles_label_direction(tmp_path, csv_dataset, blur_records, capsys):
     """Train on a MOS dataset, test on the same images labelled as DMOS (lower is better)."""
     out = tmp_path / "model"
-    assert main(["--quiet", "train", *csv_dataset, "--all", "--output", str(out)]) == 0
+    assert main(["--quiet", "train", *csv_dataset, "--all", "--set", "val_fraction=0", "--output", str(out)]) == 0
     root = blur_records[0].path.parent
     lines = ["image,dmos"] + [f"{r.path.name},{100 - r.raw_label}" for r in blur_records]
     (root / "dmos.csv").write_text("\n".join(lines) + "\n")
@@ -124,7 +124,16 @@ def test_a_validation_part_calibrates_the_interval_that_results_and_scores_carry
     scores = tmp_path / "scores.csv"
     assert main(["--quiet", "score", str(blur_records[0].path), "--model", str(out / "split_0"), "-o", str(scores)]) == 0
     (row,) = read_results(scores)
-    assert 0 <= row.low <= row.score <= row.high <= 100 and row.high - row.low <= 200 * interval["quantile"] + 1e-6
+    assert 0 < row.low <= row.score <= row.high < 100 and row.high - row.low <= 200 * interval["quantile"] + 1e-6
     capsys.readouterr()
     assert main(["--quiet", "evaluate", *csv_dataset, "--checkpoint", str(out / "split_0")]) == 0
     assert json.loads(capsys.readouterr().out)["interval"] == pytest.approx(interval)
+
+
+def test_a_release_fits_all_but_the_images_that_calibrate_its_range(tmp_path, csv_dataset, capsys):
+    """``--all`` with val_fraction 0.6: 10 of the 16 images are held out and calibrate the 90% range."""
+    out = tmp_path / "release"
+    assert main(["--quiet", "train", *csv_dataset, "--all", "--set", "val_fraction=0.6", "--output", str(out)]) == 0
+    assert "trained on 6 of the 16 images (--all); its score range is calibrated on the 10" in capsys.readouterr().err
+    saved = json.loads((out / "model.json").read_text())
+    assert saved["train_size"] == 6 and saved["interval"]["calibration_size"] == 10

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from qfm_iqm.evaluation.conformal import interval_report
-from qfm_iqm.evaluation.score_map import MARGIN, bounded, calibrate_bounded, interval_bounds, unbounded
+from qfm_iqm.evaluation.score_map import LABEL_EDGE, MARGIN, bounded, calibrate_bounded, interval_bounds, unbounded
 
 RAW = np.concatenate([-np.logspace(4, -6, 400), [0.0], np.linspace(1e-6, 1.0, 400), 1.0 + np.logspace(-6, 4, 400)])
 
@@ -38,7 +38,7 @@ def test_the_mapped_range_covers_labels_exactly_as_the_raw_range_covers_their_pr
     rng = np.random.default_rng(0)
 
     def draw(n):
-        labels = np.clip(rng.beta(0.5, 0.5, n), 1e-4, 1 - 1e-4)
+        labels = np.clip(rng.beta(0.5, 0.5, n), LABEL_EDGE, 1 - LABEL_EDGE)
         return unbounded(labels) + rng.normal(0, 0.1, n), labels
 
     interval = calibrate_bounded(*draw(2000), coverage=0.9)
@@ -51,11 +51,11 @@ def test_the_mapped_range_covers_labels_exactly_as_the_raw_range_covers_their_pr
     assert interval_report(interval, raw, labels, score_map=bounded)["coverage"] == covered.mean()
 
 
-def test_labels_at_the_ends_of_the_scale_are_misses_and_too_many_are_refused():
+def test_labels_at_the_ends_of_the_scale_are_calibrated_as_just_inside_it():
     raw = np.linspace(0.1, 0.9, 100)
     labels = raw.copy()
-    labels[:5] = 0.0  # 5% at the end of the scale: residual inf, the 90% quantile stays finite
-    assert np.isfinite(calibrate_bounded(raw, labels, 0.9).quantile)
-    labels[:20] = 0.0
-    with pytest.raises(ValueError, match="ends of the scale"):
-        calibrate_bounded(raw, labels, 0.9)
+    labels[:20] = 0.0  # e.g. a scale taken from the data's own minimum
+    interval = calibrate_bounded(raw, labels, 0.9)
+    assert interval == calibrate_bounded(raw, np.where(labels == 0.0, LABEL_EDGE, labels), 0.9)
+    low, _ = interval_bounds(interval, raw[:20])
+    assert np.isfinite(interval.quantile) and (low > 0).all()  # no range reaches the end itself

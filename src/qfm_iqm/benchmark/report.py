@@ -36,18 +36,31 @@ def summary_rows(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> list[lis
     return rows
 
 
-def pooled_degradation_check(cell: dict) -> dict[str, float]:
-    """Per degradation kind, the share of pairs ordered right over every split of a cell that ran the check."""
-    totals: dict[str, list[float]] = {}
+def pooled_degradation_check(cell: dict) -> dict[str, dict]:
+    """Per degradation kind, over every split of a cell that ran the check: ``ordered`` (the share of
+    pairs ordered right), ``weakest_step`` (the lowest share of neighbour pairs ordered right of any
+    strength step, for checks that record steps) and ``trained`` (whether the ranking loss trained on it;
+    ``None`` for checks made before it was recorded)."""
+    pooled: dict[str, dict] = {}
     for run in cell.get("runs", []):
         for kind, check in (run.get("degradation_check") or {}).items():
-            right, pairs = totals.setdefault(kind, [0.0, 0])
-            totals[kind] = [right + check["ordered"] * check["pairs"], pairs + check["pairs"]]
-    return {kind: right / pairs for kind, (right, pairs) in totals.items()}
+            entry = pooled.setdefault(kind, {"right": 0.0, "pairs": 0, "steps": [], "trained": []})
+            entry["right"] += check["ordered"] * check["pairs"]
+            entry["pairs"] += check["pairs"]
+            entry["steps"].append(check.get("steps"))
+            entry["trained"].append(check.get("trained"))
+    return {
+        kind: {"ordered": entry["right"] / entry["pairs"],
+               "trained": None if None in entry["trained"] else any(entry["trained"]),
+               "weakest_step": (min(float(np.mean(column)) for column in zip(*entry["steps"]))
+                                if all(entry["steps"]) else None)}
+        for kind, entry in pooled.items()
+    }
 
 
 def degradation_table(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> list[str]:
-    """Markdown lines: the degradation check of every trained cell (test photos of every split pooled)."""
+    """Markdown lines: the degradation check of every trained cell (test photos of every split pooled),
+    kinds the cell's ranking loss never trained on marked "held out"."""
     rows = {}
     for (dataset, method), cell in outcome.cells.items():
         pooled = pooled_degradation_check(cell or {})
@@ -58,10 +71,19 @@ def degradation_table(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> lis
     kinds = list(dict.fromkeys(kind for pooled in rows.values() for kind in pooled))
     labels = {m.name: m.label for m in config.methods}
     lines = ["## Degradation check: share of (milder, stronger) pairs of test photos scored in the right order",
-             "", "| dataset | method | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+             "", "Each cell: all pairs / the weakest strength step (neighbour levels); *held out*: a kind the "
+             "cell's ranking loss did not train on.", "",
+             "| dataset | method | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
     for (dataset, method), pooled in rows.items():
-        shown = " | ".join(f"{pooled[k]:.3f}" if k in pooled else "-" for k in kinds)
-        lines.append(f"| {dataset} | {labels[method]} | {shown} |")
+        cells = []
+        for kind in kinds:
+            if kind not in pooled:
+                cells.append("-")
+                continue
+            entry = pooled[kind]
+            step = "" if entry["weakest_step"] is None else f" / {entry['weakest_step']:.2f}"
+            cells.append(f"{entry['ordered']:.3f}{step}{' *held out*' if entry['trained'] is False else ''}")
+        lines.append(f"| {dataset} | {labels[method]} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

@@ -179,9 +179,10 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     """Train on one split's training part less its validation part (``val_fraction``; scored after every
     epoch, then the score interval calibrated on it), written to ``splits.json`` in the output folder,
-    then test the model on the test part once (``result.json``, ``predictions.csv``); with ``--all`` on
-    every image."""
-    from qfm_iqm.data.splits import load_splits, make_split, save_splits
+    then test the model on the test part once (``result.json``, ``predictions.csv``). With ``--all`` the
+    training part is every image: the model fits all but the validation part, which calibrates its
+    interval (a release's guarantee needs images it did not fit); ``val_fraction=0`` fits every image."""
+    from qfm_iqm.data.splits import Split, load_splits, make_split, save_splits
     from qfm_iqm.evaluation.predict import predict_records
     from qfm_iqm.evaluation.protocol import (
         calibrate_on_validation,
@@ -202,7 +203,7 @@ def _train(args: argparse.Namespace) -> int:
     split = None
     if not args.all:
         split = load_splits(args.split_file, dataset)[0] if args.split_file else make_split(dataset, args.split_seed)
-    indices, val = validation_part(config, dataset, split) if split is not None else (tuple(range(len(dataset))), ())
+    indices, val = validation_part(config, dataset, split or Split(0, tuple(range(len(dataset))), ()))
     metadata = {**training_metadata(dataset, split.seed if split else None, len(indices), args.command_line),
                 "val_size": len(val)}
     records = [dataset.records[i] for i in indices]
@@ -219,12 +220,13 @@ def _train(args: argparse.Namespace) -> int:
             _note(str(stop))
             return stop.exit_code
         _note(f"model written to {args.output}/model.safetensors (+ model.json)")
-        if split is None:
-            _note("trained on every image (--all): no held-out images to test it on")
-            return 0
-        test = [dataset.records[i] for i in split.test]
         device = local_device(config.device)
         interval = calibrate_on_validation(model, val_records, config.eval_grid, device, args.output, not args.quiet)
+        if split is None:
+            calibrated = f"; its score range is calibrated on the {len(val)} images it did not fit" if interval else ""
+            _note(f"trained on {len(indices)} of the {len(dataset)} images (--all){calibrated}; none left to test it on")
+            return 0
+        test = [dataset.records[i] for i in split.test]
         predictions = predict_records(model, test, config.eval_grid, device, progress=not args.quiet)
         result = finish_split(args.output, dataset, split, predictions, grid=config.eval_grid,
                               val_metrics=last_validation_metrics(history),
@@ -412,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     which = train.add_mutually_exclusive_group()
     which.add_argument("--split-seed", dest="split_seed", type=int, default=0, help="seed of the 80/20 split")
     which.add_argument("--split-file", dest="split_file", type=Path, help="splits JSON (its first split is used)")
-    which.add_argument("--all", action="store_true", help="train on every image (a release model)")
+    which.add_argument("--all", action="store_true",
+                       help="a release model: fit every image but a seeded validation part (val_fraction, default 0.2) "
+                       "that calibrates its score range; --set val_fraction=0 fits every image and records no range")
     train.add_argument("--output", type=Path, required=True, help="folder for the checkpoint")
     saved = train.add_mutually_exclusive_group()
     saved.add_argument("--resume", action="store_true",

@@ -7,10 +7,13 @@ the degradation check (evaluation). Every kind is deterministic given ``seed``.
 The kinds cover the common families of real damage (after KADID-10k's): blurs, noises, compression,
 resampling, exposure, contrast, quantisation and spatial jitter. They come in two sets:
 
-* :data:`TRAINED_KINDS`, the default of the ranking loss (``rank_kinds``);
-* :data:`HELD_OUT_KINDS`, one or more per family that the loss never sees (lens blur, impulse noise,
-  JPEG 2000, pixelation, jitter), so that the degradation check on them measures whether the sense of
-  damage generalises, not whether the loss was fitted.
+* :data:`TRAINED_KINDS`, the default of the ranking loss (``rank_kinds``): additive noise, Gaussian
+  blur, JPEG, under- and overexposure. Training on nine kinds (these and speckle, motion blur,
+  contrast, quantisation) lowered validation SRCC by 0.019 and barely changed the check on the others
+  (results/validation/livec-damage-kinds), so the five stay;
+* :data:`HELD_OUT_KINDS`, every other kind, at least one per family, that the loss never sees, so
+  that the degradation check on them measures whether the sense of damage generalises, not whether
+  the loss was fitted.
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ STRENGTHS: dict[str, tuple[float, ...]] = {
     "jitter": (1.0, 2.0, 4.0),  # every pixel taken from a random neighbour at most this many pixels away
 }
 KINDS = tuple(STRENGTHS)
-HELD_OUT_KINDS = ("impulse", "lens_blur", "jpeg2000", "pixelation", "jitter")
-TRAINED_KINDS = tuple(kind for kind in KINDS if kind not in HELD_OUT_KINDS)
+TRAINED_KINDS = ("noise", "blur", "jpeg", "underexposure", "overexposure")
+HELD_OUT_KINDS = tuple(kind for kind in KINDS if kind not in TRAINED_KINDS)
 
 
 def _pixels(image: Image.Image) -> np.ndarray:

@@ -16,7 +16,8 @@ optimise through it. :func:`unbounded` is its inverse.
 The calibrated range is built in raw units and mapped: ``[bounded(s - q), bounded(s + q)]``, with ``q``
 calibrated on the residuals ``|unbounded(label) - s|`` of held-out images. A label is inside the mapped
 range exactly when ``unbounded(label)`` is inside the raw one, so split-conformal coverage holds for
-the reported range as it does for the raw one (labels at the very ends of the scale count as misses).
+the reported range as it does for the raw one, for every label at least :data:`LABEL_EDGE` inside the
+scale (labels nearer an end are calibrated as if that near, and no range reaches the end itself).
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ import torch
 
 from qfm_iqm.evaluation.conformal import ConformalInterval, calibrate
 
-__all__ = ["MARGIN", "bounded", "calibrate_bounded", "interval_bounds", "unbounded"]
+__all__ = ["LABEL_EDGE", "MARGIN", "bounded", "calibrate_bounded", "interval_bounds", "unbounded"]
 
 MARGIN = 0.05  # normalised units: the map is the identity on [MARGIN, 1 - MARGIN]
+# Labels closer to an end of the scale than this (0.1 MOS on 0-100; a label exactly at an end, e.g. the
+# minimum of a scale taken from the data) are calibrated as if this close: no reported range reaches an end.
+LABEL_EDGE = 1e-3
 
 Scores = TypeVar("Scores", np.ndarray, torch.Tensor, float)
 
@@ -66,8 +70,9 @@ def unbounded(score: np.ndarray | float) -> np.ndarray:
 
 def calibrate_bounded(raw_scores: np.ndarray, labels: np.ndarray, coverage: float) -> ConformalInterval:
     """The split-conformal interval (raw units) whose mapped range holds normalised ``labels`` of new
-    images for ``coverage`` of them, from held-out raw scores and their labels."""
-    return calibrate(np.asarray(raw_scores, np.float64), unbounded(labels), coverage)
+    images for ``coverage`` of them, from held-out raw scores and their labels (see :data:`LABEL_EDGE`)."""
+    inside = np.clip(np.asarray(labels, np.float64), LABEL_EDGE, 1.0 - LABEL_EDGE)
+    return calibrate(np.asarray(raw_scores, np.float64), unbounded(inside), coverage)
 
 
 def interval_bounds(interval: ConformalInterval, raw_scores: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:

@@ -60,8 +60,9 @@ BOUNDS: dict[type, dict[str, tuple[float, float]]] = {
         "max_short_side": (16, MAX_SHORT_SIDE),
     },
     LabelScale: {"low": (-1e9, 1e9), "high": (-1e9, 1e9)},
-    # on the normalised [0, 1] scale; coverage 0 and 1 are refused on their own
-    ConformalInterval: {"coverage": (0.0, 1.0), "quantile": (0.0, 1.0), "calibration_size": (0, 10**9)},
+    # the half-width is in raw network units (before the score map), which can exceed the [0, 1] scale
+    # where labels lie at its ends; coverage 0 and 1 are refused on their own
+    ConformalInterval: {"coverage": (0.0, 1.0), "quantile": (0.0, 1000.0), "calibration_size": (0, 10**9)},
 }
 _SETTINGS_KEYS = ("training", "settings")  # where a training run's and a release copy's JSON keep settings
 _PREPROCESSING_KEYS = ("input_size", "mean", "std")  # what ``Preprocessing.from_dict`` reads
