@@ -22,12 +22,17 @@ def test_the_default_model_rates_every_damaged_example_below_the_sharp_photo(sco
     for damaged in ("noisy", "blurred", "jpeg_q5", "underexposed"):
         assert scores[damaged].score < scores["sharp"].score, damaged
     for result in scores.values():
-        assert 0.0 <= result.low <= result.score <= result.high <= 100.0
+        assert 0.0 < result.low <= result.score <= result.high < 100.0
 
 
-def test_scores_of_extreme_inputs_stay_on_the_scale(scorer):
+def test_scores_of_extreme_inputs_stay_inside_the_scale_and_keep_their_order(scorer):
+    """Black, white and random pixels land far from the training photos; the score map keeps them inside
+    the scale without tying them at its end."""
     rng = np.random.default_rng(0)
+    scores = []
     for image in (np.zeros((300, 300, 3), np.uint8), np.full((300, 300, 3), 255, np.uint8),
                   rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)):
         result = scorer.score(image)
-        assert 0.0 <= result.low <= result.score <= result.high <= 100.0
+        assert 0.0 < result.low <= result.score <= result.high < 100.0
+        scores.append(result.score)
+    assert len(set(scores)) == 3
