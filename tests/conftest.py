@@ -24,6 +24,18 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def hub_offline() -> Iterator[None]:
+    """No test reaches the Hugging Face Hub: offline mode, which a test serving a stand-in hub on
+    127.0.0.1 turns off for itself."""
+    import huggingface_hub.constants as hf_constants
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def graph_cache(tmp_path_factory) -> Iterator[None]:
     """Exported ONNX graphs (``load_model``'s default runtime exports one) go to this session's own
     folder, never to the user's cache."""
