@@ -15,15 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 import torch.multiprocessing as mp
 
-from conftest import tiny_config
+from conftest import tiny_config, tiny_vit_model
 from qfm_iqm.cli.main import main
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.evaluation.predict import predict_records
-from qfm_iqm.models.backbones import Backbone, list_backbones, register_backbone
 from qfm_iqm.models.qfm import load_trained_model
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.distributed import GlobalBatchSampler, distributed_session, shard
@@ -33,28 +31,15 @@ from qfm_iqm.utils.checkpoint import load_checkpoint
 
 WORLD = 2
 TEST_IMAGES = 7  # does not divide by 2
-TINY_VIT = "test_tiny_vit"
 # 1 and 2 processes differ only in the order of floating-point sums (gradient all-reduce, batch sizes
 # of the matrix products). Measured over 8 steps: losses within 2e-7; weights within 5e-5, as AdamW
 # turns rounding differences of near-zero gradients into steps of up to the learning rate (1e-3).
 LOSS_TOLERANCE = 1e-5
 WEIGHT_TOLERANCE = 2e-4
 
-if TINY_VIT not in list_backbones():
-
-    @register_backbone(TINY_VIT)
-    def _tiny_vit(pretrained: bool, weights_path: Path | None) -> Backbone:
-        """A 2-block ViT with random weights: no BatchNorm, whose statistics CPUs cannot synchronise."""
-        model = timm.create_model(
-            "vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=64, depth=2, embed_dim=64, num_heads=2
-        )
-        return Backbone(model, TINY_VIT, "vit", (0.5,) * 3, (0.5,) * 3)
-
-
 def vit_config() -> TrainConfig:
     """QFM-IQM with semantic noise and EMA distillation: global batch 4 + 2 teacher-labelled views."""
-    return tiny_config(model={"backbone": TINY_VIT, "dim": 64, "num_heads": 4,
-                              "preprocessing": {"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}})
+    return tiny_config(model=tiny_vit_model())
 
 
 class LossCurveTrainer(Trainer):

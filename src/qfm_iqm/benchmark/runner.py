@@ -139,14 +139,16 @@ def run_benchmark(
     from qfm_iqm.benchmark.report import write_report
 
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     overrides = list(overrides or [])
     trained = [method for method in config.methods if method.trained]
     if overrides and not trained:
         raise ValueError(f"--set {' '.join(overrides)}: this benchmark trains no method (baselines only), "
                          "so there are no training options to set")
-    for method in trained:
-        method.train_config(config.train, overrides)  # unknown options and bad values fail before any cell runs
+    # unknown options, bad values, an absent device or unobtainable backbone weights fail before any cell runs
+    resources = {(c.device, c.model.backbone, c.backbone_weights): c for c in (m.train_config(config.train, overrides) for m in trained)}
+    for train_config in resources.values():
+        train_config.check_resources()
+    output_dir.mkdir(parents=True, exist_ok=True)
     outcome = BenchmarkOutcome()
     datasets: dict[str, IQADataset] = {}
     for spec in config.datasets:
