@@ -12,6 +12,7 @@ import random
 import signal
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -73,6 +74,18 @@ def regression_loss(prediction: Tensor, target: Tensor, config: TrainConfig, red
     if config.loss == "mse":
         return F.mse_loss(prediction, target, reduction=reduction)
     return F.smooth_l1_loss(prediction, target, reduction=reduction)
+
+
+@contextmanager
+def _cudnn_benchmark(on: bool) -> Iterator[None]:
+    """While inside, cuDNN times its convolution algorithms once per shape and keeps the fastest (training
+    crops have one size); outside, scoring keeps its deterministic choice."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 @dataclass
@@ -170,8 +183,6 @@ class Trainer:
         self.metadata = metadata or {}
         self.progress = progress and is_main()
         self.device = resolve_device(config.device)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick its fastest convolutions
         self.amp_dtype = self._amp_dtype()
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -439,7 +450,7 @@ class Trainer:
         """
         if resume and (self.output_dir / STATE_DIR).exists():
             self.load_state()
-        with self.stop:
+        with self.stop, _cudnn_benchmark(self.device.type == "cuda"):
             while self.epoch < self.config.epochs:
                 if self.train_epoch():
                     summary = self._end_epoch()
