@@ -72,6 +72,20 @@ def protocol_arguments(records: list[ImageRecord], output: Path) -> list[str]:
             "--seeds", "3", "--output", str(output)]
 
 
+def write_benchmark_config(records: list[ImageRecord], out: Path) -> Path:
+    """A benchmark of the tiny ViT in DEIQT mode on the records as a CSV dataset (split seed 3), and the
+    cross-dataset pair of that dataset to itself listed twice."""
+    root = records[0].path.parent
+    (root / "labels.csv").write_text("image,mos\n" + "".join(f"{r.path.name},{r.raw_label}\n" for r in records))
+    dataset = {"name": "csv", "root": str(root), "options": {"file": "labels.csv", "low": 0, "high": 100}}
+    config = {"name": "ddp", "seeds": [3], "train": {**asdict(vit_config()), "epochs": 1},
+              "datasets": [{**dataset, "id": "blur"}, {**dataset, "id": "again"}], "methods": [{"name": "deiqt", "train": {"mode": "deiqt"}}],
+              "cross": [{"train": "blur", "test": "again"}]}
+    path = out / "benchmark.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
 def _worker(rank: int, port: int, records: list[ImageRecord], out: Path) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -83,15 +97,18 @@ def _worker(rank: int, port: int, records: list[ImageRecord], out: Path) -> None
         inputs = [str(r.path) for r in records[:5]] + [str(out / "missing.png")]
         status = main(["--quiet", "score", *inputs, "--model", str(out / "train"), "-o", str(out / "scores.csv")])
         evaluate_status = main(["--quiet", "evaluate", *protocol_arguments(records, out / "protocol")])
+        benchmark_status = main(["--quiet", "benchmark", "--config", str(out / "benchmark.json"), "--output", str(out / "bench")])
         weights_sum = sum(p.double().sum().item() for p in trainer.model.parameters())
         report = {"curve": trainer.curve, "scores": predictions.scores.tolist(), "score_status": status,
-                  "spreads": predictions.spreads.tolist(), "weights_sum": weights_sum, "evaluate_status": evaluate_status}
+                  "spreads": predictions.spreads.tolist(), "weights_sum": weights_sum, "evaluate_status": evaluate_status,
+                  "benchmark_status": benchmark_status}
     (out / f"rank{rank}.json").write_text(json.dumps(report))
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, blur_records) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("ddp")
+    write_benchmark_config(blur_records, out)
     mp.spawn(_worker, args=(_free_port(), blur_records, out), nprocs=WORLD, join=True)
     return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
@@ -245,3 +262,14 @@ def test_distributed_protocol_writes_one_result_with_every_test_image_once(two_p
     single = [line.split(",") for line in (tmp_path / "protocol" / "split_3" / "predictions.csv").read_text().splitlines()[1:]]
     assert [row[0] for row in single] == [row[0] for row in rows]
     np.testing.assert_allclose([float(r[3]) for r in rows], [float(r[3]) for r in single], rtol=0, atol=1e-4)
+
+
+def test_distributed_benchmark_writes_each_result_once(two_processes, blur_records) -> None:
+    out, reports = two_processes
+    assert [report["benchmark_status"] for report in reports] == [0, 0]
+    cell = json.loads((out / "bench" / "blur" / "deiqt" / "results.json").read_text())
+    assert [run["seed"] for run in cell["runs"]] == [3]
+    cross = json.loads((out / "bench" / "cross" / "deiqt" / "blur__to__again.json").read_text())
+    rows = (out / "bench" / "cross" / "deiqt" / "blur__to__again.csv").read_text().splitlines()[1:]
+    assert cross["test_size"] == len(rows) == len({row.split(",")[0] for row in rows}) == len(blur_records)
+    assert "blur → again" in (out / "bench" / "table.md").read_text()
