@@ -24,6 +24,18 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def hub_offline() -> Iterator[None]:
+    """No test reaches the Hugging Face Hub: offline mode, which a test serving a stand-in hub on
+    127.0.0.1 turns off for itself."""
+    import huggingface_hub.constants as hf_constants
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def graph_cache(tmp_path_factory) -> Iterator[None]:
     """Exported ONNX graphs (``load_model``'s default runtime exports one) go to this session's own
     folder, never to the user's cache."""
@@ -78,3 +90,33 @@ def tiny_config(**overrides) -> TrainConfig:
     )
     options.update(overrides)
     return TrainConfig.from_dict(options)
+
+
+TINY_VIT = "test_tiny_vit"
+
+
+def _register_tiny_vit() -> None:
+    from qfm_iqm.models.backbones import Backbone, list_backbones, register_backbone
+
+    if TINY_VIT in list_backbones():
+        return
+
+    @register_backbone(TINY_VIT)
+    def _tiny_vit(pretrained: bool, weights_path: Path | None) -> Backbone:
+        """A 2-block ViT (64 px, 64 channels) with random weights, CLS token included; no BatchNorm,
+        whose statistics CPUs cannot synchronise across processes."""
+        import timm
+
+        model = timm.create_model(
+            "vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=64, depth=2, embed_dim=64, num_heads=2
+        )
+        return Backbone(model, TINY_VIT, "vit", (0.5,) * 3, (0.5,) * 3)
+
+
+_register_tiny_vit()
+
+
+def tiny_vit_model() -> dict:
+    """Model options of a QFM-IQM on the tiny random ViT."""
+    return {"backbone": TINY_VIT, "dim": 64, "num_heads": 4,
+            "preprocessing": {"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}}

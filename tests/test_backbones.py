@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -13,7 +13,8 @@ import huggingface_hub.constants as hf_constants
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
+from hub_stand_in import stand_in_hub
+from safetensors.torch import save, save_file
 
 from qfm_iqm.models.backbones import (
     Backbone,
@@ -61,12 +62,19 @@ def deit3_state_dict() -> dict[str, torch.Tensor]:
 
 @pytest.fixture
 def empty_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point every weight cache to an empty directory."""
+    """Point every weight cache to an empty directory (offline, as every test is unless it says otherwise)."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     return tmp_path
+
+
+def _online(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """Hub access on, through ``endpoint`` (never the internet)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
 
 
 def test_registry() -> None:
@@ -171,16 +179,51 @@ def test_lite0_missing_package_message(monkeypatch: pytest.MonkeyPatch) -> None:
         create_backbone("tf_efficientnet_lite0")
 
 
-def test_vit_without_cache_or_file_fails_fast(empty_caches: Path) -> None:
-    offline_before = hf_constants.HF_HUB_OFFLINE
+def test_vit_offline_without_cache_or_file_fails_fast_naming_both_fixes(empty_caches: Path) -> None:
     start = time.monotonic()
     with pytest.raises(BackboneWeightsError) as info:
         create_backbone(DEIT3, pretrained=True)
     assert time.monotonic() - start < 10
     message = str(info.value)
-    assert "--backbone-weights" in message and "deit3_small_patch16_224.fb_in1k" in message
-    assert "HF_HUB_OFFLINE" not in os.environ  # offline mode is restored afterwards
-    assert hf_constants.HF_HUB_OFFLINE == offline_before
+    assert "\n" not in message and "HF_HUB_OFFLINE is set" in message and "deit3_small_patch16_224.fb_in1k" in message
+    assert "run once online" in message and "--backbone-weights FILE" in message
+    assert "model.safetensors of https://huggingface.co/timm/deit3_small_patch16_224.fb_in1k" in message
+
+
+def test_vit_with_an_unreachable_hub_fails_fast(empty_caches: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as closed:  # a port nothing listens on: the connection is refused at once
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    _online(monkeypatch, endpoint)
+    start = time.monotonic()
+    with pytest.raises(BackboneWeightsError, match=f"not in the Hugging Face cache and {endpoint} could not be reached \\(ConnectError\\)"):
+        create_backbone(DEIT3, pretrained=True)
+    assert time.monotonic() - start < 10
+
+
+def test_vit_downloads_from_the_hub_into_the_cache(
+    empty_caches: Path, monkeypatch: pytest.MonkeyPatch, deit3_state_dict: dict[str, torch.Tensor]
+) -> None:
+    """Online, the weights come through huggingface_hub (HF_ENDPOINT, HF_HOME respected) as timm users get
+    them; afterwards they load offline from the cache."""
+    repo = "timm/deit3_small_patch16_224.fb_in1k"
+    files = {(repo, "model.safetensors"): save(deit3_state_dict), (repo, "config.json"): b'{"architecture": "deit3"}'}
+    with stand_in_hub(files) as hub:
+        _online(monkeypatch, hub.endpoint)
+        loaded = create_backbone(DEIT3, pretrained=True).model.state_dict()
+    assert f"GET /{repo}/resolve/main/model.safetensors" in hub.requests
+    assert all(torch.equal(loaded[k], v) for k, v in deit3_state_dict.items() if not k.startswith("head."))
+    assert list(Path(hf_constants.HF_HUB_CACHE).glob("models--timm--deit3_small_patch16_224.fb_in1k/snapshots/*/model.safetensors"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    again = create_backbone(DEIT3, pretrained=True).model.state_dict()
+    assert all(torch.equal(again[k], loaded[k]) for k in loaded)
+
+
+def test_vit_hub_without_the_file_is_one_error(empty_caches: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with stand_in_hub({}) as hub:
+        _online(monkeypatch, hub.endpoint)
+        with pytest.raises(BackboneWeightsError, match=f"could not be fetched from {hub.endpoint}.*--backbone-weights"):
+            create_backbone(DEIT3, pretrained=True)
 
 
 def test_vit_loads_from_offline_hf_cache(empty_caches: Path, deit3_state_dict: dict[str, torch.Tensor]) -> None:

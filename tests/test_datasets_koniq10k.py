@@ -22,27 +22,28 @@ def _zscore(i: int) -> float:
 
 
 def _row(i: int) -> list[object]:
-    """A scores-file row: rating counts, their total, MOS (1..5), SD, MOS_zscore (0..100)."""
-    return [f"{1000 + i}.jpg", *COUNTS, sum(COUNTS), 1.5 + 0.3 * i, 0.6, _zscore(i)]
+    """A scores-file row: rating counts, their total, MOS (1..5), SD, MOS_zscore (0..100); the scores
+    repeat every N images."""
+    return [f"{1000 + i}.jpg", *COUNTS, sum(COUNTS), 1.5 + 0.3 * (i % N), 0.6, _zscore(i % N)]
 
 
 def _set_row(i: int) -> list[object]:
     """A sets-file row: rating fractions, their count, the 0..100 score in 'MOS', SD and the part."""
-    return [f"{1000 + i}.jpg", *(c / sum(COUNTS) for c in COUNTS), sum(COUNTS), _zscore(i), 0.6, SETS[i]]
+    return [f"{1000 + i}.jpg", *(c / sum(COUNTS) for c in COUNTS), sum(COUNTS), _zscore(i % N), 0.6, SETS[i % N]]
 
 
 def make_koniq(
-    root: Path, folders: tuple[str, ...] = ("1024x768",), rows: list | None = None, sets: bool = True
+    root: Path, folders: tuple[str, ...] = ("1024x768",), rows: list | None = None, sets: bool = True, n: int = N
 ) -> Path:
-    """Miniature KonIQ-10k: the scores CSV (quoted header and names), optionally the sets CSV of the
-    authors' GitHub repository (plain CSV, 'set' column), and the image folders."""
-    rows = rows if rows is not None else [_row(i) for i in range(N)]
+    """Miniature KonIQ-10k of ``n`` images: the scores CSV (quoted header and names), optionally the sets
+    CSV of the authors' GitHub repository (plain CSV, 'set' column), and the image folders."""
+    rows = rows if rows is not None else [_row(i) for i in range(n)]
     for folder in folders:
-        for i in range(N):
+        for i in range(n):
             tiny_image(root / folder / f"{1000 + i}.jpg", shade=i)
     write_csv(root / SCORES_FILE, SCORE_HEADER, rows, **QUOTED)
     if sets:
-        write_csv(root / SETS_FILE, SETS_HEADER, [_set_row(i) for i in range(N)], lineterminator="\n")
+        write_csv(root / SETS_FILE, SETS_HEADER, [_set_row(i) for i in range(n)], lineterminator="\n")
     return root
 
 

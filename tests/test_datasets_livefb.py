@@ -33,23 +33,25 @@ def _mos(i: int) -> float:
     return 0.0 if i == 11 else 40.0 + 3.7 * i  # a 0.0 score occurs in the release
 
 
-def _split_row(i: int) -> list[object]:
-    return [70.1, f"patches/{NAMES[i].split('/')[1]}", _mos(i), NAMES[i], 800, 600]
+def _split_row(i: int, names: list[str] = NAMES) -> list[object]:
+    return [70.1, f"patches/{names[i].split('/')[1]}", _mos(i), names[i], 800, 600]
 
 
-def make_livefb(root: Path, split_files: tuple[str, ...] = ("test", "train_val")) -> Path:
+def make_livefb(root: Path, split_files: tuple[str, ...] = ("test", "train_val"), extra: int = 0) -> Path:
     """Miniature FLIVE_Database: database/labels_image.csv (name,mos), labels_patch.csv, the image
-    folders, and the split files (labels640.csv, labels=640_padded.csv with its is_valid flag)."""
+    folders, and the split files (labels640.csv, labels=640_padded.csv with its is_valid flag); ``extra``
+    more training pictures (at most 4: their scores stay below 100) after the 12 of ``NAMES``."""
+    names = NAMES + [f"EE371R/extra{k}.jpg" for k in range(extra)]
     db = root / "database"
-    for i, name in enumerate(NAMES):
+    for i, name in enumerate(names):
         tiny_image(db / name, shade=i)
-    write_csv(db / LABEL_FILE, ["name", "mos"], [[n, _mos(i)] for i, n in enumerate(NAMES)], lineterminator="\n")
-    patches = [[f"patches/{n.split('/')[1]}_patch_{k}.jpg", 55.5] for n in NAMES for k in (1, 2, 3)]
+    write_csv(db / LABEL_FILE, ["name", "mos"], [[n, _mos(i)] for i, n in enumerate(names)], lineterminator="\n")
+    patches = [[f"patches/{n.split('/')[1]}_patch_{k}.jpg", 55.5] for n in names for k in (1, 2, 3)]
     write_csv(db / "labels_patch.csv", ["name", "mos"], patches, lineterminator="\n")
     if "test" in split_files:
-        write_csv(db / TEST_SPLIT_FILES[0], SPLIT_HEADER, [_split_row(i) for i in TEST], lineterminator="\n")
+        write_csv(db / TEST_SPLIT_FILES[0], SPLIT_HEADER, [_split_row(i, names) for i in TEST], lineterminator="\n")
     if "train_val" in split_files:
-        rows = [[*_split_row(i), i in VAL] for i in range(len(NAMES)) if i not in TEST]
+        rows = [[*_split_row(i, names), i in VAL] for i in range(len(names)) if i not in TEST]
         write_csv(db / TRAIN_VAL_SPLIT_FILES[0], [*SPLIT_HEADER, "is_valid"], rows, lineterminator="\n")
     return root
 

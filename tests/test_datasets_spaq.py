@@ -12,15 +12,16 @@ HEADER = ["Image name", "MOS", "Brightness", "Colorfulness", "Contrast", "Noisin
 N = 8
 
 
-def _rows() -> list[list[object]]:
-    return [[f"{i:05d}.jpg", 20.0 + 9 * i, 50.1, 40.2, 55.3, 60.4, 45.5] for i in range(1, N + 1)]
+def _rows(n: int = N) -> list[list[object]]:
+    """Label rows of photos 1..n; the scores repeat every N photos."""
+    return [[f"{i:05d}.jpg", 20.0 + 9 * ((i - 1) % N + 1), 50.1, 40.2, 55.3, 60.4, 45.5] for i in range(1, n + 1)]
 
 
-def make_spaq(root: Path, rows: list[list[object]] | None = None, as_csv: bool = False) -> Path:
-    """Miniature SPAQ: Annotations/'MOS and Image attribute scores.xlsx' (or .csv) and TestImage/ photos."""
-    for i in range(1, N + 1):
+def make_spaq(root: Path, rows: list[list[object]] | None = None, as_csv: bool = False, n: int = N) -> Path:
+    """Miniature SPAQ of ``n`` photos: Annotations/'MOS and Image attribute scores.xlsx' (or .csv) and TestImage/."""
+    for i in range(1, n + 1):
         tiny_image(root / "TestImage" / f"{i:05d}.jpg", shade=i, size=(12, 9))
-    rows = rows if rows is not None else _rows()
+    rows = rows if rows is not None else _rows(n)
     if as_csv:
         write_csv(root / "Annotations" / f"{LABEL_STEM}.csv", HEADER, rows)
     else:

@@ -15,15 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 import torch.multiprocessing as mp
 
-from conftest import tiny_config
+from conftest import tiny_config, tiny_vit_model
 from qfm_iqm.cli.main import main
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.evaluation.predict import predict_records
-from qfm_iqm.models.backbones import Backbone, list_backbones, register_backbone
 from qfm_iqm.models.qfm import load_trained_model
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.distributed import GlobalBatchSampler, distributed_session, shard
@@ -33,28 +31,15 @@ from qfm_iqm.utils.checkpoint import load_checkpoint
 
 WORLD = 2
 TEST_IMAGES = 7  # does not divide by 2
-TINY_VIT = "test_tiny_vit"
 # 1 and 2 processes differ only in the order of floating-point sums (gradient all-reduce, batch sizes
 # of the matrix products). Measured over 8 steps: losses within 2e-7; weights within 5e-5, as AdamW
 # turns rounding differences of near-zero gradients into steps of up to the learning rate (1e-3).
 LOSS_TOLERANCE = 1e-5
 WEIGHT_TOLERANCE = 2e-4
 
-if TINY_VIT not in list_backbones():
-
-    @register_backbone(TINY_VIT)
-    def _tiny_vit(pretrained: bool, weights_path: Path | None) -> Backbone:
-        """A 2-block ViT with random weights: no BatchNorm, whose statistics CPUs cannot synchronise."""
-        model = timm.create_model(
-            "vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=64, depth=2, embed_dim=64, num_heads=2
-        )
-        return Backbone(model, TINY_VIT, "vit", (0.5,) * 3, (0.5,) * 3)
-
-
 def vit_config() -> TrainConfig:
     """QFM-IQM with semantic noise and EMA distillation: global batch 4 + 2 teacher-labelled views."""
-    return tiny_config(model={"backbone": TINY_VIT, "dim": 64, "num_heads": 4,
-                              "preprocessing": {"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}})
+    return tiny_config(model=tiny_vit_model())
 
 
 class LossCurveTrainer(Trainer):
@@ -87,6 +72,20 @@ def protocol_arguments(records: list[ImageRecord], output: Path) -> list[str]:
             "--seeds", "3", "--output", str(output)]
 
 
+def write_benchmark_config(records: list[ImageRecord], out: Path) -> Path:
+    """A benchmark of the tiny ViT in DEIQT mode on the records as a CSV dataset (split seed 3), and the
+    cross-dataset pair of that dataset to itself listed twice."""
+    root = records[0].path.parent
+    (root / "labels.csv").write_text("image,mos\n" + "".join(f"{r.path.name},{r.raw_label}\n" for r in records))
+    dataset = {"name": "csv", "root": str(root), "options": {"file": "labels.csv", "low": 0, "high": 100}}
+    config = {"name": "ddp", "seeds": [3], "train": {**asdict(vit_config()), "epochs": 1},
+              "datasets": [{**dataset, "id": "blur"}, {**dataset, "id": "again"}], "methods": [{"name": "deiqt", "train": {"mode": "deiqt"}}],
+              "cross": [{"train": "blur", "test": "again"}]}
+    path = out / "benchmark.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
 def _worker(rank: int, port: int, records: list[ImageRecord], out: Path) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -98,15 +97,18 @@ def _worker(rank: int, port: int, records: list[ImageRecord], out: Path) -> None
         inputs = [str(r.path) for r in records[:5]] + [str(out / "missing.png")]
         status = main(["--quiet", "score", *inputs, "--model", str(out / "train"), "-o", str(out / "scores.csv")])
         evaluate_status = main(["--quiet", "evaluate", *protocol_arguments(records, out / "protocol")])
+        benchmark_status = main(["--quiet", "benchmark", "--config", str(out / "benchmark.json"), "--output", str(out / "bench")])
         weights_sum = sum(p.double().sum().item() for p in trainer.model.parameters())
         report = {"curve": trainer.curve, "scores": predictions.scores.tolist(), "score_status": status,
-                  "spreads": predictions.spreads.tolist(), "weights_sum": weights_sum, "evaluate_status": evaluate_status}
+                  "spreads": predictions.spreads.tolist(), "weights_sum": weights_sum, "evaluate_status": evaluate_status,
+                  "benchmark_status": benchmark_status}
     (out / f"rank{rank}.json").write_text(json.dumps(report))
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, blur_records) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("ddp")
+    write_benchmark_config(blur_records, out)
     mp.spawn(_worker, args=(_free_port(), blur_records, out), nprocs=WORLD, join=True)
     return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
@@ -260,3 +262,14 @@ def test_distributed_protocol_writes_one_result_with_every_test_image_once(two_p
     single = [line.split(",") for line in (tmp_path / "protocol" / "split_3" / "predictions.csv").read_text().splitlines()[1:]]
     assert [row[0] for row in single] == [row[0] for row in rows]
     np.testing.assert_allclose([float(r[3]) for r in rows], [float(r[3]) for r in single], rtol=0, atol=1e-4)
+
+
+def test_distributed_benchmark_writes_each_result_once(two_processes, blur_records) -> None:
+    out, reports = two_processes
+    assert [report["benchmark_status"] for report in reports] == [0, 0]
+    cell = json.loads((out / "bench" / "blur" / "deiqt" / "results.json").read_text())
+    assert [run["seed"] for run in cell["runs"]] == [3]
+    cross = json.loads((out / "bench" / "cross" / "deiqt" / "blur__to__again.json").read_text())
+    rows = (out / "bench" / "cross" / "deiqt" / "blur__to__again.csv").read_text().splitlines()[1:]
+    assert cross["test_size"] == len(rows) == len({row.split(",")[0] for row in rows}) == len(blur_records)
+    assert "blur → again" in (out / "bench" / "table.md").read_text()

@@ -143,7 +143,7 @@ def test_frozen_backbone_outputs_are_kept_on_disk_for_later_runs(tmp_path, blur_
     clear_feature_store()
     first = FrozenBackboneFeatures(backbone, pre, 2, ("lite0",), torch.device("cpu"), tmp_path / "cache")
     bank, grid = first.bank(blur_records[0]), first.grid(blur_records[0], 2)
-    assert bank.shape == (2, 4, 2064) and grid.shape == (4, 4, 2064)
+    assert bank.shape == (2, 1 + 4, 2064) and grid.shape == (4, 1 + 4, 2064)  # c, then 2x2 tokens
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
     clear_feature_store()
     later = FrozenBackboneFeatures(None, pre, 2, ("lite0",), torch.device("cpu"), tmp_path / "cache")  # no backbone

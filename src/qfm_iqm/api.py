@@ -35,6 +35,7 @@ from qfm_iqm.runtime import (
     OnnxNetwork, cached_checkpoint_network, checkpoint_key, onnx_network, remember_checkpoint_network, resolve_runtime,
 )
 from qfm_iqm.utils.checkpoint import checkpoint_paths
+from qfm_iqm.utils.device import usable_device
 
 if TYPE_CHECKING:  # the model classes import timm; a cached graph scores without them (load_model)
     from qfm_iqm.models.qfm import QFMIQM
@@ -234,23 +235,24 @@ def load_model(
     gives every score its calibrated ``low``/``high``.
     ``runtime``: ``"auto"`` (the default: ``"onnx"`` where it can run, i.e. on the CPU with the onnx extra
     installed, else ``"torch"``), ``"torch"`` or ``"onnx"`` (onnxruntime on the CPU; the graph is
-    exported on first use and cached, needs ``pip install "qfm-iqm[onnx]"``). Once a checkpoint's files
+    exported on first use and cached, needs ``pip install "qfm-iqm[onnx]"``). ``device`` is checked first
+    (``ValueError`` for a misspelt one or one this machine lacks). Once a checkpoint's files
     have a cached graph, the onnx runtime loads it without building the eager model (or importing timm):
     faster and about 200 MB lighter; the eager model is built if a quality map asks for it.
     ``native``: score photos at their own resolution. By default a photo larger than the scale the
     model's training data was rated at (its ``preprocessing.max_short_side``, 500 px for the released
     models) is first downscaled to it, so that its score does not depend on its pixel count.
     """
-    scorer = _load_scorer(name_or_path, device, grid, runtime)
+    scorer = _load_scorer(name_or_path, usable_device(device), grid, runtime)
     if native:
         scorer.preprocessing = scorer.preprocessing.without_viewing_scale()
     return scorer
 
 
-def _load_scorer(name_or_path: str | Path, device: torch.device | str, grid: int | None, runtime: str) -> Scorer:
-    """:func:`load_model` at the checkpoint's own preprocessing."""
+def _load_scorer(name_or_path: str | Path, device: torch.device, grid: int | None, runtime: str) -> Scorer:
+    """:func:`load_model` at the checkpoint's own preprocessing, on a device known to be usable."""
     path = resolve_model(name_or_path)
-    onnx = resolve_runtime(runtime, torch.device(device)) == "onnx"
+    onnx = resolve_runtime(runtime, device) == "onnx"
     key = checkpoint_key(path) if onnx else None  # hashes the checkpoint's files once
     if onnx:
         network = cached_checkpoint_network(key)  # these very files were checked and exported before

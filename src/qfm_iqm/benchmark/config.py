@@ -8,9 +8,11 @@ A benchmark is described by a YAML or JSON file::
     datasets:
       - name: livec                      # optional: root, options (as --data-root / --dataset-option), id
     methods:
-      - {name: qfm, label: "QFM-IQM", train: {mode: qfm}}
+      - {name: qfm, label: "QFM-IQM", train: {mode: qfm},
+         published: {livec: {srcc: 0.891, plcc: 0.913}}}   # the paper's medians, shown beside ours
       - {name: deiqt, train: {mode: deiqt}}
       - {name: ridge-lite0, baseline: ridge}
+    published_source: "QFM-IQM paper, Table 1"   # where the published numbers come from (recorded)
     cross:                               # train on all of A, test on all of B
       - {train: livec, test: koniq10k}
     speed: {models: [qfm_iqm_lite0], score_batch_sizes: [16], train_batch_sizes: [16], score_runtimes: [torch, onnx]}
@@ -71,14 +73,19 @@ class DatasetSpec:
             object.__setattr__(self, "id", self.name)
 
 
+PUBLISHED_METRICS = ("srcc", "plcc")
+
+
 @dataclass(frozen=True)
 class MethodSpec:
-    """A trained method (``train`` holds its training options) or a feature baseline (``baseline``)."""
+    """A trained method (``train`` holds its training options) or a feature baseline (``baseline``);
+    ``published``: dataset id -> the method's published median SRCC and/or PLCC there."""
 
     name: str
     label: str
     train: dict[str, Any] | None = None
     baseline: str | None = None
+    published: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def trained(self) -> bool:
@@ -125,6 +132,7 @@ class BenchmarkConfig:
     cross: tuple[CrossSpec, ...] = ()
     speed: SpeedSpec | None = None
     chosen_on: dict[str, str] = field(default_factory=dict)  # option -> the validation run that chose it
+    published_source: str = ""  # where the methods' ``published`` numbers come from
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -132,7 +140,8 @@ class BenchmarkConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchmarkConfig:
         data = _mapping(data, "the file")
-        _check_keys(data, {"name", "seeds", "datasets", "methods", "train", "cross", "speed", "chosen_on"}, "the top level")
+        _check_keys(data, {"name", "seeds", "datasets", "methods", "train", "cross", "speed", "chosen_on", "published_source"},
+                    "the top level")
         for key in ("name", "datasets", "methods"):
             if key not in data:
                 raise ValueError(f"benchmark config: '{key}' is required")
@@ -154,11 +163,15 @@ class BenchmarkConfig:
         for method in methods:
             if method.trained:
                 method.train_config(train)
+            unknown = sorted(set(method.published) - {d.id for d in datasets})
+            if unknown:
+                raise ValueError(f"benchmark config: method {method.name!r} has published numbers for dataset(s) not listed "
+                                 f"under 'datasets': {', '.join(unknown)}")
         cross = tuple(_cross(entry, k, {d.id for d in datasets}) for k, entry in enumerate(data.get("cross") or []))
         speed = _speed(data["speed"]) if data.get("speed") is not None else None
         chosen_on = _mapping(data.get("chosen_on"), "'chosen_on'")
         return cls(str(data["name"]), tuple(seeds), datasets, methods, train, cross, speed,
-                   {str(k): str(v) for k, v in chosen_on.items()})
+                   {str(k): str(v) for k, v in chosen_on.items()}, str(data.get("published_source") or ""))
 
     @classmethod
     def from_file(cls, path: str | Path) -> BenchmarkConfig:
@@ -191,7 +204,7 @@ def _dataset(entry: Any, index: int) -> DatasetSpec:
 
 def _method(entry: Any, index: int) -> MethodSpec:
     entry = _mapping(entry, f"methods[{index}]")
-    _check_keys(entry, {"name", "label", "train", "baseline"}, f"methods[{index}]")
+    _check_keys(entry, {"name", "label", "train", "baseline", "published"}, f"methods[{index}]")
     name = entry.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ValueError(f"benchmark config: methods[{index}] needs a 'name' (a folder name: letters, digits, '.', '-', '_'), got {name!r}")
@@ -201,7 +214,21 @@ def _method(entry: Any, index: int) -> MethodSpec:
     if baseline is not None and baseline not in BASELINES:
         raise ValueError(f"benchmark config: method {name!r}: unknown baseline {baseline!r} (known: {', '.join(sorted(BASELINES))})")
     train = _mapping(entry["train"], f"method {name!r} 'train'") if "train" in entry else None
-    return MethodSpec(str(name), str(entry.get("label", name)), train, baseline)
+    return MethodSpec(str(name), str(entry.get("label", name)), train, baseline, _published(entry.get("published"), name))
+
+
+def _published(entry: Any, method: str) -> dict[str, dict[str, float]]:
+    """``{dataset id: {"srcc": x, "plcc": y}}`` (either metric may be absent), each value in [-1, 1]."""
+    published = {}
+    for dataset, metrics in _mapping(entry, f"method {method!r} 'published'").items():
+        where = f"method {method!r} 'published' for {dataset!r}"
+        metrics = _mapping(metrics, where)
+        _check_keys(metrics, set(PUBLISHED_METRICS), where)
+        for key, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1 <= value <= 1:
+                raise ValueError(f"benchmark config: {where}: {key} must be a number in [-1, 1], got {value!r}")
+        published[str(dataset)] = {key: float(value) for key, value in metrics.items()}
+    return published
 
 
 def _cross(entry: Any, index: int, dataset_names: set[str]) -> CrossSpec:

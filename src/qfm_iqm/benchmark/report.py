@@ -104,6 +104,28 @@ def teacher_table(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> list[st
             "| dataset | method | splits | student | teacher |", "|---|---|---|---|---|", *lines, ""]
 
 
+def published_table(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> list[str]:
+    """Markdown lines: each method's published median SRCC / PLCC beside this run's medians, for the
+    methods that list published numbers ("–": none published; empty without any)."""
+    methods = [m for m in config.methods if m.published]
+    if not methods:
+        return []
+    source = f" Published: {config.published_source}." if config.published_source else ""
+    lines = ["## Published medians beside ours", "",
+             f"SRCC and PLCC medians over splits: the method's published number, then this run's.{source}", "",
+             "| dataset | method | SRCC published | SRCC ours | PLCC published | PLCC ours |", "|---|---|---|---|---|---|"]
+    for spec in config.datasets:
+        for method in methods:
+            published = method.published.get(spec.id, {})
+            cell = outcome.cells.get((spec.id, method.name))
+            shown = []
+            for key in ("srcc", "plcc"):
+                ours = f"{cell['summary'][key]['median']:.4f}" if cell is not None else "failed or not run"
+                shown += [f"{published[key]:.3f}" if key in published else "–", ours]
+            lines.append(f"| {spec.id} | {method.label} | " + " | ".join(shown) + " |")
+    return lines + [""]
+
+
 def _interval_cell(cell: dict) -> str:
     """Median test coverage of a cell's calibrated intervals and their median mean width (raw label
     units), e.g. ``0.905 (90%) / 31.2``; ``-`` without intervals."""
@@ -139,7 +161,7 @@ def markdown_tables(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> str:
                          f"{stats['srcc']['mean']:.4f} ± {stats['srcc']['std']:.4f} | {per_split} | {train} | "
                          f"{_interval_cell(cell)} |")
         lines.append("")
-    lines += degradation_table(config, outcome) + teacher_table(config, outcome)
+    lines += published_table(config, outcome) + degradation_table(config, outcome) + teacher_table(config, outcome)
     if outcome.cross:
         pairs = list(dict.fromkeys((train, test) for _, train, test in outcome.cross))
         lines += ["## Cross-dataset (train on all of A, test on all of B): SRCC / PLCC", "",

@@ -35,6 +35,8 @@ from qfm_iqm.evaluation.protocol import (
     training_metadata,
     write_predictions,
 )
+from qfm_iqm.training.distributed import is_main
+from qfm_iqm.training.interrupt import TrainingInterrupted
 from qfm_iqm.training.trainer import resolve_device
 from qfm_iqm.utils.checkpoint import atomic_write_json
 
@@ -53,7 +55,7 @@ def _attempt(outcome: BenchmarkOutcome, what: str, action):
     """Run one cell; a failure is recorded (with its reason) and the benchmark goes on."""
     try:
         return action()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TrainingInterrupted):  # stop the whole benchmark; a re-run continues it
         raise
     except Exception as error:  # noqa: BLE001 - one broken cell must not lose the others
         outcome.failures.append(f"{what}: {type(error).__name__}: {error}")
@@ -114,10 +116,11 @@ def run_cross(
     test_set = datasets[pair.test]
     predictions = cross_predictions(config, method, pair, datasets, output_dir, overrides, progress)
     every = tuple(range(len(test_set)))
-    write_predictions(result_file.with_suffix(".csv"), test_set, every, predictions)
     result = {"method": method.name, "train": pair.train, "test": pair.test,
               "test_size": len(test_set), "metrics": metrics_on(test_set, every, predictions)}
-    atomic_write_json(result_file, result)
+    if is_main():
+        write_predictions(result_file.with_suffix(".csv"), test_set, every, predictions)
+        atomic_write_json(result_file, result)
     return result
 
 
@@ -129,7 +132,8 @@ def run_benchmark(
     progress: bool = True,
     command: str | None = None,
 ) -> BenchmarkOutcome:
-    """Run every cell of ``config`` into ``output_dir`` and write the report there.
+    """Run every cell of ``config`` into ``output_dir`` and write the report there (under ``torchrun``
+    the processes share each training and test pass; rank 0 alone measures speed and writes).
 
     ``overrides`` (``key=value``) apply to every trained method (e.g. ``device=cuda``); they are part
     of each cell's recorded configuration, so a folder never mixes runs with different options. They
@@ -139,14 +143,16 @@ def run_benchmark(
     from qfm_iqm.benchmark.report import write_report
 
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     overrides = list(overrides or [])
     trained = [method for method in config.methods if method.trained]
     if overrides and not trained:
         raise ValueError(f"--set {' '.join(overrides)}: this benchmark trains no method (baselines only), "
                          "so there are no training options to set")
-    for method in trained:
-        method.train_config(config.train, overrides)  # unknown options and bad values fail before any cell runs
+    # unknown options, bad values, an absent device or unobtainable backbone weights fail before any cell runs
+    resources = {(c.device, c.model.backbone, c.backbone_weights): c for c in (m.train_config(config.train, overrides) for m in trained)}
+    for train_config in resources.values():
+        train_config.check_resources()
+    output_dir.mkdir(parents=True, exist_ok=True)
     outcome = BenchmarkOutcome()
     datasets: dict[str, IQADataset] = {}
     for spec in config.datasets:
@@ -167,6 +173,8 @@ def run_benchmark(
                     f"{method.name} trained on {pair.train}, tested on {pair.test}",
                     lambda: run_cross(config, method, pair, datasets, output_dir, overrides, progress),
                 )
+    if not is_main():  # under torchrun: rank 0 measures speed alone and writes the report
+        return outcome
     if speed and config.speed is not None:
         from qfm_iqm.benchmark.speed import run_speed
 

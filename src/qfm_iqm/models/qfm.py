@@ -129,6 +129,11 @@ class QFMIQM(nn.Module):
         proj_global = self.proj_global if self.proj_global is not None else self.proj
         return Encoded(semantic, proj_global(c), self.proj(tokens))
 
+    def encode_cached(self, outputs: Tensor) -> Encoded:
+        """Decoder inputs from a frozen backbone's stored outputs (B, 1 + N, C): ``c`` first, then the
+        tokens (the layout of ``qfm_iqm.training.feature_cache``), as :meth:`encode` gives them."""
+        return self.encode_features(outputs[:, 0], outputs[:, 1:])
+
     def decode(self, c: Tensor, tokens: Tensor, need_attention: bool = False) -> PanelOutput:
         """Score decoder inputs; ``tokens`` may carry semantic noise during training."""
         if self.gate is not None:

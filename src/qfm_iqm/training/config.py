@@ -16,6 +16,7 @@ MODES = ("qfm", "deiqt")
 TEACHERS = ("ema", "pretrained", "none")
 LOSSES = ("smooth_l1", "l1", "mse")
 NOISE_TARGETS = ("tokens", "global", "both")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 _NUMBER_TYPES = {"int": int, "float": float, "float | None": float}
@@ -67,7 +68,7 @@ class TrainConfig:
     crop_bank: int = 16  # with a frozen backbone: the fixed random crops per image the views are drawn from
     feature_cache_dir: str | None = None  # with a frozen backbone: keep its outputs there for later runs
     freeze_bn: bool = False  # keep BatchNorm statistics at their ImageNet values while fine-tuning
-    amp: str = "auto"  # "auto" (bf16 on CUDA), "bf16", "off"
+    amp: str = "auto"  # "auto" (CUDA: bf16, or fp16 where the GPU lacks bf16; CPU: off), "bf16", "fp16", "off"
     # semantic noisy matching
     noise: bool = True
     memory_factor: int = 8  # memory capacity = memory_factor * batch_size
@@ -107,6 +108,8 @@ class TrainConfig:
             raise ValueError(f"teacher must be one of {TEACHERS}, got {self.teacher!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.noise_target not in NOISE_TARGETS:
             raise ValueError(f"noise_target must be one of {NOISE_TARGETS}, got {self.noise_target!r}")
         if self.crops_per_image < 1 or self.crop_bank < 1:
@@ -135,6 +138,17 @@ class TrainConfig:
     def distill(self) -> bool:
         """The distillation framework is on (never in ``deiqt`` mode)."""
         return self.mode == "qfm" and self.teacher != "none" and self.kd_weight > 0 and self.kd_views > 0
+
+    def check_resources(self) -> None:
+        """Fail at once, in one line (``ValueError``), where this machine cannot run these options: a
+        misspelt or absent device, a backbone whose pretrained weights cannot be had (offline with an
+        empty cache, a missing or corrupt ``backbone_weights`` file). Commands call it before they write
+        anything; it loads the weights once (downloading them into the Hugging Face cache when online)."""
+        from qfm_iqm.models.backbones import create_backbone
+        from qfm_iqm.training.distributed import local_device
+
+        local_device(self.device)
+        create_backbone(self.model.backbone, pretrained=True, weights_path=self.backbone_weights)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

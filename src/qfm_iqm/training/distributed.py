@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 from qfm_iqm.data.torch_datasets import item_seed
+from qfm_iqm.utils.device import usable_device
 
 T = TypeVar("T")
 
@@ -44,12 +45,14 @@ def local_rank() -> int:
 
 def local_device(name: str) -> torch.device:
     """The device ``name`` means for this process: ``auto`` is CUDA when available, else the CPU;
-    under ``torchrun`` an unnumbered ``cuda`` becomes this process's GPU, ``cuda:<LOCAL_RANK>``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    under ``torchrun`` an unnumbered ``cuda`` becomes this process's GPU, ``cuda:<LOCAL_RANK>``.
+
+    Raises:
+        ValueError: a misspelt device, or one this machine lacks (see :func:`usable_device`).
+    """
+    device = usable_device(name)
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", local_rank())
+        device = usable_device(f"cuda:{local_rank()}")
     return device
 
 
@@ -123,13 +126,14 @@ def all_gather_batch(tensors: Sequence[Tensor], head: int) -> list[Tensor]:
     return gathered
 
 
-def average_across_ranks(values: Sequence[float]) -> list[float]:
-    """The mean over ranks of each of ``values``."""
-    if world_size() == 1:
-        return list(values)
-    total = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(total)
-    return (total / world_size()).tolist()
+def average_across_ranks(values: Tensor) -> list[float]:
+    """The mean over ranks of each entry of the 1-D tensor ``values``, reduced on its own device (on a
+    GPU: no wait for the host until the one read of the result)."""
+    if world_size() > 1:
+        values = values.detach().clone()
+        dist.all_reduce(values)
+        values /= world_size()
+    return values.tolist()
 
 
 def any_rank(flag: bool) -> bool:

@@ -79,13 +79,15 @@ def match_semantic_noise(
 
     Candidates are entries with ``|y_i - y_j| <= quality_tolerance`` that are not a view of the same
     image; among them the entry of lowest cosine similarity wins. Returns ``(indices, found)``:
-    memory slots (B,) and a mask (B,) that is False where a sample has no candidate.
+    memory slots (B,) and a mask (B,) that is False where a sample has no candidate. The similarities
+    are float32 even inside autocast (in bf16 near-equal ones would tie or swap).
     """
     if memory.semantic is None or memory.size == 0:
         empty = torch.zeros(semantic.shape[0], dtype=torch.long, device=semantic.device)
         return empty, torch.zeros_like(empty, dtype=torch.bool)
     stored = slice(0, memory.size)
-    similarity = semantic.float() @ memory.semantic[stored].T
+    with torch.autocast(semantic.device.type, enabled=False):
+        similarity = semantic.float() @ memory.semantic[stored].T
     quality_gap = (labels.float().unsqueeze(1) - memory.labels[stored].unsqueeze(0)).abs()
     candidate = (quality_gap <= quality_tolerance) & (image_ids.unsqueeze(1) != memory.image_ids[stored].unsqueeze(0))
     similarity = similarity.masked_fill(~candidate, float("inf"))
@@ -94,12 +96,12 @@ def match_semantic_noise(
 
 
 def norm_matched_noise(tokens: Tensor, noise_tokens: Tensor, strength: float) -> Tensor:
-    """``strength * ||F_i|| / ||F_j|| * F_j`` per sample, with no gradient through the noise.
+    """``strength * ||F_i|| / ||F_j|| * F_j`` per sample, with no gradient through the noise, in the
+    dtype of ``tokens``; the norms and the scaling are computed in float32 (the memory keeps float16).
 
     Works for token maps (B, N, d) and global vectors (B, d) alike."""
-    tokens = tokens.detach()
-    noise_tokens = noise_tokens.to(tokens.dtype)
-    own = tokens.flatten(1).norm(dim=1)
-    other = noise_tokens.flatten(1).norm(dim=1).clamp_min(1e-12)
+    own_tokens, noise = tokens.detach().float(), noise_tokens.float()
+    own = own_tokens.flatten(1).norm(dim=1)
+    other = noise.flatten(1).norm(dim=1).clamp_min(1e-12)
     scale = (strength * own / other).view(-1, *([1] * (tokens.dim() - 1)))
-    return scale * noise_tokens
+    return (scale * noise).to(tokens.dtype)

@@ -44,8 +44,8 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def pseudo_labels(self, inputs: Tensor, cached: bool = False) -> Tensor:
-        """Scores of images, or of cached backbone tokens (B, N, C) when ``cached``."""
+        """Scores of images, or of cached backbone outputs (B, 1 + N, C) when ``cached``."""
         if not cached:
             return self.network(inputs).score.float()
-        encoded = self.network.encode_features(inputs.mean(dim=1), inputs)
+        encoded = self.network.encode_cached(inputs)
         return self.network.decode(encoded.c, encoded.tokens).score.float()

@@ -12,6 +12,7 @@ import random
 import signal
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -30,7 +31,7 @@ from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.torch_datasets import DegradationPairs, EpochViews, TrainCrops
 from qfm_iqm.data.transforms import TrainTransform
 from qfm_iqm.evaluation.metrics import compute_metrics
-from qfm_iqm.evaluation.predict import model_preprocessing, predict_records, score_tokens
+from qfm_iqm.evaluation.predict import model_preprocessing, predict_records
 from qfm_iqm.models.qfm import QFMIQM, build_model
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.distributed import (
@@ -75,6 +76,18 @@ def regression_loss(prediction: Tensor, target: Tensor, config: TrainConfig, red
     return F.smooth_l1_loss(prediction, target, reduction=reduction)
 
 
+@contextmanager
+def _cudnn_benchmark(on: bool) -> Iterator[None]:
+    """While inside, cuDNN times its convolution algorithms once per shape and keeps the fastest (training
+    crops have one size); outside, scoring keeps its deterministic choice."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = previous or on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
 @dataclass
 class StepLosses:
     total: float
@@ -101,7 +114,7 @@ class TrainingForward(nn.Module):
     mask of those samples; then the scores of ``ranked`` (degradation pairs; ``None`` without them). The noise perturbs the tokens, the global vector ``c`` (which every panel
     query carries) or both (``config.noise_target``). The memory is fed the global batch (every
     process's part, see :func:`all_gather_batch`); ``labelled`` is the number of leading labelled rows
-    of the batch. With ``config.freeze_backbone`` the inputs are the cached backbone tokens, not images.
+    of the batch. With ``config.freeze_backbone`` the inputs are the cached backbone outputs, not images.
     """
 
     def __init__(self, model: QFMIQM, memory: FeatureMemory | None, config: TrainConfig) -> None:
@@ -115,7 +128,7 @@ class TrainingForward(nn.Module):
 
     def _encode(self, inputs: Tensor):
         model = self.model
-        return model.encode_features(inputs.mean(dim=1), inputs) if self.cached_inputs else model.encode(inputs)
+        return model.encode_cached(inputs) if self.cached_inputs else model.encode(inputs)
 
     def forward(
         self, inputs: Tensor, targets: Tensor, ids: Tensor, labelled: int, ranked: Tensor | None = None
@@ -170,6 +183,9 @@ class Trainer:
         self.metadata = metadata or {}
         self.progress = progress and is_main()
         self.device = resolve_device(config.device)
+        self.amp_dtype = self._amp_dtype()
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self._seed_everything(config.seed)
         self.model = self._synchronised_batch_norms(
             build_model(config.model, pretrained_backbone=True, backbone_weights=config.backbone_weights)
@@ -192,7 +208,8 @@ class Trainer:
         )
         self.rank_loader = None
         if config.rank_weight > 0:
-            pairs = DegradationPairs(side, TrainTransform(self.pre), config.seed + 2, 1, config.rank_kinds, self.features)
+            stacks = self.features.degraded_stacks(side, config.rank_kinds) if self.features is not None else None
+            pairs = DegradationPairs(side, TrainTransform(self.pre), config.seed + 2, 1, config.rank_kinds, stacks)
             self.rank_loader = self._loader(pairs, config.rank_pairs, config.seed + 2)
         self.forward_pass = self._forward_module()
         self.epoch = 0
@@ -232,10 +249,10 @@ class Trainer:
         return frozen_backbone_features(self.config, self.model, self.device)
 
     def _views(self, records: list[ImageRecord], seed: int) -> EpochViews:
-        """``crops_per_image`` training views of each record per epoch (cached backbone tokens when frozen)."""
+        """``crops_per_image`` training views of each record per epoch (cached backbone outputs when frozen)."""
         views = self.config.crops_per_image
         if self.features is not None:
-            return CachedCrops(records, self.features, seed, views)
+            return CachedCrops(records, self.features.banks(records), seed, views)
         return TrainCrops(records, TrainTransform(self.pre), seed=seed, cache=self.config.cache_images, views=views)
 
     def _loader(self, dataset: EpochViews, batch_size: int, seed: int) -> DataLoader:
@@ -244,6 +261,7 @@ class Trainer:
             batch_sampler=GlobalBatchSampler(len(dataset), batch_size, seed),
             num_workers=self.config.num_workers,
             persistent_workers=False,
+            pin_memory=self.device.type == "cuda",  # page-locked batches: copied to the GPU while it computes
         )
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -271,9 +289,18 @@ class Trainer:
         return DistributedDataParallel(forward, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # -- one step -------------------------------------------------------------------------------
+    def _amp_dtype(self) -> torch.dtype | None:
+        """The autocast precision of training steps (``None``: float32): ``config.amp``, where ``auto`` is
+        bf16 on CUDA GPUs that have it, fp16 (with loss scaling) on older ones, float32 on CPUs."""
+        amp = self.config.amp
+        if amp == "auto":
+            if self.device.type != "cuda":
+                return None
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
     def _autocast(self):
-        use = self.config.amp == "bf16" or (self.config.amp == "auto" and self.device.type == "cuda")
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None)
 
     def _side_batches(self, loader: DataLoader | None) -> Iterator | None:
         """Batches of a side loader (teacher-labelled views, degradation pairs), one per step from step
@@ -298,10 +325,11 @@ class Trainer:
         """One optimiser step on this process's part of a global batch; the losses returned are the
         means over all processes (what one process training on the global batch would report)."""
         config = self.config
-        images, labels, ids = images.to(self.device), labels.to(self.device).float(), ids.to(self.device)
+        images, labels, ids = (t.to(self.device, non_blocking=True) for t in (images, labels, ids))
+        labels = labels.float()
         count = images.shape[0]
         if kd_batch is not None:
-            kd_images, kd_labels, kd_ids = (t.to(self.device) for t in kd_batch)
+            kd_images, kd_labels, kd_ids = (t.to(self.device, non_blocking=True) for t in kd_batch)
             # the teacher labels images without a score; labelled views keep their ground truth
             pseudo = self.teacher.pseudo_labels(kd_images, cached=self.features is not None)
             pseudo = torch.where(torch.isnan(kd_labels), pseudo, kd_labels.float())
@@ -312,7 +340,7 @@ class Trainer:
             targets = labels
         ranked = None
         if rank_batch is not None:  # (pairs, 2, ...) -> every milder version, then every stronger one
-            ranked = rank_batch.to(self.device).transpose(0, 1).flatten(0, 1)
+            ranked = rank_batch.to(self.device, non_blocking=True).transpose(0, 1).flatten(0, 1)
         with self._autocast():
             clean, noisy, found, ranked_scores = self.forward_pass(images, targets, ids, count, ranked)
             loss_clean = regression_loss(clean[:count], labels, config)
@@ -330,17 +358,19 @@ class Trainer:
                 milder, stronger = ranked_scores.chunk(2)
                 loss_rank = F.relu(config.rank_margin - (milder - stronger)).mean()
                 loss = loss + config.rank_weight * loss_rank
-        matched = found.float().mean().item() if found is not None else 0.0
+        matched = found.float().mean() if found is not None else torch.zeros((), device=self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         if config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         if self.teacher is not None:
             self.teacher.update(self.model)
-        values = [loss.item(), loss_clean.item(), loss_noise.item(), loss_kd.item(), matched, loss_rank.item()]
-        return StepLosses(*average_across_ranks(values))
+        values = torch.stack([t.detach().double() for t in (loss, loss_clean, loss_noise, loss_kd, matched, loss_rank)])
+        return StepLosses(*average_across_ranks(values))  # the step's one wait for the device
 
     # -- epochs -----------------------------------------------------------------------------------
     def train_epoch(self) -> bool:
@@ -398,12 +428,7 @@ class Trainer:
     def predict(self, records: list[ImageRecord]) -> np.ndarray:
         """Normalised scores of ``records`` over the test-crop grid (``config.eval_grid``); from the
         cached backbone outputs when the backbone is frozen (the same numbers, computed once)."""
-        grid = self.config.eval_grid
-        if self.features is None:
-            return predict_records(self.model, records, grid, self.device).scores
-        self.model.eval()
-        return np.asarray([score_tokens(self.model, self.features.grid(record, grid).to(self.device).float())
-                           for record in records])
+        return predict_records(self.model, records, self.config.eval_grid, self.device, features=self.features).scores
 
     def learning_curve_point(self) -> dict[str, float]:
         """SRCC/PLCC/RMSE on the validation records and on as many training records (the learning curve)."""
@@ -425,7 +450,7 @@ class Trainer:
         """
         if resume and (self.output_dir / STATE_DIR).exists():
             self.load_state()
-        with self.stop:
+        with self.stop, _cudnn_benchmark(self.device.type == "cuda"):
             while self.epoch < self.config.epochs:
                 if self.train_epoch():
                     summary = self._end_epoch()
@@ -484,6 +509,8 @@ class Trainer:
                 "python_rng": random.getstate(),
                 "config": self.config.to_dict(),
             }
+            if self.scaler.is_enabled():
+                state["scaler"] = self.scaler.state_dict()
             if self.memory is not None:
                 state["memory"] = self.memory.state_dict()
             if self.teacher is not None:
@@ -512,6 +539,8 @@ class Trainer:
         if "numpy_rng" in state:
             np.random.set_state(state["numpy_rng"])
             random.setstate(state["python_rng"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         if self.memory is not None:
             self.memory.load_state_dict({k: v.to(self.device) if isinstance(v, Tensor) else v
                                          for k, v in state["memory"].items()})
