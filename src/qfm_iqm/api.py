@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -27,12 +26,15 @@ from qfm_iqm.data.images import load_image, to_rgb
 from qfm_iqm.data.records import LabelScale
 from qfm_iqm.data.transforms import Preprocessing, grid_crops, prepare_image
 from qfm_iqm.evaluation.conformal import ConformalInterval
-from qfm_iqm.evaluation.predict import CropNetwork, model_preprocessing, score_crops
+from qfm_iqm.evaluation.predict import CropNetwork, model_preprocessing, score_images
 from qfm_iqm.evaluation.quality_map import assemble_quality_map, covering_grid
-from qfm_iqm.models.pretrained import DEFAULT_GRID, DEFAULT_MODEL, recorded_interval, resolve_model, scoring_grid
+from qfm_iqm.models.pretrained import (
+    DEFAULT_GRID, DEFAULT_MODEL, NORMALISED_SCALE, recorded_interval, resolve_model, score_scale, scoring_grid,
+)
 from qfm_iqm.runtime import (
     OnnxNetwork, cached_checkpoint_network, checkpoint_key, onnx_network, remember_checkpoint_network, resolve_runtime,
 )
+from qfm_iqm.score_result import NORMALISED_LIMITS, ScoreResult, image_result  # noqa: F401 - NORMALISED_LIMITS re-exported
 from qfm_iqm.utils.checkpoint import checkpoint_paths
 
 if TYPE_CHECKING:  # the model classes import timm; a cached graph scores without them (load_model)
@@ -41,35 +43,7 @@ if TYPE_CHECKING:  # the model classes import timm; a cached graph scores withou
 __all__ = ["ImageInput", "NORMALISED_SCALE", "ScoreResult", "Scorer", "load_model", "to_rgb_image"]
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
-# The scale of checkpoints that record none (plain training runs): the model's own [0, 1] output.
-NORMALISED_SCALE = LabelScale(low=0.0, high=1.0, higher_is_better=True, name="normalised")
-# Scores and interval bounds on the normalised scale are clamped to it: the network's linear head is
-# unbounded, and an image far from the training data can land outside the scale.
-NORMALISED_LIMITS = (0.0, 1.0)
 _MAP_CHUNK = 16  # crops per forward pass when computing quality maps of large images
-
-
-@dataclass(frozen=True)
-class ScoreResult:
-    """The score of one image on the model's scale, with its calibrated range and the panel's spread.
-
-    - ``low``, ``high``: the calibrated range. It holds the true MOS for the stated share of photos
-      like the checkpoint's calibration images (``Scorer.interval.coverage``, e.g. 90%); it contains
-      ``score`` and stays within the scale. ``None`` when the checkpoint records no interval.
-    - ``uncertainty``: the attention panel's spread on the same scale. Not calibrated and not an
-      error bar: it is far smaller than the errors (docs/scoring.md).
-
-    ``path`` is the file's path for path inputs, else ``None``. Results of file batches
-    (:func:`qfm_iqm.scoring.score_files`) for inputs that failed have every number ``None`` and the
-    reason in ``error``; :meth:`Scorer.score` raises instead.
-    """
-
-    score: float | None
-    uncertainty: float | None
-    path: str | None = None
-    error: str | None = None
-    low: float | None = None
-    high: float | None = None
 
 
 def _array_to_image(array: np.ndarray) -> Image.Image:
@@ -174,16 +148,16 @@ class Scorer:
         return grid_crops(image, self.preprocessing, self.grid)
 
     def score_crops(self, crops: torch.Tensor, path: str | None = None) -> ScoreResult:
-        """Score one image from its :meth:`crops`; the score and its range are clamped to the model's
-        scale (see :data:`NORMALISED_LIMITS`)."""
-        score, spread = score_crops(self.network, crops.to(self.device))
-        score = float(np.clip(score, *NORMALISED_LIMITS))
-        low = high = None
-        if self.interval is not None:  # sorted: a lower-is-better scale swaps the bounds
-            bounds = self.interval.bounds(score, limits=NORMALISED_LIMITS)
-            low, high = sorted(self.scale.denormalize(bound) for bound in bounds)
-        spread = spread * (self.scale.high - self.scale.low)
-        return ScoreResult(self.scale.denormalize(score), spread, path, low=low, high=high)
+        """Score one image from its :meth:`crops`."""
+        return self.score_crop_stacks([crops], [path])[0]
+
+    def score_crop_stacks(self, stacks: Sequence[torch.Tensor], paths: Sequence[str | None]) -> list[ScoreResult]:
+        """Score several images from their :meth:`crops` in one call of the network (what
+        :func:`qfm_iqm.scoring.score_files` does); each result is that of :meth:`score_crops` on the
+        image alone, up to float32 rounding (:func:`qfm_iqm.evaluation.predict.score_images`)."""
+        outputs = score_images(self.network, [stack.to(self.device) for stack in stacks])
+        return [image_result(score, spread, path, self.scale, self.interval)
+                for (score, spread), path in zip(outputs, paths)]
 
     def score(self, images: ImageInput | Sequence[ImageInput]) -> ScoreResult | list[ScoreResult]:
         """Score one image, or each of a list (or of a Bx3xHxW tensor) -> a result or a list of them.
@@ -245,13 +219,13 @@ def load_model(
     onnx = resolve_runtime(runtime, torch.device(device)) == "onnx"
     key = checkpoint_key(path) if onnx else None  # hashes the checkpoint's files once
     if onnx:
-        network = cached_checkpoint_network(key)  # these very files were checked and exported before
+        network = cached_checkpoint_network(key, torch.get_num_threads())  # files checked and exported before
         if network is not None:
             info = json.loads(checkpoint_paths(path)[1].read_text())
-            return Scorer._from_graph(network, lambda: _load_folded(path, device)[0], _score_scale(info),
+            return Scorer._from_graph(network, lambda: _load_folded(path, device)[0], score_scale(info),
                                       scoring_grid(info, grid), info, recorded_interval(info))
     model, info = _load_folded(path, device)
-    scorer = Scorer(model, _score_scale(info), device, scoring_grid(info, grid), info, recorded_interval(info), runtime)
+    scorer = Scorer(model, score_scale(info), device, scoring_grid(info, grid), info, recorded_interval(info), runtime)
     if onnx:
         remember_checkpoint_network(key, scorer.network, model)
     return scorer
@@ -266,10 +240,3 @@ def _load_folded(path: Path, device: torch.device | str) -> tuple[QFMIQM, dict]:
     model, info = load_checkpoint_model(path, device)
     fold_batch_norms(model.backbone)
     return model, info
-
-
-def _score_scale(info: dict) -> LabelScale:
-    """The scale a checkpoint's JSON records (``NORMALISED_SCALE`` if none; keys of newer versions left out)."""
-    if "score_scale" not in info:
-        return NORMALISED_SCALE
-    return LabelScale(**{field.name: info["score_scale"][field.name] for field in fields(LabelScale)})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ from qfm_iqm.utils.allocator import reuse_freed_memory
 
 if TYPE_CHECKING:
     from qfm_iqm.data.splits import Split
+    from qfm_iqm.graph import GraphScorer
+    from qfm_iqm.scoring import InputFile, ScoreOutput
     from qfm_iqm.training.config import TrainConfig
 
 SCORE_HELP = """Score images with a trained model (default: the released model).
@@ -51,56 +54,102 @@ Exit status: 0 all scored, 1 some inputs failed (the others are still written), 
 option, input, output file or model checkpoint), 130/143 stopped by Ctrl-C/SIGTERM."""
 
 
+def _is_main() -> bool:
+    """Whether this process reports (rank 0 under torchrun, as ``torchrun`` numbers the processes)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _note(message: str) -> None:
     """A message on stderr, from one process only under torchrun."""
-    from qfm_iqm.training.distributed import is_main
-
-    if is_main():
+    if _is_main():
         print(message, file=sys.stderr)
 
 
 def _score(args: argparse.Namespace) -> int:
+    """Check the options, the inputs and the output file first, without torch (a usage error comes back
+    at once); then score with the checkpoint's cached graph, still without torch, where the onnx runtime
+    serves it, else load the model (exporting its graph on first use)."""
+    checked = _checked_score_request(args)
+    if checked is None:
+        return 2
+    graph = _graph_scorer(args)
+    if graph is not None:
+        return _score_inputs(args, graph, *checked)
     from qfm_iqm.training.distributed import distributed_session
 
+    _apply_threads(args)
     with distributed_session(args.device):
-        return _score_inputs(args)
+        return _score_inputs(args, None, *checked)
 
 
-def _score_inputs(args: argparse.Namespace) -> int:
-    import signal
+def _graph_scorer(args: argparse.Namespace) -> GraphScorer | None:
+    """The model's cached graph as a scorer that needs no torch, on the CPU outside torchrun unless
+    ``--runtime torch``; ``None`` when there is no usable one yet."""
+    if args.runtime == "torch" or args.device != "cpu" or "WORLD_SIZE" in os.environ:
+        return None
+    from qfm_iqm.graph import load_graph_scorer
 
-    from PIL import Image
+    return load_graph_scorer(args.model, args.grid, args.threads)
 
-    from qfm_iqm.api import load_model
-    from qfm_iqm.data.images import set_max_image_pixels
-    from qfm_iqm.scoring import SYNC_EVERY, ScoreOutput, auto_workers, find_images, format_table, score_files
-    from qfm_iqm.training.distributed import is_main, local_device
-    from qfm_iqm.training.interrupt import StopRequest
+
+def _checked_score_request(args: argparse.Namespace) -> tuple[list[InputFile], list[InputFile], ScoreOutput | None] | None:
+    """(inputs, those still to score, the -o file) after every check that needs no model; ``None`` when
+    no input is an image. Raises ``ValueError`` / ``FileNotFoundError`` for bad options, a missing input
+    path, an unknown model or an output file that may not be written."""
+    from qfm_iqm.scoring import ScoreOutput, find_images
 
     if args.batch_size < 1 or (args.workers is not None and args.workers < 0):
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
+    if args.grid is not None and args.grid < 1:
+        raise ValueError(f"--grid must be >= 1 crops per side, got {args.grid}")
+    if args.max_pixels is not None and args.max_pixels < 0:
+        raise ValueError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
     if (args.resume or args.overwrite) and args.output is None:
         raise ValueError("--resume and --overwrite need -o FILE")
-    output = None
-    if args.output is not None:
-        output = ScoreOutput(args.output, _score_settings(args.model, args.grid), args.resume, args.overwrite)
+    if args.map is not None and args.map.exists() and not args.map.is_dir():
+        raise ValueError(f"--map {args.map} is a file; it takes a folder for the maps")
+    settings = _score_settings(args.model, args.grid)
+    output = ScoreOutput(args.output, settings, args.resume, args.overwrite) if args.output is not None else None
     files, warnings = find_images(args.paths, args.recursive)
     for warning in warnings:
         _note(f"warning: {warning}")
     if all(file.error is not None for file in files):
         _note(f"error: no images found in {' '.join(args.paths)}")
-        return 2
+        return None
     pending = output.pending(files) if output else files
     if len(pending) < len(files):
         _note(f"{len(files) - len(pending)} inputs already scored in {args.output}: skipped")
+    return files, pending, output
+
+
+def _score_inputs(
+    args: argparse.Namespace,
+    scorer: GraphScorer | None,
+    files: list[InputFile],
+    pending: list[InputFile],
+    output: ScoreOutput | None,
+) -> int:
+    """Score ``pending`` with ``scorer``, or with the model ``load_model`` loads when it is ``None``."""
+    import signal
+
+    from PIL import Image
+
+    from qfm_iqm.data.images import set_max_image_pixels
+    from qfm_iqm.scoring import SYNC_EVERY, auto_workers, format_table, score_files
+    from qfm_iqm.training.interrupt import StopRequest
+
     previous_limit = Image.MAX_IMAGE_PIXELS
     if args.max_pixels is not None:
         set_max_image_pixels(args.max_pixels or None)
     try:
-        scorer = load_model(args.model, local_device(args.device), args.grid, args.runtime)
+        if scorer is None:
+            from qfm_iqm.api import load_model
+            from qfm_iqm.training.distributed import local_device
+
+            scorer = load_model(args.model, local_device(args.device), args.grid, args.runtime)
         if output:
             output.start()
-        workers = auto_workers(len(pending), args.batch_size) if args.workers is None else args.workers
+        workers = auto_workers() if args.workers is None else args.workers
         with StopRequest() as stop:
             results = score_files(scorer, pending, args.batch_size, workers, not args.quiet, args.map, SYNC_EVERY,
                                   output.append if output else None, lambda: stop.signum is not None)
@@ -109,7 +158,7 @@ def _score_inputs(args: argparse.Namespace) -> int:
     failed = [r for r in results if r.error is not None]
     for result in failed:
         _note(f"failed: {result.path}: {result.error}")
-    if is_main() and output is None:
+    if _is_main() and output is None:
         print(format_table(results))
     if len(results) < len(pending):
         signum = stop.signum or signal.SIGTERM  # another process received it
@@ -124,12 +173,11 @@ def _score_inputs(args: argparse.Namespace) -> int:
 
 
 def _score_settings(model: str, grid: int | None) -> dict:
-    """What the scores of a ``score -o`` file depend on, from the checkpoint's JSON (checked; no weight
-    read): the model, the test grid and the calibrated interval when it records one."""
-    from qfm_iqm.models.pretrained import resolve_model, scoring_grid
-    from qfm_iqm.models.validation import inspect_model_checkpoint
+    """What the scores of a ``score -o`` file depend on, from the checkpoint's JSON (read without torch;
+    loading the model checks it): the model, the test grid and the calibrated interval when it records one."""
+    from qfm_iqm.models.pretrained import read_checkpoint_json, resolve_model, scoring_grid
 
-    _, info = inspect_model_checkpoint(resolve_model(model))
+    info = read_checkpoint_json(resolve_model(model))
     settings = {"model": release_name(model) or str(Path(model).resolve()), "grid": scoring_grid(info, grid)}
     if "interval" in info:
         settings["interval"] = info["interval"]
@@ -461,12 +509,12 @@ def _add_global_options(parser: argparse.ArgumentParser, in_command: bool) -> No
                         "can be faster, with the same scores")
 
 
-def _set_threads(threads: int) -> None:
-    if threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
-    import torch
+def _apply_threads(args: argparse.Namespace) -> None:
+    """Set PyTorch's CPU threads to ``--threads`` when given (this imports torch)."""
+    if args.threads is not None:
+        import torch
 
-    torch.set_num_threads(threads)
+        torch.set_num_threads(args.threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,8 +523,10 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = "qfm-iqm " + shlex.join(argv)
     reuse_freed_memory()
     try:
-        if args.threads is not None:
-            _set_threads(args.threads)
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        if args.func is not _score:  # score sets them after its checks
+            _apply_threads(args)
         return args.func(args)
     except (DatasetError, FileNotFoundError, ImportError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -11,12 +11,17 @@ Otherwise images are never resized; crops are taken at native resolution.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
 from PIL import Image
 
 from qfm_iqm.data.images import to_rgb
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: scoring a cached graph needs none
+    import torch
+
+Pixels = TypeVar("Pixels", np.ndarray, "torch.Tensor")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,13 +52,19 @@ class Preprocessing:
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"need 3 means and 3 positive stds, got mean={self.mean}, std={self.std}")
 
+    def normalized_array(self, img: Image.Image) -> np.ndarray:
+        """PIL image -> float32 array (3, H, W), scaled to [0, 1] then normalised with mean/std."""
+        x = np.asarray(to_rgb(img), dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
+        x /= np.float32(255.0)
+        x -= np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
+        x /= np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
+        return x
+
     def to_tensor_normalized(self, img: Image.Image) -> torch.Tensor:
-        """PIL image -> float32 tensor (3, H, W), scaled to [0, 1] then normalised with mean/std."""
-        arr = np.asarray(to_rgb(img), dtype=np.uint8)
-        x = torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
-        return x.sub_(mean).div_(std)
+        """PIL image -> float32 tensor (3, H, W): :meth:`normalized_array` as a tensor."""
+        import torch
+
+        return torch.from_numpy(self.normalized_array(img))
 
 
 def short_side_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -97,6 +108,8 @@ class TrainTransform:
         self.pre = pre
 
     def __call__(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        import torch
+
         s = self.pre.input_size
         img = prepare_image(img, self.pre)
         w, h = img.size
@@ -120,15 +133,27 @@ def grid_crops(img: Image.Image, pre: Preprocessing, grid: int | tuple[int, int]
     Returns a float32 tensor (rows*cols, 3, S, S), rows top to bottom, each row left to right. The
     small-image rule applies first; a count of 1 gives centred crops along that axis.
     """
-    return crop_grid(pre.to_tensor_normalized(prepare_image(img, pre)), pre.input_size, grid)
+    import torch
+
+    return torch.from_numpy(grid_crop_array(img, pre, grid))
 
 
-def crop_grid(x: torch.Tensor, size: int, grid: int | tuple[int, int]) -> torch.Tensor:
-    """The ``grid`` crops of size ``size`` of an image tensor (..., C, H, W) with H, W >= ``size``
+def grid_crop_array(img: Image.Image, pre: Preprocessing, grid: int | tuple[int, int] = 3) -> np.ndarray:
+    """:func:`grid_crops` as a numpy array (what an exported graph scores without torch)."""
+    return crop_grid(pre.normalized_array(prepare_image(img, pre)), pre.input_size, grid)
+
+
+def crop_grid(x: Pixels, size: int, grid: int | tuple[int, int]) -> Pixels:
+    """The ``grid`` crops of size ``size`` of an image tensor or array (..., C, H, W) with H, W >= ``size``
     -> (..., rows*cols, C, size, size), in the order of :func:`grid_crops`."""
     rows, cols = (grid, grid) if isinstance(grid, int) else grid
     if min(rows, cols) < 1:
         raise ValueError(f"grid must be >= 1, got {grid}")
     h, w = x.shape[-2:]
     tops, lefts = grid_offsets(h, size, rows), grid_offsets(w, size, cols)
-    return torch.stack([x[..., t : t + size, l : l + size] for t in tops for l in lefts], dim=-4)
+    crops = [x[..., t : t + size, l : l + size] for t in tops for l in lefts]
+    if isinstance(x, np.ndarray):
+        return np.stack(crops, axis=-4)
+    import torch
+
+    return torch.stack(crops, dim=-4)

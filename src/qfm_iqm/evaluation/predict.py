@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +15,7 @@ from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.torch_datasets import EvalCrops
 from qfm_iqm.data.transforms import Preprocessing
 from qfm_iqm.models.decoder import PanelOutput
+from qfm_iqm.score_result import panel_scores
 from qfm_iqm.training.distributed import all_gather_uneven, is_main, shard
 
 if TYPE_CHECKING:  # the model classes import timm; scoring an exported graph needs neither
@@ -39,12 +40,20 @@ def model_preprocessing(model: QFMIQM) -> Preprocessing:
 
 @torch.inference_mode()
 def score_crops(model: CropNetwork, crops: torch.Tensor) -> tuple[float, float]:
-    """Score one image from its crop stack (n, 3, S, S): mean score and mean panel spread.
+    """Score one image from its crop stack (n, 3, S, S): mean score and mean panel spread."""
+    return score_images(model, [crops])[0]
 
-    One forward pass per image keeps results independent of batch size and order.
-    """
-    output = model(crops)
-    return output.score.float().mean().item(), output.spread.float().mean().item()
+
+@torch.inference_mode()
+def score_images(model: CropNetwork, stacks: Sequence[torch.Tensor]) -> list[tuple[float, float]]:
+    """Score several images from their crop stacks in one call of ``model``: per image, the mean score
+    and mean panel spread over its own crops. The network scores every crop on its own (eval mode), so
+    an image's numbers are those of :func:`score_crops` on it alone, up to float32 rounding where the
+    batch size changes how a kernel sums (tests/test_scoring.py, tests/test_onnx.py)."""
+    if not stacks:
+        return []
+    output = model(torch.cat(list(stacks)) if len(stacks) > 1 else stacks[0])
+    return panel_scores(output.member_scores.float().cpu().numpy(), [len(stack) for stack in stacks])
 
 
 @torch.inference_mode()
@@ -52,7 +61,8 @@ def score_tokens(model: QFMIQM, tokens: torch.Tensor) -> float:
     """Score one image from a frozen backbone's cached outputs for its crops (n, N, C): the mean score,
     the same number as :func:`score_crops` on the crops themselves."""
     encoded = model.encode_features(tokens.mean(dim=1), tokens)
-    return model.decode(encoded.c, encoded.tokens).score.float().mean().item()
+    members = model.decode(encoded.c, encoded.tokens).member_scores.float().cpu().numpy()
+    return panel_scores(members, [len(members)])[0][0]
 
 
 @torch.inference_mode()
