@@ -250,6 +250,13 @@ def _train(args: argparse.Namespace) -> int:
     indices, val = validation_part(config, dataset, split) if split is not None else (tuple(range(len(dataset))), ())
     metadata = {**training_metadata(dataset, split.seed if split else None, len(indices), args.command_line),
                 "val_size": len(val)}
+    finished = None if args.restart else _finished_training(args.output, config, metadata, tested=split is not None)
+    if finished is not None:
+        _note(f"{args.output} holds this run, finished ({'result.json' if split else 'model.json'}): "
+              "nothing to do; --restart trains it again")
+        if split is not None and _is_main():
+            print(json.dumps({"output": str(args.output), "test": finished}, indent=2))
+        return 0
     records = [dataset.records[i] for i in indices]
     val_records = [dataset.records[i] for i in val]
     held_out = [dataset.records[i] for i in (*val, *(split.test if split is not None else ()))]
@@ -277,6 +284,30 @@ def _train(args: argparse.Namespace) -> int:
         if is_main():
             print(json.dumps({"output": str(args.output), "test": result}, indent=2))
     return 0
+
+
+RUN_KEYS = ("dataset", "split_seed", "train_size", "val_size")  # what a checkpoint records of its training data
+
+
+def _finished_training(output: Path, config: TrainConfig, metadata: dict, tested: bool) -> dict | None:
+    """The test result (``{}`` when not ``tested``, i.e. ``--all``) of the run that ``train`` finished in
+    ``output`` with these options and data; ``None`` when it holds none yet. ``ValueError`` naming the
+    options or data that differ when its model was trained otherwise."""
+    model_file, result_file = output / "model.json", output / "result.json"
+    if not model_file.is_file():
+        return None
+    saved = json.loads(model_file.read_text())
+    recorded = {"training": saved.get("training"), **{key: saved.get(key) for key in RUN_KEYS}}
+    current = {"training": config.to_dict(), **{key: metadata.get(key) for key in RUN_KEYS}}
+    from qfm_iqm.training.config import changed_options
+
+    changed = changed_options(recorded, current)
+    if changed:
+        raise ValueError(f"{output} holds a model trained with other options or data (differs in: {', '.join(changed)}); "
+                         "add --restart to train again there (its files are replaced), or choose another --output")
+    if not tested:
+        return {}
+    return json.loads(result_file.read_text()) if result_file.is_file() else None
 
 
 def _evaluate(args: argparse.Namespace) -> int:
