@@ -155,6 +155,20 @@ def test_scores_do_not_depend_on_batch_or_order(scorer: Scorer) -> None:
     assert [r.score for r in scorer.score(images[::-1])] == single[::-1]
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_images_scored_in_one_network_call_score_as_each_alone(checkpoint: Path, runtime: str) -> None:
+    """What ``score_files`` does: several images' crops (of several sizes) in one call of the network."""
+    scorer = load_model(checkpoint, runtime=runtime)
+    images = [Image.fromarray(_pixels(70 + 13 * i, 90 + 31 * i, seed=i)) for i in range(5)]
+    together = scorer.score_crop_stacks([scorer.crops(image) for image in images], [f"{i}.png" for i in range(5)])
+    for i, (image, result) in enumerate(zip(images, together)):
+        alone = scorer.score(image)
+        assert result.path == f"{i}.png"
+        assert result.score == pytest.approx(alone.score, abs=1e-3)  # MOS 0-100: 1e-5 on the normalised scale
+        assert result.uncertainty == pytest.approx(alone.uncertainty, abs=1e-3)
+    assert scorer.score_crop_stacks([], []) == []
+
+
 def test_grid_sets_the_crops_and_is_checked(scorer: Scorer, checkpoint: Path) -> None:
     image = Image.fromarray(_pixels(150, 200))
     dense = load_model(checkpoint, grid=4)
