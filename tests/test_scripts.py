@@ -40,3 +40,43 @@ def test_release_interval_refuses_cells_it_cannot_summarise(tmp_path: Path) -> N
     mixed = [{"coverage_target": c, "quantile": 0.2, "calibration_size": 10} for c in (0.9, 0.8)]
     with pytest.raises(SystemExit, match="different coverages"):
         release_interval.main(str(_cell(tmp_path / "mixed", mixed)))
+
+
+def _tiny_checkpoint(folder: Path) -> Path:
+    """A random tiny model (64-px crops) saved as a training checkpoint, scoring on a 0-100 scale."""
+    import torch
+
+    from qfm_iqm.models.qfm import ModelConfig, build_model
+    from qfm_iqm.utils.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(dim=64, num_heads=4, preprocessing={"input_size": 64, "mean": [0.5] * 3,
+                                                                        "std": [0.5] * 3}), pretrained_backbone=False)
+    scale = {"name": "MOS", "low": 0, "high": 100, "higher_is_better": True}
+    save_checkpoint(folder, model.state_dict(), {"format": "qfm-iqm/1", "model": model.config.to_dict(),
+                                                 "score_scale": scale, "training": {"eval_grid": 2}})
+    return folder
+
+
+def test_scoring_speed_measures_network_command_ratio_memory_and_ceiling(tmp_path: Path) -> None:
+    from qfm_iqm.benchmark.speed import make_jpegs
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    make_jpegs(photos, 4, 96)
+    model = _tiny_checkpoint(tmp_path / "model")
+    output = tmp_path / "speed.json"
+    argv = [str(photos), str(output), "--limit", "3", "--model", str(model), "--matmul-size", "64"]
+    assert _script("scoring_speed").main(argv) == 0
+    result = json.loads(output.read_text())
+    assert result["images"] == 3 and result["command"] == "python scripts/scoring_speed.py " + " ".join(argv)
+    assert [row["runtime"] for row in result["runtimes"]] == ["onnx", "torch"]
+    for row in result["runtimes"]:
+        network, commands = row["network"], row["commands"]
+        assert network["images"] == 3 and network["crops_per_image"] == 4 and network["images_per_second"] > 0
+        assert [command["output"] for command in commands] == ["-o FILE", "table"]
+        assert all(command["images"] == 3 and command["peak_rss_mib"] > 50 for command in commands)
+        assert row["ratio"] == pytest.approx(commands[0]["images_per_second"] / network["images_per_second"], abs=1e-2)
+    ceiling = result["flop_ceiling"]
+    assert ceiling["gflop_per_image"] > 0 and ceiling["ceiling_images_per_second"] == pytest.approx(
+        ceiling["matmul_gflop_per_second"] / ceiling["gflop_per_image"], rel=0.05)
