@@ -24,10 +24,11 @@ import qfm_iqm.graph
 from qfm_iqm import ScoreResult, Scorer, load_model
 from qfm_iqm.cli.main import main
 from qfm_iqm.data.images import ImageLoadError, set_max_image_pixels
-from qfm_iqm.data.records import LabelScale
+from qfm_iqm.data.records import ImageRecord, LabelScale
 from qfm_iqm.data.transforms import ensure_min_side
 from qfm_iqm.evaluation import quality_map as qmap
 from qfm_iqm.evaluation.conformal import ConformalInterval, calibrate
+from qfm_iqm.evaluation.predict import predict_records, predict_whole_images
 from qfm_iqm.graph import GraphScorer
 from qfm_iqm.metric import create_metric
 from qfm_iqm.models import pretrained
@@ -167,6 +168,18 @@ def test_images_scored_in_one_network_call_score_as_each_alone(checkpoint: Path,
         assert result.score == pytest.approx(alone.score, abs=1e-3)  # MOS 0-100: 1e-5 on the normalised scale
         assert result.uncertainty == pytest.approx(alone.uncertainty, abs=1e-3)
     assert scorer.score_crop_stacks([], []) == []
+
+
+def test_a_whole_image_pass_scores_the_prepared_image_in_one_piece(checkpoint: Path, tmp_path: Path) -> None:
+    model = load_trained_model(checkpoint).eval()
+    square = ImageRecord(path=_save(tmp_path / "a.png", _pixels(CROP, CROP)), label=0.5, raw_label=50.0)
+    wide = ImageRecord(path=_save(tmp_path / "b.png", _pixels(CROP, 3 * CROP, seed=1)), label=0.5, raw_label=50.0)
+    whole = predict_whole_images(model, [square, wide])
+    assert whole[0] == pytest.approx(predict_records(model, [square], grid=1).scores[0], abs=1e-6)  # its one crop
+    assert whole[1] != pytest.approx(predict_records(model, [wide], grid=1).scores[0], abs=1e-6)  # more than its centre
+    model.backbone.kind = "vit"
+    with pytest.raises(ValueError, match="vit backbone takes crops of a fixed size"):
+        predict_whole_images(model, [square])
 
 
 def test_grid_sets_the_crops_and_is_checked(scorer: Scorer, checkpoint: Path) -> None:

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.torch_datasets import EvalCrops
-from qfm_iqm.data.transforms import Preprocessing
+from qfm_iqm.data.transforms import Preprocessing, prepare_image
 from qfm_iqm.models.decoder import PanelOutput
 from qfm_iqm.score_result import panel_scores
 from qfm_iqm.training.distributed import all_gather_uneven, is_main, shard
@@ -63,6 +65,22 @@ def score_tokens(model: QFMIQM, tokens: torch.Tensor) -> float:
     encoded = model.encode_features(tokens.mean(dim=1), tokens)
     members = model.decode(encoded.c, encoded.tokens).member_scores.float().cpu().numpy()
     return panel_scores(members, [len(members)])[0][0]
+
+
+def whole_image(image: Image.Image, pre: Preprocessing) -> torch.Tensor:
+    """An image as one input of the network (1, 3, H, W), prepared as for its crops: a whole-image pass,
+    for backbones that take any input size (CNNs)."""
+    return pre.to_tensor_normalized(prepare_image(image, pre)).unsqueeze(0)
+
+
+@torch.inference_mode()
+def predict_whole_images(model: QFMIQM, records: list[ImageRecord], device: torch.device | str = "cpu") -> np.ndarray:
+    """Normalised scores of a whole-image pass (:func:`whole_image`) of each record, in input order."""
+    if model.backbone.kind != "cnn":
+        raise ValueError(f"a {model.backbone.kind} backbone takes crops of a fixed size: no whole-image pass")
+    model.eval()
+    pre = model_preprocessing(model)
+    return np.array([score_crops(model, whole_image(load_image(record.path), pre).to(device))[0] for record in records])
 
 
 @torch.inference_mode()
