@@ -209,11 +209,11 @@ def load_model(
     (``eval_grid``), else 3. Measured on 5 LIVEC splits (docs/scoring.md): 4 is about 0.01 SRCC better
     than 3 with every split model, and 1.7x slower. The checkpoint's ``interval``, when it records one,
     gives every score its calibrated ``low``/``high``.
-    ``runtime``: ``"auto"`` (the default: ``"onnx"`` where it can run, i.e. on the CPU with the onnx extra
-    installed, else ``"torch"``), ``"torch"`` or ``"onnx"`` (onnxruntime on the CPU; the graph is
-    exported on first use and cached, needs ``pip install "qfm-iqm[onnx]"``). Once a checkpoint's files
-    have a cached graph, the onnx runtime loads it without building the eager model (or importing timm):
-    faster and about 200 MB lighter; the eager model is built if a quality map asks for it.
+    ``runtime``: ``"auto"`` (the default: ``"onnx"`` where it can run, i.e. on the CPU, else ``"torch"``),
+    ``"torch"`` or ``"onnx"`` (onnxruntime on the CPU; the graph is exported on first use and cached).
+    Once a checkpoint's files have a cached graph, the onnx runtime loads it without building the eager
+    model (or importing timm): faster and about 200 MB lighter; the eager model is built if a quality
+    map asks for it. (:func:`qfm_iqm.graph.load_graph_scorer` serves such a graph without torch at all.)
     """
     path = resolve_model(name_or_path)
     onnx = resolve_runtime(runtime, torch.device(device)) == "onnx"

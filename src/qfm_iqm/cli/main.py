@@ -19,6 +19,7 @@ from qfm_iqm.cli.datasets_cmd import add_dataset_option_argument, add_datasets_c
 from qfm_iqm.data.records import DatasetError, IQADataset
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.models.pretrained import DEFAULT_MODEL, release_name
+from qfm_iqm.scoring import BATCH_SIZE
 from qfm_iqm.utils.allocator import reuse_freed_memory
 
 if TYPE_CHECKING:
@@ -34,8 +35,8 @@ any case) and glob patterns (expanded here too, for shells that do not; ** spans
 Each image is decoded to 8-bit RGB (EXIF orientation applied, first frame of animations, alpha
 composited onto white, 16-bit rescaled) and scored as the mean over a fixed grid of crops (the
 grid the model records, 3x3 for the released model, or --grid N), so scores do not depend on batch
-size, order or workers. Images whose shorter side is below the crop size (224 px for the released
-model) are first upscaled (bicubic, aspect kept) until it equals it.
+size, order or workers (beyond float32 rounding). Images whose shorter side is below the crop size
+(224 px for the released model) are first upscaled (bicubic, aspect kept) until it equals it.
 
 low and high are the calibrated range of a model that records an interval (qfm-iqm calibrate): it
 holds the true score for the recorded share (e.g. 90%) of images like its calibration images.
@@ -51,7 +52,8 @@ and interval are recorded in FILE.settings.json, and --resume refuses a file mad
 SIGTERM or Ctrl-C stops the run after the current image, keeping its rows for --resume. Under torchrun the
 inputs are shared out across the processes and rank 0 writes (see docs/distributed.md).
 Exit status: 0 all scored, 1 some inputs failed (the others are still written), 2 usage error (bad
-option, input, output file or model checkpoint), 130/143 stopped by Ctrl-C/SIGTERM."""
+option, missing input path, output file or model checkpoint; options, inputs and the output file are
+checked before the model loads), 130/143 stopped by Ctrl-C/SIGTERM."""
 
 
 def _is_main() -> bool:
@@ -450,12 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     score.add_argument("--runtime", choices=["torch", "onnx", "auto"], default="auto",
                        help="what runs the model: auto (default: onnx where it can run, else torch), torch, or onnx "
-                       "(onnxruntime on the CPU, faster; the graph is exported on first use and cached; needs "
-                       "pip install \"qfm-iqm[onnx]\")")
-    score.add_argument("--batch-size", dest="batch_size", type=int, default=16, metavar="N",
-                       help="images per loading batch (default: 16)")
+                       "(onnxruntime on the CPU, faster; the graph is exported once, on first use, and cached; "
+                       "then scoring imports no torch)")
+    score.add_argument("--batch-size", dest="batch_size", type=int, default=BATCH_SIZE, metavar="N",
+                       help="images whose crops go through the network together (default: %(default)s; more for a GPU)")
     score.add_argument("--workers", type=int, metavar="N",
-                       help="decoding processes (default: 0 for a single batch or on <= 2 cores, else min(4, CPUs/2))")
+                       help="threads that decode images while the network scores (default: one per 4 CPUs, 1 to 4; "
+                       "0: none)")
     score.add_argument("-o", "--output", type=Path, metavar="FILE", help="write results to FILE (.csv, .json, .jsonl)")
     score.add_argument("--map", type=Path, metavar="OUT_DIR", help="write <stem>_map.png quality-map overlays here")
     score.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
