@@ -78,6 +78,8 @@ def test_scoring_speed_measures_network_command_ratio_memory_and_ceiling(tiny, t
         assert [command["output"] for command in commands] == ["-o FILE", "table"]
         assert all(command["images"] == 3 and command["peak_rss_mib"] > 50 for command in commands)
         assert row["ratio"] == pytest.approx(commands[0]["images_per_second"] / network["images_per_second"], abs=1e-2)
+    onnx, torch = ([command["peak_rss_mib"] for command in row["commands"]] for row in result["runtimes"])
+    assert max(onnx) < min(torch)  # each process's own peak: the cached graph is scored without torch
     ceiling = result["flop_ceiling"]
     assert ceiling["gflop_per_image"] > 0 and ceiling["ceiling_images_per_second"] == pytest.approx(
         ceiling["matmul_gflop_per_second"] / ceiling["gflop_per_image"], rel=0.05)

@@ -24,11 +24,10 @@ from dataclasses import asdict, dataclass, replace
 from functools import partial
 from itertools import islice
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from PIL import Image
-from tqdm.auto import tqdm
 
 from qfm_iqm.data.images import IMAGE_EXTENSIONS, ImageLoadError, load_image
 from qfm_iqm.score_result import ScoreResult
@@ -91,8 +90,8 @@ def find_images(inputs: Sequence[str | os.PathLike], recursive: bool = True) -> 
     """Expand files, folders and glob patterns into the files to score; return (files, warnings).
 
     A file path is always kept, whatever its extension; a path that does not exist (and is no pattern)
-    raises ``FileNotFoundError`` naming every such input. Folders contribute their files with an image extension (case-insensitive), sorted, searched
-    recursively unless ``recursive`` is false. A pattern (``*``, ``?``, ``[``) that is not an existing
+    raises ``FileNotFoundError`` naming every such input. Folders contribute their files with an image
+    extension (case-insensitive), sorted, searched recursively unless ``recursive`` is false. A pattern (``*``, ``?``, ``[``) that is not an existing
     path is expanded (``**`` matches folders at any depth); matched folders are expanded as above and
     matched files are kept if they have an image extension; a pattern that matches nothing becomes a
     failed input. Inputs naming the same file (see :func:`input_key`) are kept once, as first named.
@@ -209,7 +208,7 @@ class _OneProcess:
         return [obj]
 
 
-def _processes():
+def _processes() -> ModuleType | type[_OneProcess]:
     """:mod:`qfm_iqm.training.distributed` once torch is imported (a process group needs it), else
     :class:`_OneProcess`."""
     if "torch" in sys.modules:
@@ -248,6 +247,9 @@ def _scores(
     map_dir: Path | None,
 ) -> Iterator[ScoreResult]:
     """Score ``entries`` in order, one result at a time (see :func:`score_files`)."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
     if map_dir is not None:
         from qfm_iqm.evaluation.quality_map import overlay_quality_map
     items = _decoded(scorer, entries, workers, 2 * batch_size + workers, keep_image=map_dir is not None)

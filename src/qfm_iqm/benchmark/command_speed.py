@@ -2,9 +2,7 @@
 network's FLOP-bound ceiling (``scripts/scoring_speed.py``, ``scripts/grid_presets.py``).
 
 Every measurement runs in a process of its own (``python -m qfm_iqm.benchmark.command_speed CELL``),
-one after the other, so that none shares the cores, caches or memory of another. The process that
-starts them imports no torch: Linux counts a child's peak resident memory from the process it was
-started from, which therefore has to stay below the child's.
+one after the other, so that none shares the cores, caches or memory of another.
 """
 
 from __future__ import annotations
@@ -25,7 +23,11 @@ from qfm_iqm.scoring import find_images
 __all__ = ["WHOLE", "command_speed", "flop_ceiling", "machine", "network_speed", "photos", "run_cell"]
 
 WHOLE = "whole"  # the grid of a whole-image pass: the prepared image through the network in one piece
-CLI = [sys.executable, "-m", "qfm_iqm.cli.main", "--quiet", "score"]
+# The command as its console script runs it, which also writes its peak resident memory (MiB) to a file
+# when it exits (``peak_rss_mib``: the process's own, not that of the process it was started from).
+CLI = [sys.executable, "-c", "import atexit, sys; from qfm_iqm.utils.memory import peak_rss_mib; "
+       "atexit.register(lambda: open(sys.argv[1], 'w').write(str(peak_rss_mib()))); "
+       "from qfm_iqm.cli.main import main; sys.exit(main(sys.argv[2:]))"]
 
 
 def run_cell(kind: str, **options) -> dict:
@@ -121,20 +123,20 @@ def command_speed(model: str, runtime: str, inputs: list[str], images: int, outp
                   options: tuple[str, ...] = ()) -> dict:
     """Images/s and peak resident memory of one ``qfm-iqm score INPUTS`` process (``images`` photos, with
     ``-o output`` or printing its table, and ``options``), from its start to its exit."""
-    argv = [*CLI, *inputs, "--model", model, "--runtime", runtime, *options, *(["-o", str(output)] if output else [])]
-    with tempfile.TemporaryFile("w+") as errors:
-        began = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors)
-        _, status, usage = os.wait4(process.pid, 0)  # the process's own resource usage
-        seconds = time.perf_counter() - began
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode != 0:
-            errors.seek(0)
-            shown = shlex.join(argv[len(CLI) - 1 :][:6])
-            raise RuntimeError(f"qfm-iqm {shown} ... exited with {process.returncode}: {errors.read()[-2000:]}")
+    arguments = ["--quiet", "score", *inputs, "--model", model, "--runtime", runtime, *options,
+                 *(["-o", str(output)] if output else [])]
+    with tempfile.TemporaryDirectory(prefix="qfm_iqm_command_") as tmp:
+        peak, errors = Path(tmp) / "peak", Path(tmp) / "stderr"
+        with open(errors, "w") as stderr:
+            began = time.perf_counter()
+            status = subprocess.run([*CLI, str(peak), *arguments], stdout=subprocess.DEVNULL, stderr=stderr).returncode
+            seconds = time.perf_counter() - began
+        if status != 0:
+            raise RuntimeError(f"qfm-iqm {shlex.join(arguments[:8])} ... exited with {status}: "
+                               f"{errors.read_text()[-2000:]}")
+        peak_mib = float(peak.read_text())
     return {"runtime": runtime, "options": list(options), "output": "-o FILE" if output else "table", "images": images,
-            "seconds": round(seconds, 3), "images_per_second": round(images / seconds, 3),
-            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+            "seconds": round(seconds, 3), "images_per_second": round(images / seconds, 3), "peak_rss_mib": round(peak_mib, 1)}
 
 
 def photos(folder: Path, limit: int | None) -> tuple[list[str], list[str]]:

@@ -19,13 +19,14 @@ from qfm_iqm.cli.datasets_cmd import add_dataset_option_argument, add_datasets_c
 from qfm_iqm.data.records import DatasetError, IQADataset
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.models.pretrained import DEFAULT_MODEL, release_name
-from qfm_iqm.scoring import BATCH_SIZE
+from qfm_iqm.scoring import (
+    BATCH_SIZE, SYNC_EVERY, InputFile, ScoreOutput, auto_workers, find_images, format_table, score_files,
+)
 from qfm_iqm.utils.allocator import reuse_freed_memory
 
 if TYPE_CHECKING:
     from qfm_iqm.data.splits import Split
     from qfm_iqm.graph import GraphScorer
-    from qfm_iqm.scoring import InputFile, ScoreOutput
     from qfm_iqm.training.config import TrainConfig
 
 SCORE_HELP = """Score images with a trained model (default: the released model).
@@ -98,8 +99,6 @@ def _checked_score_request(args: argparse.Namespace) -> tuple[list[InputFile], l
     """(inputs, those still to score, the -o file) after every check that needs no model; ``None`` when
     no input is an image. Raises ``ValueError`` / ``FileNotFoundError`` for bad options, a missing input
     path, an unknown model or an output file that may not be written."""
-    from qfm_iqm.scoring import ScoreOutput, find_images
-
     if args.batch_size < 1 or (args.workers is not None and args.workers < 0):
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
     if args.grid is not None and args.grid < 1:
@@ -137,7 +136,6 @@ def _score_inputs(
     from PIL import Image
 
     from qfm_iqm.data.images import set_max_image_pixels
-    from qfm_iqm.scoring import SYNC_EVERY, auto_workers, format_table, score_files
     from qfm_iqm.training.interrupt import StopRequest
 
     previous_limit = Image.MAX_IMAGE_PIXELS
