@@ -34,7 +34,7 @@ from qfm_iqm.models.pretrained import (
 from qfm_iqm.runtime import (
     OnnxNetwork, cached_checkpoint_network, checkpoint_key, onnx_network, remember_checkpoint_network, resolve_runtime,
 )
-from qfm_iqm.score_result import NORMALISED_LIMITS, ScoreResult, image_result  # noqa: F401 - NORMALISED_LIMITS re-exported
+from qfm_iqm.score_result import NORMALISED_LIMITS, ScoreResult, image_result  # noqa: F401 - re-exported
 from qfm_iqm.utils.checkpoint import checkpoint_paths
 
 if TYPE_CHECKING:  # the model classes import timm; a cached graph scores without them (load_model)

@@ -201,7 +201,9 @@ class GraphScorer:
         return self._eager.quality_map(image)
 
 
-def load_graph_scorer(name_or_path: str | Path, grid: int | None = None, threads: int | None = None) -> GraphScorer | None:
+def load_graph_scorer(
+    name_or_path: str | Path, grid: int | None = None, threads: int | None = None
+) -> GraphScorer | None:
     """A :class:`GraphScorer` of a released model or checkpoint whose very files have a cached graph
     (``load_model(..., runtime="onnx")`` recorded one), else ``None``: onnxruntime is not installed, or
     there is no usable graph yet."""

@@ -161,7 +161,9 @@ def _decode(scorer: Scorer, keep_image: bool, index: int, file: InputFile) -> _I
     return _Item(index, path, crops, np.asarray(image) if keep_image else None)
 
 
-def _decoded(scorer: Scorer, entries: Sequence[InputFile], workers: int, ahead: int, keep_image: bool) -> Iterator[_Item]:
+def _decoded(
+    scorer: Scorer, entries: Sequence[InputFile], workers: int, ahead: int, keep_image: bool
+) -> Iterator[_Item]:
     """``entries`` decoded, in order: by ``workers`` threads that run at most ``ahead`` files ahead of
     the consumer (a bounded queue; Pillow and torch release the GIL while they work), or in this thread
     when ``workers`` is 0."""
@@ -257,7 +259,8 @@ def _scores(
         while batch := list(islice(items, batch_size)):
             decoded = [item for item in batch if item.error is None]
             if decoded:
-                scored = iter(scorer.score_crop_stacks([item.crops for item in decoded], [item.path for item in decoded]))
+                stacks, paths = [item.crops for item in decoded], [item.path for item in decoded]
+                scored = iter(scorer.score_crop_stacks(stacks, paths))
             for item in batch:
                 if item.error is not None:
                     result = ScoreResult(None, None, item.path, item.error)

@@ -32,8 +32,8 @@ CLI = [sys.executable, "-c", "import atexit, sys; from qfm_iqm.utils.memory impo
 
 def run_cell(kind: str, **options) -> dict:
     """:func:`network_speed` (``kind`` "network") or :func:`flop_ceiling` ("flops") in a fresh process."""
-    done = subprocess.run([sys.executable, "-m", "qfm_iqm.benchmark.command_speed", json.dumps({"kind": kind, **options})],
-                          capture_output=True, text=True)
+    cell = json.dumps({"kind": kind, **options})
+    done = subprocess.run([sys.executable, "-m", "qfm_iqm.benchmark.command_speed", cell], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} cell failed: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -136,7 +136,8 @@ def command_speed(model: str, runtime: str, inputs: list[str], images: int, outp
                                f"{errors.read_text()[-2000:]}")
         peak_mib = float(peak.read_text())
     return {"runtime": runtime, "options": list(options), "output": "-o FILE" if output else "table", "images": images,
-            "seconds": round(seconds, 3), "images_per_second": round(images / seconds, 3), "peak_rss_mib": round(peak_mib, 1)}
+            "seconds": round(seconds, 3), "images_per_second": round(images / seconds, 3),
+            "peak_rss_mib": round(peak_mib, 1)}
 
 
 def photos(folder: Path, limit: int | None) -> tuple[list[str], list[str]]:

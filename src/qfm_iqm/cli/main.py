@@ -19,9 +19,8 @@ from qfm_iqm.cli.datasets_cmd import add_dataset_option_argument, add_datasets_c
 from qfm_iqm.data.records import DatasetError, IQADataset
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.models.pretrained import DEFAULT_MODEL, release_name
-from qfm_iqm.scoring import (
-    BATCH_SIZE, SYNC_EVERY, InputFile, ScoreOutput, auto_workers, find_images, format_table, score_files,
-)
+from qfm_iqm import scoring
+from qfm_iqm.scoring import BATCH_SIZE, InputFile, ScoreOutput, auto_workers, find_images, format_table, score_files
 from qfm_iqm.utils.allocator import reuse_freed_memory
 
 if TYPE_CHECKING:
@@ -151,8 +150,8 @@ def _score_inputs(
             output.start()
         workers = auto_workers() if args.workers is None else args.workers
         with StopRequest() as stop:
-            results = score_files(scorer, pending, args.batch_size, workers, not args.quiet, args.map, SYNC_EVERY,
-                                  output.append if output else None, lambda: stop.signum is not None)
+            results = score_files(scorer, pending, args.batch_size, workers, not args.quiet, args.map,
+                                  scoring.SYNC_EVERY, output.append if output else None, lambda: stop.signum is not None)
     finally:
         set_max_image_pixels(previous_limit)
     failed = [r for r in results if r.error is not None]
