@@ -4,10 +4,11 @@
 >>> scorer = load_model()                      # the default released model
 >>> scorer.score("photo.jpg").score            # MOS, 0-100, higher is better
 
-Every image is scored as the mean over a fixed grid of crops in one forward pass of its own, so a
-score never depends on batch size, order or run. The grid is the one the checkpoint records (its
-training's ``eval_grid``; 3x3 for checkpoints that record none) unless ``grid`` says otherwise.
-``runtime="onnx"`` runs that pass in onnxruntime (:mod:`qfm_iqm.runtime`).
+Every image is scored as the mean over a fixed grid of crops. The network scores each crop on its
+own, so a score does not depend on the order, the run or the other images whose crops share its
+forward pass (:meth:`Scorer.score_crop_stacks`; beyond float32 rounding). The grid is the one the
+checkpoint records (its training's ``eval_grid``; 3x3 for checkpoints that record none) unless
+``grid`` says otherwise. ``runtime="onnx"`` runs the network in onnxruntime (:mod:`qfm_iqm.runtime`).
 """
 
 from __future__ import annotations
