@@ -14,7 +14,8 @@ The config names a dataset, split seeds (the protocol's splits), shared training
 
 Writes ``curves.csv`` (one row per variant, seed and epoch: train/validation SRCC, PLCC, RMSE and
 the losses; the last epoch's row also the degradation check on ``degradation_photos`` validation
-photos, and the validation SRCC with each test grid of the config's ``grids``) and ``summary.csv`` (per variant: median over seeds of the last epoch's validation SRCC
+photos, and the validation SRCC with each test grid of the config's ``grids``, ``whole`` for a
+whole-image pass) and ``summary.csv`` (per variant: median over seeds of the last epoch's validation SRCC
 and PLCC, of the best epoch's, and of the degradation check). ``unlabeled_dir`` pools are passed on. Variants already in ``curves.csv`` are not run again. Backbone
 outputs of a frozen backbone are computed once and shared by every variant (one process).
 """
@@ -31,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from qfm_iqm.benchmark.command_speed import WHOLE
 from qfm_iqm.benchmark.config import _merge
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.splits import make_split
 from qfm_iqm.evaluation.degradation_check import check_photos, degradation_check
 from qfm_iqm.evaluation.metrics import compute_metrics
-from qfm_iqm.evaluation.predict import predict_records, score_tokens
+from qfm_iqm.evaluation.predict import predict_records, predict_whole_images, score_tokens
 from qfm_iqm.evaluation.protocol import config_for_dataset, fit_model, unlabelled_records, validation_part
 from qfm_iqm.training.trainer import resolve_device
 from qfm_iqm.training.config import TrainConfig
@@ -87,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             rows[-1].update({f"steps_{kind}": "/".join(f"{step:.2f}" for step in result["steps"]) for kind, result in check.items()})
             labels = np.array([record.label for record in val_records])
             for grid in spec.get("grids", []):  # the test grid is a choice too: validation SRCC per grid
-                if features is None:
+                if grid == WHOLE:
+                    scores = predict_whole_images(model, val_records, device)
+                elif features is None:
                     scores = predict_records(model, val_records, grid, device).scores
                 else:
                     scores = np.array([score_tokens(model, features.grid(r, grid).float()) for r in val_records])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,27 @@ def test_evaluate_refuses_the_release_on_the_data_it_was_trained_on(tmp_path: Pa
     root = make_livec(tmp_path / "livec")
     assert main(["evaluate", "--checkpoint", "qfm_iqm_lite0_livec", "--dataset", "livec", "--data-root", str(root)]) == 2
     assert "was trained on 6 of the 6 images to test (every image of LIVEC)" in capsys.readouterr().err
+
+
+def test_score_usage_errors_come_before_torch_is_imported(tmp_path: Path) -> None:
+    """Every option, input and output check of ``score`` runs before the model loads, without torch."""
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    (tmp_path / "done.csv").write_text("path,score,low,high,uncertainty,error\n")
+    cases = {
+        "the extension must be one of": ["-o", str(tmp_path / "out.txt")],
+        "done.csv exists: add --overwrite": ["-o", str(tmp_path / "done.csv")],
+        "--resume and --overwrite need -o FILE": ["--resume"],
+        "--grid must be >= 1": ["--grid", "0"],
+        "--batch-size must be >= 1": ["--batch-size", "0"],
+        "--threads must be >= 1": ["--threads", "0"],
+        "neither a released model": ["--model", str(tmp_path / "nope")],
+        f"no such file or folder: {tmp_path / 'typo'}": [str(tmp_path / "typo")],
+    }
+    code = ("import json, sys; from qfm_iqm.cli.main import main; status = main(json.loads(sys.argv[1])); "
+            "print(json.dumps([status, sorted({'torch', 'timm', 'onnxruntime'} & set(sys.modules))]))")
+    for message, options in cases.items():
+        argv = ["score", str(image), *options]
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], capture_output=True, text=True, check=True)
+        assert json.loads(done.stdout) == [2, []], (argv, done.stderr)
+        assert done.stderr.startswith("error: ") and message in done.stderr, (argv, done.stderr)

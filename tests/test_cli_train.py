@@ -137,3 +137,20 @@ def test_a_release_fits_all_but_the_images_that_calibrate_its_range(tmp_path, cs
     assert "trained on 6 of the 16 images (--all); its score range is calibrated on the 10" in capsys.readouterr().err
     saved = json.loads((out / "model.json").read_text())
     assert saved["train_size"] == 6 and saved["interval"]["calibration_size"] == 10
+
+
+def test_a_finished_train_says_so_and_options_that_differ_are_named(tmp_path, csv_dataset, capsys):
+    out = tmp_path / "model"
+    train = ["--quiet", "train", *csv_dataset, "--output", str(out)]
+    assert main(train) == 0
+    result = json.loads(capsys.readouterr().out)
+    files = {name: (out / name).stat().st_mtime_ns for name in ("model.safetensors", "result.json", "predictions.csv")}
+    assert main(train) == 0  # nothing is trained or scored again
+    captured = capsys.readouterr()
+    assert "finished" in captured.err and "--restart" in captured.err and json.loads(captured.out) == result
+    assert {name: (out / name).stat().st_mtime_ns for name in files} == files
+    assert main([*train, "--set", "lr=2e-4"]) == 2
+    assert "(differs in: training.lr); add --restart" in capsys.readouterr().err
+    (out / "model.json").unlink()  # as if stopped before the end: the saved training state is left
+    assert main([*train, "--set", "lr=2e-4", "--epochs", "2"]) == 2
+    assert "(differs in: epochs, lr); continue it with the same options, or start over with --restart" in capsys.readouterr().err

@@ -94,7 +94,7 @@ def _worker(rank: int, port: int, records: list[ImageRecord], out: Path) -> None
         trainer = LossCurveTrainer(vit_config(), records, out / "train", progress=False)
         trainer.fit()
         predictions = predict_records(trainer.model, records[:TEST_IMAGES], grid=2)
-        inputs = [str(r.path) for r in records[:5]] + [str(out / "missing.png")]
+        inputs = [str(r.path) for r in records[:5]] + [str(out / "broken.jpg")]
         status = main(["--quiet", "score", *inputs, "--model", str(out / "train"), "-o", str(out / "scores.csv")])
         evaluate_status = main(["--quiet", "evaluate", *protocol_arguments(records, out / "protocol")])
         benchmark_status = main(["--quiet", "benchmark", "--config", str(out / "benchmark.json"), "--output", str(out / "bench")])
@@ -109,6 +109,7 @@ def _worker(rank: int, port: int, records: list[ImageRecord], out: Path) -> None
 def two_processes(tmp_path_factory, blur_records) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("ddp")
     write_benchmark_config(blur_records, out)
+    (out / "broken.jpg").write_bytes(b"not an image")
     mp.spawn(_worker, args=(_free_port(), blur_records, out), nprocs=WORLD, join=True)
     return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
@@ -147,12 +148,12 @@ def test_distributed_evaluation_returns_every_test_image_once_in_order(two_proce
 
 def test_sharded_scoring_writes_one_merged_file_in_input_order(two_processes, blur_records) -> None:
     out, reports = two_processes
-    assert [report["score_status"] for report in reports] == [1, 1]  # one input is missing
+    assert [report["score_status"] for report in reports] == [1, 1]  # one input is not an image
     lines = (out / "scores.csv").read_text().splitlines()
-    expected = [str(r.path) for r in blur_records[:5]] + [str(out / "missing.png")]
+    expected = [str(r.path) for r in blur_records[:5]] + [str(out / "broken.jpg")]
     assert lines[0] == "path,score,low,high,uncertainty,error"
     assert [line.split(",")[0] for line in lines[1:]] == expected
-    assert "file not found" in lines[-1]
+    assert "not a recognised image file" in lines[-1]
 
 
 def test_global_batches_are_split_across_ranks(monkeypatch) -> None:

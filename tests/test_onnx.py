@@ -23,12 +23,13 @@ from qfm_iqm.benchmark.runner import BenchmarkOutcome
 from qfm_iqm.benchmark.speed import run_speed
 from qfm_iqm.cli.main import main
 from qfm_iqm.evaluation.predict import score_crops
+from qfm_iqm.graph import load_graph_scorer
 from qfm_iqm.models.pretrained import DEFAULT_MODEL, resolve_model
 from qfm_iqm.models.qfm import QFMIQM, ModelConfig, build_model
 from qfm_iqm.runtime import graph_key, resolve_runtime
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-INSTALL_HINT = 'pip install "qfm-iqm[onnx]"'
+INSTALL_HINT = "pip install onnxruntime onnx onnxscript"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -135,6 +136,44 @@ def test_a_remembered_checkpoint_scores_without_building_its_model(released: tup
     assert light == [False, False] and timm_for_the_map
 
 
+def test_a_cached_graph_scores_as_the_onnx_runtime_does_without_torch(released: tuple[Scorer, Scorer]) -> None:
+    """``GraphScorer`` (what ``qfm-iqm score`` uses) cuts the same crops and gives the same results, also
+    for several images in one call of the graph."""
+    graph = load_graph_scorer(DEFAULT_MODEL, threads=1)
+    assert graph.network.path == released[1].network.path and graph.grid == released[1].grid == 3
+    images = [to_rgb_image(image)[0] for image in _images()]
+    assert np.array_equal(graph.crops(images[0]), released[1].crops(images[0]).numpy())
+    results = graph.score_crop_stacks([graph.crops(image) for image in images], ["a", "b", "c"])
+    for image, result, path in zip(images, results, "abc"):
+        expected = released[1].score(image)
+        assert result.path == path and result.score == pytest.approx(expected.score, abs=1e-3)
+        assert (result.low, result.high, result.uncertainty) == pytest.approx(
+            (expected.low, expected.high, expected.uncertainty), abs=1e-3)
+
+
+def test_the_score_command_scores_a_cached_graph_without_torch(released: tuple[Scorer, Scorer], tmp_path: Path) -> None:
+    code = ("import json, sys; from qfm_iqm.cli.main import main; status = main(sys.argv[1:]); "
+            "print(json.dumps([status, sorted({'torch', 'timm', 'torchvision'} & set(sys.modules))]))")
+    output = tmp_path / "scores.json"
+    for options in ([], ["-o", str(output)]):
+        done = subprocess.run([sys.executable, "-c", code, "--quiet", "score", str(EXAMPLES), *options],
+                              capture_output=True, text=True, env=dict(os.environ), check=True)
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == [0, []], done.stderr
+    rows = json.loads(output.read_text())
+    assert len(rows) == 5
+    for row in rows:
+        expected = released[1].score(row["path"])
+        assert row["score"] == pytest.approx(expected.score, abs=1e-3) and row["low"] == pytest.approx(expected.low, abs=1e-3)
+
+
+def test_the_first_export_of_a_model_says_so(cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = _tiny_model(2)
+    Scorer(model, runtime="onnx")
+    assert "exporting the model to ONNX for onnxruntime, once" in capsys.readouterr().err
+    Scorer(model, runtime="onnx")  # its graph is cached now
+    assert "exporting" not in capsys.readouterr().err
+
+
 def test_only_the_very_same_checkpoint_files_are_served_from_the_cache(
     released: tuple[Scorer, Scorer], tmp_path: Path
 ) -> None:
@@ -205,7 +244,7 @@ def test_without_the_onnx_extra_the_error_names_the_fix(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
-    with pytest.raises(ImportError, match=INSTALL_HINT.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ImportError, match=INSTALL_HINT):
         load_model(runtime="onnx")
     assert load_model(runtime="auto").runtime == "torch" and load_model().runtime == "torch"
     assert main(["--quiet", "score", str(EXAMPLES / "sharp.jpg"), "--runtime", "onnx"]) == 2

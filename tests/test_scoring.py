@@ -20,13 +20,16 @@ import torch
 from PIL import Image, ImageOps
 
 import qfm_iqm.api
+import qfm_iqm.graph
 from qfm_iqm import ScoreResult, Scorer, load_model
 from qfm_iqm.cli.main import main
 from qfm_iqm.data.images import ImageLoadError, set_max_image_pixels
-from qfm_iqm.data.records import LabelScale
+from qfm_iqm.data.records import ImageRecord, LabelScale
 from qfm_iqm.data.transforms import ensure_min_side
 from qfm_iqm.evaluation import quality_map as qmap
 from qfm_iqm.evaluation.conformal import ConformalInterval, calibrate
+from qfm_iqm.evaluation.predict import predict_records, predict_whole_images
+from qfm_iqm.graph import GraphScorer
 from qfm_iqm.metric import create_metric
 from qfm_iqm.models import pretrained
 from qfm_iqm.models.pretrained import (
@@ -154,6 +157,32 @@ def test_scores_do_not_depend_on_batch_or_order(scorer: Scorer) -> None:
     assert [r.score for r in scorer.score(images[::-1])] == single[::-1]
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_images_scored_in_one_network_call_score_as_each_alone(checkpoint: Path, runtime: str) -> None:
+    """What ``score_files`` does: several images' crops (of several sizes) in one call of the network."""
+    scorer = load_model(checkpoint, runtime=runtime)
+    images = [Image.fromarray(_pixels(70 + 13 * i, 90 + 31 * i, seed=i)) for i in range(5)]
+    together = scorer.score_crop_stacks([scorer.crops(image) for image in images], [f"{i}.png" for i in range(5)])
+    for i, (image, result) in enumerate(zip(images, together)):
+        alone = scorer.score(image)
+        assert result.path == f"{i}.png"
+        assert result.score == pytest.approx(alone.score, abs=1e-3)  # MOS 0-100: 1e-5 on the normalised scale
+        assert result.uncertainty == pytest.approx(alone.uncertainty, abs=1e-3)
+    assert scorer.score_crop_stacks([], []) == []
+
+
+def test_a_whole_image_pass_scores_the_prepared_image_in_one_piece(checkpoint: Path, tmp_path: Path) -> None:
+    model = load_trained_model(checkpoint).eval()
+    square = ImageRecord(path=_save(tmp_path / "a.png", _pixels(CROP, CROP)), label=0.5, raw_label=50.0)
+    wide = ImageRecord(path=_save(tmp_path / "b.png", _pixels(CROP, 3 * CROP, seed=1)), label=0.5, raw_label=50.0)
+    whole = predict_whole_images(model, [square, wide])
+    assert whole[0] == pytest.approx(predict_records(model, [square], grid=1).scores[0], abs=1e-6)  # its one crop
+    assert whole[1] != pytest.approx(predict_records(model, [wide], grid=1).scores[0], abs=1e-6)  # more than its centre
+    model.backbone.kind = "vit"
+    with pytest.raises(ValueError, match="vit backbone takes crops of a fixed size"):
+        predict_whole_images(model, [square])
+
+
 def test_grid_sets_the_crops_and_is_checked(scorer: Scorer, checkpoint: Path) -> None:
     image = Image.fromarray(_pixels(150, 200))
     dense = load_model(checkpoint, grid=4)
@@ -266,27 +295,25 @@ def _weird_files(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
 
 def test_cli_survives_every_kind_of_bad_input(scorer: Scorer, checkpoint: Path, tmp_path: Path, capsys) -> None:
     good, bad = _weird_files(tmp_path / "in")
-    missing = tmp_path / "missing.png"
     explicit_text = tmp_path / "readme.txt"
     explicit_text.write_text("hello")
     out = tmp_path / "out.csv"
-    argv = ["--quiet", "score", str(tmp_path / "in"), str(missing), str(explicit_text), "--model", str(checkpoint),
+    argv = ["--quiet", "score", str(tmp_path / "in"), str(explicit_text), "--model", str(checkpoint),
             "--workers", "2", "--batch-size", "4", "--max-pixels", "30000", "-o", str(out)]
     assert main(argv) == 1
     rows = {Path(r["path"]).name: r for r in _read_csv(out)}
-    assert len(rows) == len(good) + len(bad) + 2
+    assert len(rows) == len(good) + len(bad) + 1
     for name, path in good.items():
         row = rows[path.name]
         assert row["error"] == "" and math.isfinite(float(row["score"])), name
     stderr = capsys.readouterr().err
     expected = {"zero": "empty", "text": "not a recognised image", "truncated": "truncated", "huge": "max-pixels"}
-    for name, path in [*bad.items(), ("missing", missing), ("explicit_text", explicit_text)]:
+    for name, path in [*bad.items(), ("explicit_text", explicit_text)]:
         row = rows[path.name]
         assert row["score"] == "" and row["uncertainty"] == "" and row["error"], name
         assert expected.get(name, "") in row["error"], (name, row["error"])
         assert f"failed: {row['path']}: " in stderr
-    assert "file not found" in rows["missing.png"]["error"]
-    assert f"{len(bad) + 2} of {len(rows)} inputs failed" in stderr
+    assert f"{len(bad) + 1} of {len(rows)} inputs failed" in stderr
 
     # the images that loaded score exactly as the API scores the same pixels
     with Image.open(good["exif"]) as stored:
@@ -443,18 +470,21 @@ class _Killed(BaseException):
 
 
 def _die_at(monkeypatch, image: int, how: str) -> None:
-    """Make the ``image``-th scored image (1-based) end the run: SIGTERM to this process, or a hard kill."""
-    original = Scorer.score_crops
+    """Make the ``image``-th network call (1-based; the ``image``-th image with ``--batch-size 1``) end the
+    run: SIGTERM to this process, or a hard kill. Either scorer class may score (a cached graph's or
+    the loaded model's)."""
     calls = iter(range(1, 10**6))
+    for kind in (Scorer, GraphScorer):
+        original = kind.score_crop_stacks
 
-    def score_crops(self: Scorer, *args, **kwargs) -> ScoreResult:
-        if next(calls) == image:
-            if how == "kill":
-                raise _Killed
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, *args, **kwargs)
+        def score_crop_stacks(self, *args, original=original, **kwargs) -> list[ScoreResult]:
+            if next(calls) == image:
+                if how == "kill":
+                    raise _Killed
+                os.kill(os.getpid(), signal.SIGTERM)
+            return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Scorer, "score_crops", score_crops)
+        monkeypatch.setattr(kind, "score_crop_stacks", score_crop_stacks)
 
 
 @pytest.mark.parametrize("suffix", ["csv", "json", "jsonl"])
@@ -462,7 +492,7 @@ def _die_at(monkeypatch, image: int, how: str) -> None:
 def test_stopped_or_killed_run_then_resume_gives_the_rows_of_an_uninterrupted_run(
     checkpoint: Path, image_folder: Path, tmp_path: Path, monkeypatch, capsys, suffix: str, how: str
 ) -> None:
-    command = ["--quiet", "score", str(image_folder), str(tmp_path / "missing.png"), "--model", str(checkpoint)]
+    command = ["--quiet", "score", str(image_folder), "--model", str(checkpoint), "--batch-size", "1"]
     whole = tmp_path / f"whole.{suffix}"
     assert main([*command, "-o", str(whole)]) == 1
     out = tmp_path / f"cut.{suffix}"
@@ -475,7 +505,7 @@ def test_stopped_or_killed_run_then_resume_gives_the_rows_of_an_uninterrupted_ru
             journal.write('{"path": "' + str(image_folder))  # a row cut short by the kill
     else:
         assert main([*command, "-o", str(out)]) == 128 + signal.SIGTERM
-        assert "stopped by SIGTERM after 4 of 7 inputs; its rows are kept in" in capsys.readouterr().err
+        assert "stopped by SIGTERM after 4 of 6 inputs; its rows are kept in" in capsys.readouterr().err
     assert not out.exists() and not settings_path(out).exists()
     rows = journal_path(out).read_text().splitlines()[1:]  # after the line of settings
     assert len(rows) == {"kill": 2 + 1, "sigterm": 4}[how]  # killed: the last flush and the cut row
@@ -499,6 +529,7 @@ def test_existing_output_is_only_replaced_with_overwrite_and_once_complete(
     out = tmp_path / "scores.csv"
     out.write_text("precious results\n")
     monkeypatch.setattr(qfm_iqm.api, "load_model", _no_model)
+    monkeypatch.setattr(qfm_iqm.graph, "load_graph_scorer", _no_model)
     assert main([*command, "-o", str(out)]) == 2  # refused before the model loads
     assert "scores.csv exists: add --overwrite" in capsys.readouterr().err
     (tmp_path / "folder.csv").mkdir()
@@ -548,7 +579,7 @@ def test_resume_keeps_scored_rows_retries_failed_ones_and_checks_settings(
         # another grid, or a file whose settings are unknown: refused, and the file is left as it was
         before = out.read_text()
         assert main([*command, "-o", str(out), "--resume", "--grid", "4"]) == 2
-        assert "cannot resume" in (err := capsys.readouterr().err) and '"grid": 3' in err and '"grid": 4' in err
+        assert "cannot resume" in (err := capsys.readouterr().err) and "(grid 3 there, 4 now)" in err
         settings_path(out).unlink()
         assert main([*command, "-o", str(out), "--resume"]) == 2
         assert "settings its scores were made with are unknown" in capsys.readouterr().err
@@ -649,7 +680,7 @@ def test_a_recorded_interval_gives_every_score_its_range_in_every_output(
     record_interval(later, interval)
     capsys.readouterr()
     assert main(["--quiet", "score", str(image), "--model", str(later), "-o", str(out), "--resume"]) == 2
-    assert "cannot resume" in (err := capsys.readouterr().err) and '"interval": {"coverage": 0.9' in err
+    assert "cannot resume" in (err := capsys.readouterr().err) and 'interval null there, {"coverage": 0.9' in err
 
 
 def test_ranges_stay_on_the_scale_and_in_order_whatever_the_network_outputs(scorer: Scorer) -> None:

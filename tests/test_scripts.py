@@ -40,3 +40,72 @@ def test_release_interval_refuses_cells_it_cannot_summarise(tmp_path: Path) -> N
     mixed = [{"coverage_target": c, "quantile": 0.2, "calibration_size": 10} for c in (0.9, 0.8)]
     with pytest.raises(SystemExit, match="different coverages"):
         release_interval.main(str(_cell(tmp_path / "mixed", mixed)))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    """(4 generated 96-px JPEGs, a random tiny model (64-px crops, 2x2 grid, 0-100 scale) saved as a
+    training checkpoint)."""
+    import torch
+
+    from qfm_iqm.benchmark.speed import make_jpegs
+    from qfm_iqm.models.qfm import ModelConfig, build_model
+    from qfm_iqm.utils.checkpoint import save_checkpoint
+
+    photos = tmp_path_factory.mktemp("photos")
+    make_jpegs(photos, 4, 96)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(dim=64, num_heads=4, preprocessing={"input_size": 64, "mean": [0.5] * 3,
+                                                                        "std": [0.5] * 3}), pretrained_backbone=False)
+    scale = {"name": "MOS", "low": 0, "high": 100, "higher_is_better": True}
+    folder = tmp_path_factory.mktemp("model")
+    save_checkpoint(folder, model.state_dict(), {"format": "qfm-iqm/1", "model": model.config.to_dict(),
+                                                 "score_scale": scale, "training": {"eval_grid": 2}})
+    return photos, folder
+
+
+def test_scoring_speed_measures_network_command_ratio_memory_and_ceiling(tiny, tmp_path: Path) -> None:
+    photos, model = tiny
+    output = tmp_path / "speed.json"
+    argv = [str(photos), str(output), "--limit", "3", "--model", str(model), "--matmul-size", "64"]
+    assert _script("scoring_speed").main(argv) == 0
+    result = json.loads(output.read_text())
+    assert result["images"] == 3 and result["command"] == "python scripts/scoring_speed.py " + " ".join(argv)
+    assert [row["runtime"] for row in result["runtimes"]] == ["onnx", "torch"]
+    for row in result["runtimes"]:
+        network, commands = row["network"], row["commands"]
+        assert network["images"] == 3 and network["crops_per_image"] == 4 and network["images_per_second"] > 0
+        assert [command["output"] for command in commands] == ["-o FILE", "table"]
+        assert all(command["images"] == 3 and command["peak_rss_mib"] > 50 for command in commands)
+        assert row["ratio"] == pytest.approx(commands[0]["images_per_second"] / network["images_per_second"], abs=1e-2)
+    onnx, torch = ([command["peak_rss_mib"] for command in row["commands"]] for row in result["runtimes"])
+    assert max(onnx) < min(torch)  # each process's own peak: the cached graph is scored without torch
+    ceiling = result["flop_ceiling"]
+    assert ceiling["gflop_per_image"] > 0 and ceiling["ceiling_images_per_second"] == pytest.approx(
+        ceiling["matmul_gflop_per_second"] / ceiling["gflop_per_image"], rel=0.05)
+
+
+def test_grid_presets_put_validation_srcc_and_speed_side_by_side(tiny, tmp_path: Path) -> None:
+    photos, model = tiny
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "curves.csv").write_text(  # a sweep's rows: only each run's last epoch carries the grids
+        "variant,seed,epoch,val_srcc,val_srcc_grid1,val_srcc_grid2,val_srcc_gridwhole\n"
+        "recipe,0,1,0.5,,,\nrecipe,0,2,0.7,0.61,0.7,0.66\n"
+        "recipe,1,1,0.6,,,\nrecipe,1,2,0.8,0.65,0.8,0.69\nrecipe,2,2,0.9,0.7,0.78,0.74\n"
+    )
+    output = tmp_path / "presets.json"
+    argv = [str(sweep), str(photos), str(output), "--model", str(model)]
+    assert _script("grid_presets").main(argv) == 0
+    result = json.loads(output.read_text())
+    assert result["images"] == 4 and result["command"] == "python scripts/grid_presets.py " + " ".join(argv)
+    presets = result["presets"]
+    assert [(p["grid"], p["crops_per_image"]) for p in presets] == [(1, 1), (2, 4), ("whole", 1)]
+    assert [p["validation_srcc"]["median"] for p in presets] == [0.65, 0.78, 0.69]
+    assert presets[0]["validation_srcc"]["splits"] == {"0": 0.61, "1": 0.65, "2": 0.7}
+    for preset in presets[:2]:
+        assert preset["command"]["options"] == ["--grid", str(preset["grid"]), "--overwrite"]
+        assert preset["command"]["images_per_second"] > 0
+        assert set(preset["network"]) == {"onnx", "torch"}
+    assert presets[2]["command"] is None and list(presets[2]["network"]) == ["torch"]
+    assert all(cell["images_per_second"] > 0 for p in presets for cell in p["network"].values())

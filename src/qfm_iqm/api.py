@@ -4,10 +4,11 @@
 >>> scorer = load_model()                      # the default released model
 >>> scorer.score("photo.jpg").score            # MOS, 0-100, higher is better
 
-Every image is scored as the mean over a fixed grid of crops in one forward pass of its own, so a
-score never depends on batch size, order or run. The grid is the one the checkpoint records (its
-training's ``eval_grid``; 3x3 for checkpoints that record none) unless ``grid`` says otherwise.
-``runtime="onnx"`` runs that pass in onnxruntime (:mod:`qfm_iqm.runtime`).
+Every image is scored as the mean over a fixed grid of crops. The network scores each crop on its
+own, so a score does not depend on the order, the run or the other images whose crops share its
+forward pass (:meth:`Scorer.score_crop_stacks`; beyond float32 rounding). The grid is the one the
+checkpoint records (its training's ``eval_grid``; 3x3 for checkpoints that record none) unless
+``grid`` says otherwise. ``runtime="onnx"`` runs the network in onnxruntime (:mod:`qfm_iqm.runtime`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -27,13 +27,15 @@ from qfm_iqm.data.images import load_image, to_rgb
 from qfm_iqm.data.records import LabelScale
 from qfm_iqm.data.transforms import Preprocessing, grid_crops, prepare_image
 from qfm_iqm.evaluation.conformal import ConformalInterval
-from qfm_iqm.evaluation.predict import CropNetwork, model_preprocessing, score_crops
+from qfm_iqm.evaluation.predict import CropNetwork, model_preprocessing, score_images
 from qfm_iqm.evaluation.quality_map import assemble_quality_map, covering_grid
-from qfm_iqm.evaluation.score_map import bounded, interval_bounds
-from qfm_iqm.models.pretrained import DEFAULT_GRID, DEFAULT_MODEL, recorded_interval, resolve_model, scoring_grid
+from qfm_iqm.models.pretrained import (
+    DEFAULT_GRID, DEFAULT_MODEL, NORMALISED_SCALE, recorded_interval, resolve_model, score_scale, scoring_grid,
+)
 from qfm_iqm.runtime import (
     OnnxNetwork, cached_checkpoint_network, checkpoint_key, onnx_network, remember_checkpoint_network, resolve_runtime,
 )
+from qfm_iqm.score_result import ScoreResult, image_result  # noqa: F401 - re-exported
 from qfm_iqm.utils.checkpoint import checkpoint_paths
 from qfm_iqm.utils.device import usable_device
 
@@ -43,32 +45,7 @@ if TYPE_CHECKING:  # the model classes import timm; a cached graph scores withou
 __all__ = ["ImageInput", "NORMALISED_SCALE", "ScoreResult", "Scorer", "load_model", "to_rgb_image"]
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
-# The scale of checkpoints that record none (plain training runs): the model's own [0, 1] output.
-NORMALISED_SCALE = LabelScale(low=0.0, high=1.0, higher_is_better=True, name="normalised")
 _MAP_CHUNK = 16  # crops per forward pass when computing quality maps of large images
-
-
-@dataclass(frozen=True)
-class ScoreResult:
-    """The score of one image on the model's scale, with its calibrated range and the panel's spread.
-
-    - ``low``, ``high``: the calibrated range. It holds the true MOS for the stated share of photos
-      like the checkpoint's calibration images (``Scorer.interval.coverage``, e.g. 90%); it contains
-      ``score`` and stays within the scale. ``None`` when the checkpoint records no interval.
-    - ``uncertainty``: the attention panel's spread on the same scale. Not calibrated and not an
-      error bar: it is far smaller than the errors (docs/scoring.md).
-
-    ``path`` is the file's path for path inputs, else ``None``. Results of file batches
-    (:func:`qfm_iqm.scoring.score_files`) for inputs that failed have every number ``None`` and the
-    reason in ``error``; :meth:`Scorer.score` raises instead.
-    """
-
-    score: float | None
-    uncertainty: float | None
-    path: str | None = None
-    error: str | None = None
-    low: float | None = None
-    high: float | None = None
 
 
 def _array_to_image(array: np.ndarray) -> Image.Image:
@@ -173,14 +150,17 @@ class Scorer:
         return grid_crops(image, self.preprocessing, self.grid)
 
     def score_crops(self, crops: torch.Tensor, path: str | None = None) -> ScoreResult:
-        """Score one image from its :meth:`crops`. The raw output goes through the one monotone map onto
-        the model's scale, and so does its calibrated range (:mod:`qfm_iqm.evaluation.score_map`)."""
-        raw, spread = score_crops(self.network, crops.to(self.device))
-        low = high = None
-        if self.interval is not None:  # sorted: a lower-is-better scale swaps the bounds
-            low, high = sorted(self.scale.denormalize(float(bound)) for bound in interval_bounds(self.interval, raw))
-        spread = spread * (self.scale.high - self.scale.low)
-        return ScoreResult(self.scale.denormalize(bounded(raw)), spread, path, low=low, high=high)
+        """Score one image from its :meth:`crops` (the raw output through the one monotone map onto the
+        model's scale, see :func:`qfm_iqm.score_result.image_result`)."""
+        return self.score_crop_stacks([crops], [path])[0]
+
+    def score_crop_stacks(self, stacks: Sequence[torch.Tensor], paths: Sequence[str | None]) -> list[ScoreResult]:
+        """Score several images from their :meth:`crops` in one call of the network (what
+        :func:`qfm_iqm.scoring.score_files` does); each result is that of :meth:`score_crops` on the
+        image alone, up to float32 rounding (:func:`qfm_iqm.evaluation.predict.score_images`)."""
+        outputs = score_images(self.network, [stack.to(self.device) for stack in stacks])
+        return [image_result(score, spread, path, self.scale, self.interval)
+                for (score, spread), path in zip(outputs, paths)]
 
     def score(self, images: ImageInput | Sequence[ImageInput]) -> ScoreResult | list[ScoreResult]:
         """Score one image, or each of a list (or of a Bx3xHxW tensor) -> a result or a list of them.
@@ -233,12 +213,12 @@ def load_model(
     (``eval_grid``), else 3. Measured on 5 LIVEC splits (docs/scoring.md): 4 is about 0.01 SRCC better
     than 3 with every split model, and 1.7x slower. The checkpoint's ``interval``, when it records one,
     gives every score its calibrated ``low``/``high``.
-    ``runtime``: ``"auto"`` (the default: ``"onnx"`` where it can run, i.e. on the CPU with the onnx extra
-    installed, else ``"torch"``), ``"torch"`` or ``"onnx"`` (onnxruntime on the CPU; the graph is
-    exported on first use and cached, needs ``pip install "qfm-iqm[onnx]"``). ``device`` is checked first
-    (``ValueError`` for a misspelt one or one this machine lacks). Once a checkpoint's files
-    have a cached graph, the onnx runtime loads it without building the eager model (or importing timm):
-    faster and about 200 MB lighter; the eager model is built if a quality map asks for it.
+    ``runtime``: ``"auto"`` (the default: ``"onnx"`` where it can run, i.e. on the CPU, else ``"torch"``),
+    ``"torch"`` or ``"onnx"`` (onnxruntime on the CPU; the graph is exported on first use and cached).
+    ``device`` is checked first (``ValueError`` for a misspelt one or one this machine lacks).
+    Once a checkpoint's files have a cached graph, the onnx runtime loads it without building the eager
+    model (or importing timm): faster and about 200 MB lighter; the eager model is built if a quality
+    map asks for it. (:func:`qfm_iqm.graph.load_graph_scorer` serves such a graph without torch at all.)
     ``native``: score photos at their own resolution. By default a photo larger than the scale the
     model's training data was rated at (its ``preprocessing.max_short_side``, 500 px for the released
     models) is first downscaled to it, so that its score does not depend on its pixel count.
@@ -255,13 +235,13 @@ def _load_scorer(name_or_path: str | Path, device: torch.device, grid: int | Non
     onnx = resolve_runtime(runtime, device) == "onnx"
     key = checkpoint_key(path) if onnx else None  # hashes the checkpoint's files once
     if onnx:
-        network = cached_checkpoint_network(key)  # these very files were checked and exported before
+        network = cached_checkpoint_network(key, torch.get_num_threads())  # files checked and exported before
         if network is not None:
             info = json.loads(checkpoint_paths(path)[1].read_text())
-            return Scorer._from_graph(network, lambda: _load_folded(path, device)[0], _score_scale(info),
+            return Scorer._from_graph(network, lambda: _load_folded(path, device)[0], score_scale(info),
                                       scoring_grid(info, grid), info, recorded_interval(info))
     model, info = _load_folded(path, device)
-    scorer = Scorer(model, _score_scale(info), device, scoring_grid(info, grid), info, recorded_interval(info), runtime)
+    scorer = Scorer(model, score_scale(info), device, scoring_grid(info, grid), info, recorded_interval(info), runtime)
     if onnx:
         remember_checkpoint_network(key, scorer.network, model)
     return scorer
@@ -276,10 +256,3 @@ def _load_folded(path: Path, device: torch.device | str) -> tuple[QFMIQM, dict]:
     model, info = load_checkpoint_model(path, device)
     fold_batch_norms(model.backbone)
     return model, info
-
-
-def _score_scale(info: dict) -> LabelScale:
-    """The scale a checkpoint's JSON records (``NORMALISED_SCALE`` if none; keys of newer versions left out)."""
-    if "score_scale" not in info:
-        return NORMALISED_SCALE
-    return LabelScale(**{field.name: info["score_scale"][field.name] for field in fields(LabelScale)})

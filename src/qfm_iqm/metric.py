@@ -7,8 +7,9 @@
 >>> loss = -loss_fn(restored).mean()     # higher is better (``lower_better`` is False): minimise -score
 
 A tensor is scored exactly as :meth:`qfm_iqm.Scorer.score` scores an image (the same viewing scale,
-grid of crops, normalisation and score map) but without 8-bit quantisation: images are resized (to the model's
-viewing scale, or up to the crop size) by the same resampling as files, without rounding to 8 bits.
+grid of crops, normalisation and score map) but without 8-bit quantisation. Images are resized (to the model's
+viewing scale, or up to the crop size) with torch's antialiased bicubic interpolation, which is close
+to, but not the same as, Pillow's resampling of files.
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
-"""Scoring many files: input discovery, parallel decoding that never fails a batch, sharding across
-the processes of a ``torchrun`` run, result writers and readers, and the ``-o`` file of a run that is
-never left half-written and can be resumed."""
+"""Scoring many files: input discovery, decoding in threads that keeps the network busy and never
+fails a batch, several images' crops per network call, sharding across the processes of a
+``torchrun`` run, result writers and readers, and the ``-o`` file of a run that is never left
+half-written and can be resumed.
+
+The module imports no torch itself: the command line checks its inputs and output file with it before
+it loads a model (which brings torch).
+"""
 
 from __future__ import annotations
 
@@ -10,28 +15,31 @@ import io
 import json
 import math
 import os
+import sys
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass, replace
 from functools import partial
+from itertools import islice
 from pathlib import Path
-from typing import NamedTuple
+from types import ModuleType
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
-from qfm_iqm.api import ScoreResult, Scorer
-from qfm_iqm.data.files import IMAGE_EXTENSIONS
-from qfm_iqm.data.images import ImageLoadError, load_image, set_max_image_pixels
-from qfm_iqm.data.transforms import Preprocessing, grid_crops
-from qfm_iqm.evaluation.quality_map import overlay_quality_map
-from qfm_iqm.training.distributed import all_gather_json, barrier, is_main, shard, world_size
-from qfm_iqm.utils.checkpoint import atomic_write_json, atomic_write_text
+from qfm_iqm.data.images import IMAGE_EXTENSIONS, ImageLoadError, load_image
+from qfm_iqm.score_result import ScoreResult
+from qfm_iqm.utils.files import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
+
+    from qfm_iqm.api import Scorer
 
 __all__ = [
+    "BATCH_SIZE",
     "OUTPUT_FORMATS",
     "InputFile",
     "ScoreOutput",
@@ -53,6 +61,7 @@ LEGACY_FIELDS = ("path", "score", "uncertainty", "error")  # files written befor
 NUMBER_FIELDS = ("score", "low", "high", "uncertainty")
 SCORES_FORMAT = "qfm-iqm-scores/1"
 SYNC_EVERY = 256  # files per process between two flushes of finished rows
+BATCH_SIZE = 2  # images per network call: 18 crops of the 3x3 grid, as many as onnxruntime runs at once (CHUNK_CROPS)
 
 
 class InputFile(NamedTuple):
@@ -80,9 +89,9 @@ def _folder_images(folder: Path, recursive: bool) -> list[Path]:
 def find_images(inputs: Sequence[str | os.PathLike], recursive: bool = True) -> tuple[list[InputFile], list[str]]:
     """Expand files, folders and glob patterns into the files to score; return (files, warnings).
 
-    A file path is always kept, whatever its extension (a path that does not exist fails when it is
-    read). Folders contribute their files with an image extension (case-insensitive), sorted, searched
-    recursively unless ``recursive`` is false. A pattern (``*``, ``?``, ``[``) that is not an existing
+    A file path is always kept, whatever its extension; a path that does not exist (and is no pattern)
+    raises ``FileNotFoundError`` naming every such input. Folders contribute their files with an image
+    extension (case-insensitive), sorted, searched recursively unless ``recursive`` is false. A pattern (``*``, ``?``, ``[``) that is not an existing
     path is expanded (``**`` matches folders at any depth); matched folders are expanded as above and
     matched files are kept if they have an image extension; a pattern that matches nothing becomes a
     failed input. Inputs naming the same file (see :func:`input_key`) are kept once, as first named.
@@ -90,6 +99,7 @@ def find_images(inputs: Sequence[str | os.PathLike], recursive: bool = True) -> 
     """
     files: list[InputFile] = []
     warnings: list[str] = []
+    missing: list[str] = []
     for item in inputs:
         text = os.fspath(item)
         path = Path(text)
@@ -98,8 +108,10 @@ def find_images(inputs: Sequence[str | os.PathLike], recursive: bool = True) -> 
             if not images:
                 warnings.append(f"no images in folder {text}")
             files.extend(InputFile(str(p)) for p in images)
-        elif path.exists() or not any(ch in text for ch in "*?["):
+        elif path.exists():
             files.append(InputFile(str(path)))
+        elif not any(ch in text for ch in "*?["):
+            missing.append(text)
         else:
             found: list[Path] = []
             for match in map(Path, sorted(glob.glob(text, recursive=True))):
@@ -109,17 +121,18 @@ def find_images(inputs: Sequence[str | os.PathLike], recursive: bool = True) -> 
                 files.extend(InputFile(str(p)) for p in found)
             else:
                 files.append(InputFile(text, "no image file matches this pattern"))
+    if missing:
+        raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
     unique: dict[str, InputFile] = {}
     for file in files:
         unique.setdefault(input_key(file.path), file)
     return list(unique.values()), warnings
 
 
-def auto_workers(num_files: int, batch_size: int) -> int:
-    """Default DataLoader workers: none for a single batch (start-up would dominate) or on machines of
-    2 cores or fewer (measured: workers there slow the model's own threads down), else up to 4."""
-    cores = os.cpu_count() or 1
-    return 0 if num_files <= batch_size or cores <= 2 else min(4, cores // 2)
+def auto_workers() -> int:
+    """Default decoding threads: one per 4 cores, 1 to 4. Decoding and cutting the crops of an image is a
+    small part of scoring it on a CPU, and the threads take cores from the network."""
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 @dataclass
@@ -133,35 +146,78 @@ class _Item:
     error: str | None = None
 
 
-class _ImageFiles(Dataset):
-    """Decodes files and cuts the fixed crop grid (in DataLoader workers); never raises for a bad file."""
+def _decode(scorer: Scorer, keep_image: bool, index: int, file: InputFile) -> _Item:
+    """Decode a file and cut its crops with ``scorer.crops``; never raises for a bad file."""
+    path, error = file
+    if error is not None:
+        return _Item(index, path, error=error)
+    try:
+        image = load_image(path)
+        crops = scorer.crops(image)
+    except ImageLoadError as exc:
+        return _Item(index, path, error=exc.problem)
+    except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
+        return _Item(index, path, error=f"{type(exc).__name__}: {exc}")
+    return _Item(index, path, crops, np.asarray(image) if keep_image else None)
 
-    def __init__(self, files: Sequence[InputFile], pre: Preprocessing, grid: int, keep_image: bool) -> None:
-        self.files = list(files)
-        self.pre = pre
-        self.grid = grid
-        self.keep_image = keep_image
 
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> _Item:
-        path, error = self.files[index]
-        if error is not None:
-            return _Item(index, path, error=error)
+def _decoded(
+    scorer: Scorer, entries: Sequence[InputFile], workers: int, ahead: int, keep_image: bool
+) -> Iterator[_Item]:
+    """``entries`` decoded, in order: by ``workers`` threads that run at most ``ahead`` files ahead of
+    the consumer (a bounded queue; Pillow and torch release the GIL while they work), or in this thread
+    when ``workers`` is 0."""
+    decode = partial(_decode, scorer, keep_image)
+    if workers == 0:
+        yield from (decode(index, entry) for index, entry in enumerate(entries))
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="qfm-iqm-decode") as pool:
+        pending = deque()
         try:
-            image = load_image(path)
-            crops = grid_crops(image, self.pre, self.grid)
-        except ImageLoadError as exc:
-            return _Item(index, path, error=exc.problem)
-        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
-            return _Item(index, path, error=f"{type(exc).__name__}: {exc}")
-        return _Item(index, path, crops, np.asarray(image) if self.keep_image else None)
+            for index, entry in enumerate(entries):
+                pending.append(pool.submit(decode, index, entry))
+                if len(pending) > ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # the consumer stopped early: drop what is queued (the running decodes finish)
+            for future in pending:
+                future.cancel()
 
 
-def _init_worker(max_pixels: int | None, worker_id: int) -> None:
-    """Give each worker the parent's decompression-bomb limit (spawned workers start with Pillow's)."""
-    set_max_image_pixels(max_pixels)
+class _OneProcess:
+    """The helpers of :mod:`qfm_iqm.training.distributed` that scoring uses, for a world of one process,
+    without importing torch (which a cached graph scores without)."""
+
+    @staticmethod
+    def barrier() -> None:
+        pass
+
+    @staticmethod
+    def is_main() -> bool:
+        return True
+
+    @staticmethod
+    def world_size() -> int:
+        return 1
+
+    @staticmethod
+    def shard(items: Sequence[int]) -> list[int]:
+        return list(items)
+
+    @staticmethod
+    def all_gather_json(obj: object) -> list[object]:
+        return [obj]
+
+
+def _processes() -> ModuleType | type[_OneProcess]:
+    """:mod:`qfm_iqm.training.distributed` once torch is imported (a process group needs it), else
+    :class:`_OneProcess`."""
+    if "torch" in sys.modules:
+        from qfm_iqm.training import distributed
+
+        return distributed
+    return _OneProcess
 
 
 def _map_names(files: Sequence[InputFile]) -> list[str]:
@@ -193,21 +249,23 @@ def _scores(
     map_dir: Path | None,
 ) -> Iterator[ScoreResult]:
     """Score ``entries`` in order, one result at a time (see :func:`score_files`)."""
-    dataset = _ImageFiles(entries, scorer.preprocessing, scorer.grid, keep_image=map_dir is not None)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=list,
-        worker_init_fn=partial(_init_worker, Image.MAX_IMAGE_PIXELS) if workers else None,
-    )
-    with tqdm(total=len(entries), desc="scoring", unit="img", disable=not progress) as bar:
-        for batch in loader:
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    if map_dir is not None:
+        from qfm_iqm.evaluation.quality_map import overlay_quality_map
+    items = _decoded(scorer, entries, workers, 2 * batch_size + workers, keep_image=map_dir is not None)
+    with tqdm(total=len(entries), desc="scoring", unit="img", disable=not progress) as bar, closing(items):
+        while batch := list(islice(items, batch_size)):
+            decoded = [item for item in batch if item.error is None]
+            if decoded:
+                stacks, paths = [item.crops for item in decoded], [item.path for item in decoded]
+                scored = iter(scorer.score_crop_stacks(stacks, paths))
             for item in batch:
                 if item.error is not None:
                     result = ScoreResult(None, None, item.path, item.error)
                 else:
-                    result = scorer.score_crops(item.crops, item.path)
+                    result = next(scored)
                     if map_dir is not None:
                         image = Image.fromarray(item.image)
                         overlay_quality_map(image, scorer.quality_map(image)).save(map_dir / map_names[item.index])
@@ -218,8 +276,8 @@ def _scores(
 def score_files(
     scorer: Scorer,
     files: Sequence[InputFile | str | os.PathLike],
-    batch_size: int = 16,
-    workers: int = 0,
+    batch_size: int = BATCH_SIZE,
+    workers: int = 1,
     progress: bool = False,
     map_dir: str | Path | None = None,
     sync_every: int = SYNC_EVERY,
@@ -228,8 +286,10 @@ def score_files(
 ) -> list[ScoreResult]:
     """Score files in input order; a file that cannot be scored gives a result with ``error`` set.
 
-    Decoding and cropping run in ``workers`` DataLoader processes, ``batch_size`` files at a time;
-    each image is then scored on its own, so results do not depend on ``batch_size`` or ``workers``.
+    ``workers`` threads decode the files and cut their crops while the network scores the files
+    before them (0: no threads, one file after the other); the crops of ``batch_size`` files go through
+    the network together. Each image's score is the one :meth:`~qfm_iqm.api.Scorer.score` gives it
+    alone, up to float32 rounding, whatever ``batch_size``, ``workers`` and the order of the files.
     With ``map_dir``, ``<stem>_map.png`` (the quality map over the image) is written for each scored file.
 
     Under ``torchrun`` each process scores every ``world``-th file and all processes return all
@@ -241,6 +301,7 @@ def score_files(
     on as above, and the results so far are returned: fewer than the files. Under ``torchrun`` the
     processes stop together at the end of the round in which one of them stopped.
     """
+    processes = _processes()
     if batch_size < 1 or workers < 0:
         raise ValueError(f"need batch_size >= 1 and workers >= 0, got {batch_size} and {workers}")
     entries = _input_files(files)
@@ -248,14 +309,14 @@ def score_files(
     if map_dir is not None:
         map_dir = Path(map_dir)
         map_dir.mkdir(parents=True, exist_ok=True)
-    mine = shard(range(len(entries)))
+    mine = processes.shard(range(len(entries)))
     scores = _scores(
         scorer, [entries[i] for i in mine], [names[i] for i in mine] if names is not None else None,
-        batch_size, workers, progress and is_main(), map_dir,
+        batch_size, workers, progress and processes.is_main(), map_dir,
     )
     stopping = should_stop or (lambda: False)
     results: list[ScoreResult] = []
-    rounds = math.ceil(math.ceil(len(entries) / world_size()) / sync_every)
+    rounds = math.ceil(math.ceil(len(entries) / processes.world_size()) / sync_every)
     with closing(scores):
         for start in range(0, rounds * sync_every, sync_every):
             local = []
@@ -263,11 +324,11 @@ def score_files(
                 if stopping():
                     break
                 local.append([index, asdict(next(scores))])
-            parts = all_gather_json([stopping(), local])
+            parts = processes.all_gather_json([stopping(), local])
             gathered = sorted((row for _, part in parts for row in part), key=lambda row: row[0])
             new = [ScoreResult(**fields) for _, fields in gathered]
             results.extend(new)
-            if on_results is not None and is_main() and new:
+            if on_results is not None and processes.is_main() and new:
                 on_results(new)
             if any(stopped for stopped, _ in parts):
                 break
@@ -434,9 +495,11 @@ class ScoreOutput:
             raise ValueError(f"cannot resume {where}: the settings its scores were made with are unknown; "
                              "write to another file, or use --overwrite to start it over")
         if record["settings"] != self.settings:
-            raise ValueError(f"cannot resume {source}: it holds scores made with {json.dumps(record['settings'])}, "
-                             f"and this run uses {json.dumps(self.settings)}; write to another file, "
-                             "or use --overwrite to start it over")
+            saved, now = record["settings"], self.settings
+            changed = ", ".join(f"{key} {json.dumps(saved.get(key))} there, {json.dumps(now.get(key))} now"
+                                for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key))
+            raise ValueError(f"cannot resume {source}: its scores were made with other settings ({changed}); "
+                             "write to another file, or use --overwrite to start it over")
         self.base = record["base"]
         self.previous = {input_key(r.path, self.base): r for r in read_rows()}
 
@@ -456,8 +519,9 @@ class ScoreOutput:
 
     def start(self) -> None:
         """Begin the journal with the settings and the kept rows (rank 0, once every process has checked)."""
-        barrier()
-        if is_main():
+        processes = _processes()
+        processes.barrier()
+        if processes.is_main():
             rows = _serialise(list(self.previous.values()), ".jsonl")
             atomic_write_text(self.journal, json.dumps(self._record()) + "\n" + rows)
 
@@ -471,7 +535,7 @@ class ScoreOutput:
     def finish(self, files: Sequence[InputFile], results: Sequence[ScoreResult]) -> None:
         """Write the file from the kept rows and ``results`` (one for each of ``files`` not kept), then
         its settings, and remove the journal (rank 0)."""
-        if not is_main():
+        if not _processes().is_main():
             return
         rows = dict(self.previous)
         rows.update((input_key(r.path), self._stored(r)) for r in results)

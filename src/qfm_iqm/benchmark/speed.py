@@ -83,7 +83,7 @@ def measure_scoring(model: str, batch_size: int, images: int, image_size: int, d
         paths = make_jpegs(Path(tmp), images, image_size)
         scorer = _scorer(model, device, runtime)
         score_files(scorer, paths[:1])
-        workers = auto_workers(len(paths), batch_size)
+        workers = auto_workers()
         start = time.perf_counter()
         results = score_files(scorer, paths, batch_size, workers)
         seconds = time.perf_counter() - start

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -19,10 +20,13 @@ from qfm_iqm.cli.report_cmd import add_report_command
 from qfm_iqm.data.records import DatasetError, IQADataset
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.models.pretrained import DEFAULT_MODEL, release_name
+from qfm_iqm import scoring
+from qfm_iqm.scoring import BATCH_SIZE, InputFile, ScoreOutput, auto_workers, find_images, format_table, score_files
 from qfm_iqm.utils.allocator import reuse_freed_memory
 
 if TYPE_CHECKING:
     from qfm_iqm.data.splits import Split
+    from qfm_iqm.graph import GraphScorer
     from qfm_iqm.training.config import TrainConfig
 
 SCORE_HELP = """Score images with a trained model (default: the released model).
@@ -32,8 +36,8 @@ any case) and glob patterns (expanded here too, for shells that do not; ** spans
 Each image is decoded to 8-bit RGB (EXIF orientation applied, first frame of animations, alpha
 composited onto white, 16-bit rescaled) and scored as the mean over a fixed grid of crops (the
 grid the model records, 3x3 for the released model, or --grid N), so scores do not depend on batch
-size, order or workers. Images whose shorter side is below the crop size (224 px for the released
-model) are first upscaled (bicubic, aspect kept) until it equals it.
+size, order or workers (beyond float32 rounding). Images whose shorter side is below the crop size
+(224 px for the released model) are first upscaled (bicubic, aspect kept) until it equals it.
 
 low and high are the calibrated range of a model that records an interval (qfm-iqm calibrate): it
 holds the true score for the recorded share (e.g. 90%) of images like its calibration images.
@@ -49,69 +53,119 @@ and interval are recorded in FILE.settings.json, and --resume refuses a file mad
 SIGTERM or Ctrl-C stops the run after the current image, keeping its rows for --resume. Under torchrun the
 inputs are shared out across the processes and rank 0 writes (see docs/distributed.md).
 Exit status: 0 all scored, 1 some inputs failed (the others are still written), 2 usage error (bad
-option, input, output file or model checkpoint), 130/143 stopped by Ctrl-C/SIGTERM."""
+option, missing input path, output file or model checkpoint; options, inputs and the output file are
+checked before the model loads), 130/143 stopped by Ctrl-C/SIGTERM."""
+
+
+def _is_main() -> bool:
+    """Whether this process reports (rank 0 under torchrun, as ``torchrun`` numbers the processes)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _note(message: str) -> None:
     """A message on stderr, from one process only under torchrun."""
-    from qfm_iqm.training.distributed import is_main
-
-    if is_main():
+    if _is_main():
         print(message, file=sys.stderr)
 
 
 def _score(args: argparse.Namespace) -> int:
+    """Check the options, the inputs and the output file first, without torch (a usage error comes back
+    at once); then score with the checkpoint's cached graph, still without torch, where the onnx runtime
+    serves it, else load the model (exporting its graph on first use)."""
+    checked = _checked_score_request(args)
+    if checked is None:
+        return 2
+    graph = _graph_scorer(args)
+    if graph is not None:
+        return _score_inputs(args, graph, *checked)
     from qfm_iqm.training.distributed import distributed_session
 
+    _apply_threads(args)
     with distributed_session(args.device):
-        return _score_inputs(args)
+        return _score_inputs(args, None, *checked)
 
 
-def _score_inputs(args: argparse.Namespace) -> int:
-    import signal
+def _graph_scorer(args: argparse.Namespace) -> GraphScorer | None:
+    """The model's cached graph as a scorer that needs no torch, on the CPU outside torchrun unless
+    ``--runtime torch``; ``None`` when there is no usable one yet."""
+    if args.runtime == "torch" or args.device != "cpu" or "WORLD_SIZE" in os.environ:
+        return None
+    from qfm_iqm.graph import load_graph_scorer
 
-    from PIL import Image
+    scorer = load_graph_scorer(args.model, args.grid, args.threads)
+    if scorer is not None and args.native:
+        scorer.preprocessing = scorer.preprocessing.without_viewing_scale()
+    return scorer
 
-    from qfm_iqm.api import load_model
-    from qfm_iqm.data.images import set_max_image_pixels
-    from qfm_iqm.scoring import SYNC_EVERY, ScoreOutput, auto_workers, find_images, format_table, score_files
-    from qfm_iqm.training.distributed import is_main, local_device
-    from qfm_iqm.training.interrupt import StopRequest
 
+def _checked_score_request(args: argparse.Namespace) -> tuple[list[InputFile], list[InputFile], ScoreOutput | None] | None:
+    """(inputs, those still to score, the -o file) after every check that needs no model; ``None`` when
+    no input is an image. Raises ``ValueError`` / ``FileNotFoundError`` for bad options, a missing input
+    path, an unknown model or an output file that may not be written."""
     if args.batch_size < 1 or (args.workers is not None and args.workers < 0):
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
-    device = local_device(args.device)
+    if args.grid is not None and args.grid < 1:
+        raise ValueError(f"--grid must be >= 1 crops per side, got {args.grid}")
+    if args.max_pixels is not None and args.max_pixels < 0:
+        raise ValueError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
     if (args.resume or args.overwrite) and args.output is None:
         raise ValueError("--resume and --overwrite need -o FILE")
-    output = None
-    if args.output is not None:
-        output = ScoreOutput(args.output, _score_settings(args.model, args.grid, args.native), args.resume, args.overwrite)
+    if args.map is not None and args.map.exists() and not args.map.is_dir():
+        raise ValueError(f"--map {args.map} is a file; it takes a folder for the maps")
+    if args.device != "cpu":  # the CPU needs no check (and no torch)
+        from qfm_iqm.utils.device import usable_device
+
+        usable_device(args.device)
+    settings = _score_settings(args.model, args.grid, args.native)
+    output = ScoreOutput(args.output, settings, args.resume, args.overwrite) if args.output is not None else None
     files, warnings = find_images(args.paths, args.recursive)
     for warning in warnings:
         _note(f"warning: {warning}")
     if all(file.error is not None for file in files):
         _note(f"error: no images found in {' '.join(args.paths)}")
-        return 2
+        return None
     pending = output.pending(files) if output else files
     if len(pending) < len(files):
         _note(f"{len(files) - len(pending)} inputs already scored in {args.output}: skipped")
+    return files, pending, output
+
+
+def _score_inputs(
+    args: argparse.Namespace,
+    scorer: GraphScorer | None,
+    files: list[InputFile],
+    pending: list[InputFile],
+    output: ScoreOutput | None,
+) -> int:
+    """Score ``pending`` with ``scorer``, or with the model ``load_model`` loads when it is ``None``."""
+    import signal
+
+    from PIL import Image
+
+    from qfm_iqm.data.images import set_max_image_pixels
+    from qfm_iqm.training.interrupt import StopRequest
+
     previous_limit = Image.MAX_IMAGE_PIXELS
     if args.max_pixels is not None:
         set_max_image_pixels(args.max_pixels or None)
     try:
-        scorer = load_model(args.model, device, args.grid, args.runtime, native=args.native)
+        if scorer is None:
+            from qfm_iqm.api import load_model
+            from qfm_iqm.training.distributed import local_device
+
+            scorer = load_model(args.model, local_device(args.device), args.grid, args.runtime, native=args.native)
         if output:
             output.start()
-        workers = auto_workers(len(pending), args.batch_size) if args.workers is None else args.workers
+        workers = auto_workers() if args.workers is None else args.workers
         with StopRequest() as stop:
-            results = score_files(scorer, pending, args.batch_size, workers, not args.quiet, args.map, SYNC_EVERY,
-                                  output.append if output else None, lambda: stop.signum is not None)
+            results = score_files(scorer, pending, args.batch_size, workers, not args.quiet, args.map,
+                                  scoring.SYNC_EVERY, output.append if output else None, lambda: stop.signum is not None)
     finally:
         set_max_image_pixels(previous_limit)
     failed = [r for r in results if r.error is not None]
     for result in failed:
         _note(f"failed: {result.path}: {result.error}")
-    if is_main() and output is None:
+    if _is_main() and output is None:
         print(format_table(results))
     if len(results) < len(pending):
         signum = stop.signum or signal.SIGTERM  # another process received it
@@ -126,12 +180,12 @@ def _score_inputs(args: argparse.Namespace) -> int:
 
 
 def _score_settings(model: str, grid: int | None, native: bool = False) -> dict:
-    """What the scores of a ``score -o`` file depend on, from the checkpoint's JSON (checked; no weight
-    read): the model, the test grid, the calibrated interval when it records one, and ``native`` when set."""
-    from qfm_iqm.models.pretrained import resolve_model, scoring_grid
-    from qfm_iqm.models.validation import inspect_model_checkpoint
+    """What the scores of a ``score -o`` file depend on, from the checkpoint's JSON (read without torch;
+    loading the model checks it): the model, the test grid, the calibrated interval when it records one,
+    and ``native`` when set."""
+    from qfm_iqm.models.pretrained import read_checkpoint_json, resolve_model, scoring_grid
 
-    _, info = inspect_model_checkpoint(resolve_model(model))
+    info = read_checkpoint_json(resolve_model(model))
     settings = {"model": release_name(model) or str(Path(model).resolve()), "grid": scoring_grid(info, grid)}
     if "interval" in info:
         settings["interval"] = info["interval"]
@@ -209,6 +263,13 @@ def _train(args: argparse.Namespace) -> int:
     indices, val = validation_part(config, dataset, split or Split(0, tuple(range(len(dataset))), ()))
     metadata = {**training_metadata(dataset, split.seed if split else None, len(indices), args.command_line),
                 "val_size": len(val)}
+    finished = None if args.restart else _finished_training(args.output, config, metadata, tested=split is not None)
+    if finished is not None:
+        _note(f"{args.output} holds this run, finished ({'result.json' if split else 'model.json'}): "
+              "nothing to do; --restart trains it again")
+        if split is not None and _is_main():
+            print(json.dumps({"output": str(args.output), "test": finished}, indent=2))
+        return 0
     records = [dataset.records[i] for i in indices]
     val_records = [dataset.records[i] for i in val]
     held_out = [dataset.records[i] for i in (*val, *(split.test if split is not None else ()))]
@@ -237,6 +298,30 @@ def _train(args: argparse.Namespace) -> int:
         if is_main():
             print(json.dumps({"output": str(args.output), "test": result}, indent=2))
     return 0
+
+
+RUN_KEYS = ("dataset", "split_seed", "train_size", "val_size")  # what a checkpoint records of its training data
+
+
+def _finished_training(output: Path, config: TrainConfig, metadata: dict, tested: bool) -> dict | None:
+    """The test result (``{}`` when not ``tested``, i.e. ``--all``) of the run that ``train`` finished in
+    ``output`` with these options and data; ``None`` when it holds none yet. ``ValueError`` naming the
+    options or data that differ when its model was trained otherwise."""
+    model_file, result_file = output / "model.json", output / "result.json"
+    if not model_file.is_file():
+        return None
+    saved = json.loads(model_file.read_text())
+    recorded = {"training": saved.get("training"), **{key: saved.get(key) for key in RUN_KEYS}}
+    current = {"training": config.to_dict(), **{key: metadata.get(key) for key in RUN_KEYS}}
+    from qfm_iqm.training.config import changed_options
+
+    changed = changed_options(recorded, current)
+    if changed:
+        raise ValueError(f"{output} holds a model trained with other options or data (differs in: {', '.join(changed)}); "
+                         "add --restart to train again there (its files are replaced), or choose another --output")
+    if not tested:
+        return {}
+    return json.loads(result_file.read_text()) if result_file.is_file() else None
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -375,12 +460,13 @@ def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     parser.add_argument("--runtime", choices=["torch", "onnx", "auto"], default="auto",
                         help="what runs the model: auto (default: onnx where it can run, else torch), torch, or onnx "
-                        "(onnxruntime on the CPU, faster; the graph is exported on first use and cached; needs "
-                        "pip install \"qfm-iqm[onnx]\")")
-    parser.add_argument("--batch-size", dest="batch_size", type=int, default=16, metavar="N",
-                        help="images per loading batch (default: 16)")
+                        "(onnxruntime on the CPU, faster; the graph is exported once, on first use, and cached; "
+                        "then scoring imports no torch)")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=BATCH_SIZE, metavar="N",
+                        help="images whose crops go through the network together (default: %(default)s; more for a GPU)")
     parser.add_argument("--workers", type=int, metavar="N",
-                        help="decoding processes (default: 0 for a single batch or on <= 2 cores, else min(4, CPUs/2))")
+                        help="threads that decode images while the network scores (default: one per 4 CPUs, 1 to 4; "
+                        "0: none)")
     parser.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
                         help="search folders recursively (default: yes)")
     parser.add_argument("--max-pixels", dest="max_pixels", type=int, metavar="N",
@@ -483,12 +569,12 @@ def _add_global_options(parser: argparse.ArgumentParser, in_command: bool) -> No
                         "can be faster, with the same scores")
 
 
-def _set_threads(threads: int) -> None:
-    if threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
-    import torch
+def _apply_threads(args: argparse.Namespace) -> None:
+    """Set PyTorch's CPU threads to ``--threads`` when given (this imports torch)."""
+    if args.threads is not None:
+        import torch
 
-    torch.set_num_threads(threads)
+        torch.set_num_threads(args.threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -497,8 +583,10 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = "qfm-iqm " + shlex.join(argv)
     reuse_freed_memory()
     try:
-        if args.threads is not None:
-            _set_threads(args.threads)
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        if args.func is not _score:  # score sets them after its checks
+            _apply_threads(args)
         return args.func(args)
     except (DatasetError, FileNotFoundError, ImportError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)

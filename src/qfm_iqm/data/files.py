@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from qfm_iqm.data.images import IMAGE_EXTENSIONS  # re-exported (generic datasets)
 from qfm_iqm.data.records import DatasetError, ImageRecord, LabelScale, offenders_message
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 SPLIT_PARTS = ("train", "val", "test")
 _SPLIT_ALIASES = {
     "train": "train", "training": "train", "0": "train",

@@ -14,6 +14,8 @@ _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _INT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 # Exceptions Pillow raises while decoding damaged files (truncated data, broken headers/tables).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+# What folder inputs and image-folder datasets count as images (any letter case).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 
 
 class ImageLoadError(RuntimeError):

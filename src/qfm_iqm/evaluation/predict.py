@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.torch_datasets import EvalCrops
-from qfm_iqm.data.transforms import Preprocessing
+from qfm_iqm.data.transforms import Preprocessing, prepare_image
 from qfm_iqm.models.decoder import PanelOutput
+from qfm_iqm.score_result import panel_scores
 from qfm_iqm.training.distributed import all_gather_uneven, is_main, shard
 
 if TYPE_CHECKING:  # the model classes import timm; scoring an exported graph needs neither
@@ -40,12 +43,20 @@ def model_preprocessing(model: QFMIQM) -> Preprocessing:
 
 @torch.inference_mode()
 def score_crops(model: CropNetwork, crops: torch.Tensor) -> tuple[float, float]:
-    """Score one image from its crop stack (n, 3, S, S): mean score and mean panel spread.
+    """Score one image from its crop stack (n, 3, S, S): mean score and mean panel spread."""
+    return score_images(model, [crops])[0]
 
-    One forward pass per image keeps results independent of batch size and order.
-    """
-    output = model(crops)
-    return output.score.float().mean().item(), output.spread.float().mean().item()
+
+@torch.inference_mode()
+def score_images(model: CropNetwork, stacks: Sequence[torch.Tensor]) -> list[tuple[float, float]]:
+    """Score several images from their crop stacks in one call of ``model``: per image, the mean score
+    and mean panel spread over its own crops. The network scores every crop on its own (eval mode), so
+    an image's numbers are those of :func:`score_crops` on it alone, up to float32 rounding where the
+    batch size changes how a kernel sums (tests/test_scoring.py, tests/test_onnx.py)."""
+    if not stacks:
+        return []
+    output = model(torch.cat(list(stacks)) if len(stacks) > 1 else stacks[0])
+    return panel_scores(output.member_scores.float().cpu().numpy(), [len(stack) for stack in stacks])
 
 
 def _cached_panel(model: QFMIQM, outputs: torch.Tensor) -> PanelOutput:
@@ -58,6 +69,22 @@ def score_tokens(model: QFMIQM, outputs: torch.Tensor) -> float:
     """Score one image from a frozen backbone's cached outputs for its crops (n, 1 + N, C): the mean
     score, the same number as :func:`score_crops` on the crops themselves (up to the float16 storage)."""
     return _cached_panel(model, outputs).score.float().mean().item()
+
+
+def whole_image(image: Image.Image, pre: Preprocessing) -> torch.Tensor:
+    """An image as one input of the network (1, 3, H, W), prepared as for its crops: a whole-image pass,
+    for backbones that take any input size (CNNs)."""
+    return pre.to_tensor_normalized(prepare_image(image, pre)).unsqueeze(0)
+
+
+@torch.inference_mode()
+def predict_whole_images(model: QFMIQM, records: list[ImageRecord], device: torch.device | str = "cpu") -> np.ndarray:
+    """Normalised scores of a whole-image pass (:func:`whole_image`) of each record, in input order."""
+    if model.backbone.kind != "cnn":
+        raise ValueError(f"a {model.backbone.kind} backbone takes crops of a fixed size: no whole-image pass")
+    model.eval()
+    pre = model_preprocessing(model)
+    return np.array([score_crops(model, whole_image(load_image(record.path), pre).to(device))[0] for record in records])
 
 
 @torch.inference_mode()

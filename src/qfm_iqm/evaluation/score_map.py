@@ -22,12 +22,15 @@ scale (labels nearer an end are calibrated as if that near, and no range reaches
 
 from __future__ import annotations
 
-from typing import TypeVar
+import sys
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
 
 from qfm_iqm.evaluation.conformal import ConformalInterval, calibrate
+
+if TYPE_CHECKING:  # tensors are mapped with torch's own ops; a cached graph is scored without torch
+    import torch
 
 __all__ = ["LABEL_EDGE", "MARGIN", "bounded", "calibrate_bounded", "interval_bounds", "unbounded"]
 
@@ -36,7 +39,7 @@ MARGIN = 0.05  # normalised units: the map is the identity on [MARGIN, 1 - MARGI
 # minimum of a scale taken from the data) are calibrated as if this close: no reported range reaches an end.
 LABEL_EDGE = 1e-3
 
-Scores = TypeVar("Scores", np.ndarray, torch.Tensor, float)
+Scores = TypeVar("Scores", np.ndarray, "torch.Tensor", float)
 
 
 def _tail(distance: Scores) -> Scores:
@@ -47,7 +50,8 @@ def _tail(distance: Scores) -> Scores:
 def bounded(raw: Scores) -> Scores:
     """Raw normalised scores -> (0, 1), strictly increasing (works on floats, numpy arrays and tensors,
     with gradients for tensors)."""
-    if isinstance(raw, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported
+    if torch is not None and isinstance(raw, torch.Tensor):
         below = (MARGIN - raw).clamp_min(0.0)  # each tail sees only its own side: no inf in the unused branch
         above = (raw - (1.0 - MARGIN)).clamp_min(0.0)
         middle = raw.clamp(MARGIN, 1.0 - MARGIN)

@@ -12,17 +12,21 @@ settings; :func:`scoring_grid`) and a calibrated score interval (``interval``; :
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from qfm_iqm import __version__
 from qfm_iqm.data.records import LabelScale
 from qfm_iqm.evaluation.conformal import ConformalInterval
+from qfm_iqm.utils.files import checkpoint_paths
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 MODEL_FORMAT = "qfm-iqm/1"
 RELEASE_KEYS = ("score_scale", "training_data", "settings", "command")
 DEFAULT_GRID = 3  # test crops per side of checkpoints that record none
+# The scale of checkpoints that record none (plain training runs): the model's own [0, 1] output.
+NORMALISED_SCALE = LabelScale(low=0.0, high=1.0, higher_is_better=True, name="normalised")
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,7 @@ def export_release(
 
     Returns the path of the written ``.safetensors`` file.
     """
-    from qfm_iqm.utils.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint  # torch: only here
+    from qfm_iqm.utils.checkpoint import load_checkpoint, save_checkpoint  # torch: only here
 
     weights_path, _ = checkpoint_paths(checkpoint_dir)
     tensors, config = load_checkpoint(checkpoint_dir)
@@ -180,14 +184,37 @@ def export_release(
     return save_checkpoint(out_dir, tensors, release, name=stem)
 
 
+def read_checkpoint_json(checkpoint: str | Path) -> dict:
+    """A checkpoint's JSON, read without torch and not checked (loading the model checks it): what the
+    command line needs to check a ``score -o`` file before it loads the model."""
+    path = checkpoint_paths(checkpoint)[1]
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"corrupt checkpoint file {path}: {'nested too deeply' if isinstance(exc, RecursionError) else exc}") from exc
+    if not isinstance(info, dict):
+        raise ValueError(f"corrupt checkpoint file {path}: not a JSON object")
+    return info
+
+
 def scoring_grid(info: dict, grid: int | None = None) -> int:
     """The test grid (crops per side) to score with: ``grid`` when given, else the ``eval_grid`` that a
     checkpoint's JSON ``info`` records in its training settings (``training``; ``settings`` in release
     copies), else :data:`DEFAULT_GRID`."""
     if grid is not None:
         return grid
-    settings = info.get("training") or info.get("settings") or {}
-    return settings.get("eval_grid", DEFAULT_GRID)
+    settings = info.get("training") or info.get("settings")
+    return settings.get("eval_grid", DEFAULT_GRID) if isinstance(settings, dict) else DEFAULT_GRID
+
+
+def score_scale(info: dict) -> LabelScale:
+    """The scale a checkpoint's JSON records (:data:`NORMALISED_SCALE` if none; keys of newer versions
+    left out)."""
+    if "score_scale" not in info:
+        return NORMALISED_SCALE
+    return LabelScale(**{field.name: info["score_scale"][field.name] for field in fields(LabelScale)})
 
 
 def recorded_interval(info: dict) -> ConformalInterval | None:
@@ -203,7 +230,7 @@ def record_interval(checkpoint: str | Path, interval: ConformalInterval) -> Path
     rewritten too (their metadata holds the JSON's hash), then the JSON, each atomically.
     """
     from qfm_iqm.models.validation import check_model_checkpoint  # torch: only here
-    from qfm_iqm.utils.checkpoint import checkpoint_paths, inspect_checkpoint, load_tensors, save_checkpoint
+    from qfm_iqm.utils.checkpoint import inspect_checkpoint, load_tensors, save_checkpoint
 
     weights_path, _ = checkpoint_paths(checkpoint)
     header, config = inspect_checkpoint(checkpoint)

@@ -187,3 +187,17 @@ class TrainConfig:
                 raise ValueError(f"override {assignment!r}: unknown option {key!r}")
             target[leaf] = yaml.safe_load(raw)
         return TrainConfig.from_dict(data)
+
+
+def changed_options(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """The options whose values differ between two :meth:`TrainConfig.to_dict`-style dicts, by dotted
+    name (nested dicts such as ``model`` key by key), sorted; tuples and lists count as equal."""
+    changed = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += changed_options(old, new, f"{prefix}{key}.")
+        elif json.loads(json.dumps(old)) != json.loads(json.dumps(new)):
+            changed.append(f"{prefix}{key}")
+    return changed
+

@@ -33,7 +33,7 @@ from qfm_iqm.data.transforms import TrainTransform
 from qfm_iqm.evaluation.metrics import compute_metrics
 from qfm_iqm.evaluation.predict import model_preprocessing, predict_records
 from qfm_iqm.models.qfm import QFMIQM, build_model
-from qfm_iqm.training.config import TrainConfig
+from qfm_iqm.training.config import TrainConfig, changed_options
 from qfm_iqm.training.distributed import (
     GlobalBatchSampler,
     all_gather_batch,
@@ -521,10 +521,11 @@ class Trainer:
 
     def load_state(self) -> None:
         state = load_training_state(self.output_dir / STATE_DIR)
-        if state["config"] != self.config.to_dict():
+        changed = changed_options(state["config"], self.config.to_dict())
+        if changed:
             raise ValueError(
-                f"{self.output_dir / STATE_DIR}: the saved run used different options; "
-                "resume with the same configuration or choose another output folder"
+                f"{self.output_dir / STATE_DIR}: the saved run used other options (differs in: {', '.join(changed)}); "
+                "continue it with the same options, or start over with --restart (or in another output folder)"
             )
         self.epoch = int(state["epoch"])
         # states saved at epoch ends by earlier versions have no step-level entries

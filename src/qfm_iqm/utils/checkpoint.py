@@ -12,13 +12,9 @@ Nested training state (model, AdamW, scheduler, RNG states, extra buffers) is sp
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +25,19 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from qfm_iqm.utils.files import (  # re-exported: written without torch, for the command line's checks
+    atomic_write,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    checkpoint_paths,
+)
+
 __all__ = [
     "CheckpointError",
     "TensorInfo",
     "atomic_write",
+    "atomic_write_csv",
     "atomic_write_json",
     "atomic_write_text",
     "checkpoint_paths",
@@ -63,64 +68,6 @@ class TensorInfo:
 
     dtype: str
     shape: tuple[int, ...]
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it, then ``os.replace`` it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.chmod(0o666 & ~_current_umask())  # mkstemp makes 0600 files; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename (best effort: not every platform can open a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def atomic_write_csv(path: str | Path, rows: Iterable[Sequence[Any]]) -> None:
-    """Write ``rows`` (the header first) as CSV to ``path`` atomically."""
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as JSON (indent=2, keys in insertion order) to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def _prepare_tensors(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -155,14 +102,6 @@ def save_checkpoint(
     atomic_write(weights_path, lambda tmp: save_file(prepared, str(tmp), metadata=metadata))
     atomic_write_text(directory / f"{name}.json", config_text)
     return weights_path
-
-
-def checkpoint_paths(directory_or_file: str | Path, name: str = "model") -> tuple[Path, Path]:
-    """The ``(.safetensors, .json)`` pair of a checkpoint given its directory (and name) or either file."""
-    path = Path(directory_or_file)
-    if path.suffix in (".safetensors", ".json"):
-        return path.with_suffix(".safetensors"), path.with_suffix(".json")
-    return path / f"{name}.safetensors", path / f"{name}.json"
 
 
 def inspect_checkpoint(directory_or_file: str | Path, name: str = "model") -> tuple[dict[str, TensorInfo], Any]:
