@@ -16,6 +16,7 @@ from qfm_iqm.benchmark.runner import BenchmarkOutcome
 from qfm_iqm.benchmark.speed import run_speed
 from qfm_iqm.cli.main import main
 from qfm_iqm.evaluation.metrics import METRIC_KEYS
+from qfm_iqm.evaluation.score_map import bounded
 
 TINY_TRAIN = {
     "epochs": 1, "batch_size": 4, "kd_views": 2, "warmup_epochs": 0, "eval_grid": 2, "device": "cpu", "lr": 1e-3,
@@ -102,7 +103,8 @@ def test_cross_dataset_pairs_handle_the_label_direction(tmp_path, label_files):
         with open(predictions, newline="") as handle:
             rows = list(csv.DictReader(handle))
         scores = [float(r["score_normalised"]) for r in rows]  # higher is better, like label
-        assert [float(r["score"]) for r in rows] == pytest.approx([100 - 100 * x for x in scores], abs=1e-4)  # DMOS
+        # DMOS, of the raw output through the score map
+        assert [float(r["score"]) for r in rows] == pytest.approx([100 - 100 * bounded(x) for x in scores], abs=1e-4)
         mos = [1 - float(r["label"]) for r in rows]  # DMOS labels normalised: 1 - MOS/100
         from qfm_iqm.evaluation.metrics import srcc
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from qfm_iqm.utils import checkpoint as ckpt
+from qfm_iqm.utils import files as ckpt  # the atomic writers checkpoints are saved with
 from qfm_iqm.utils.checkpoint import (
     atomic_write_json,
     flatten_state,

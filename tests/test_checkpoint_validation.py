@@ -71,7 +71,7 @@ def _edited(config: dict, field: str, value: object) -> dict:
         ("score_scale.low", 100, "score_scale: low (100) is not below high (100)"),
         ("interval", {"quantile": 0.1}, "interval: missing coverage"),
         ("interval", {"coverage": 1, "quantile": 0.1}, "interval.coverage: expected a number above 0 and below 1, got 1"),
-        ("interval", {"coverage": 0.9, "quantile": -0.1}, "interval.quantile: expected a number from 0 to 1, got -0.1"),
+        ("interval", {"coverage": 0.9, "quantile": -0.1}, "interval.quantile: expected a number from 0 to 1000, got -0.1"),
         ("interval", {"coverage": 0.9, "quantile": "0.1"}, "interval.quantile: expected a number from 0 to 1"),
         ("interval", {"coverage": 0.9, "quantile": 0.1, "scaled": True}, "interval.scaled: expected false"),
         ("interval", {"coverage": 0.9, "quantile": 0.1, "calibration_size": 9.5}, "interval.calibration_size: expected an integer"),

@@ -95,7 +95,7 @@ class _Brightness(nn.Module):
     config = SimpleNamespace(preprocessing={"input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
 
     def forward(self, crops):
-        return SimpleNamespace(score=crops.mean(dim=(1, 2, 3)), spread=torch.zeros(len(crops)))
+        return SimpleNamespace(member_scores=crops.mean(dim=(1, 2, 3))[:, None])  # a panel of one
 
 
 def test_degradation_check_scores_every_level_of_every_photo(tmp_path, photo):
@@ -115,7 +115,7 @@ class _Constant(nn.Module):
     config = _Brightness.config
 
     def forward(self, crops):
-        return SimpleNamespace(score=crops.mean(dim=(1, 2, 3)) - 5.0, spread=torch.zeros(len(crops)))
+        return SimpleNamespace(member_scores=crops.mean(dim=(1, 2, 3))[:, None] - 5.0)
 
 
 def test_the_check_orders_scores_below_the_scale_through_the_map(tmp_path, photo):

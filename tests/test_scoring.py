@@ -686,15 +686,18 @@ def test_a_recorded_interval_gives_every_score_its_range_in_every_output(
 def test_ranges_stay_on_the_scale_and_in_order_whatever_the_network_outputs(scorer: Scorer) -> None:
     images = [_pixels(90, 120, seed=i) for i in range(3)]
     wide = Scorer(scorer.model, scorer.scale, interval=ConformalInterval(0.9, 0.8))
-    assert all((r.low, r.high) == (0.0, 100.0) for r in wide.score(images))
+    for r in wide.score(images):  # the mapped range approaches the ends of the scale without reaching them
+        assert 0.0 < r.low < 5.0 and 95.0 < r.high < 100.0
     dmos = Scorer(scorer.model, LabelScale(0, 10, False, "DMOS"), interval=ConformalInterval(0.9, 0.1))
     for r in dmos.score(images):  # lower is better: normalised bounds swap on this scale
         assert (r.low, r.high) == pytest.approx((r.score - 1, r.score + 1))
     model = copy.deepcopy(scorer.model)
     with torch.no_grad():
         model.decoder.head.weight.mul_(50.0)  # drives the raw output far outside [0, 1]
-    for r in Scorer(model, scorer.scale, interval=ConformalInterval(0.9, 0.1)).score(images):
-        assert 0 <= r.low <= r.score <= r.high <= 100 and r.high - r.low == pytest.approx(10)
+    results = Scorer(model, scorer.scale, interval=ConformalInterval(0.9, 0.1)).score(images)
+    for r in results:  # inside the scale, the range around its score, none tied at an end
+        assert 0 < r.low < r.score < r.high < 100
+    assert len({r.score for r in results}) == len(results)
 
 
 @pytest.mark.parametrize("suffix", ["csv", "json", "jsonl"])

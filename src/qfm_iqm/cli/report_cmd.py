@@ -41,10 +41,8 @@ def _model_name(name: str) -> str:
 
 
 def _report(args: argparse.Namespace, score: Callable[[argparse.Namespace], int]) -> int:
-    from qfm_iqm.api import _score_scale, load_model
     from qfm_iqm.data.images import set_max_image_pixels
-    from qfm_iqm.models.pretrained import resolve_model
-    from qfm_iqm.models.validation import inspect_model_checkpoint
+    from qfm_iqm.models.pretrained import read_checkpoint_json, resolve_model, score_scale
     from qfm_iqm.report import files_folder, read_scores, select_rows, write_report
     from qfm_iqm.scoring import find_images
     from qfm_iqm.training.distributed import is_main
@@ -59,8 +57,8 @@ def _report(args: argparse.Namespace, score: Callable[[argparse.Namespace], int]
     recorded = scores.settings.get("model") if scores is not None and scores.settings else None
     if recorded and _model_name(args.model) != recorded:
         raise ValueError(f"{args.source} holds scores of the model {recorded}: add --model {recorded}")
-    _, info = inspect_model_checkpoint(resolve_model(args.model))
-    scale = _score_scale(info)
+    info = read_checkpoint_json(resolve_model(args.model))
+    scale = score_scale(info)
     if args.flag_below is not None and not scale.low <= args.flag_below <= scale.high:
         raise ValueError(f"--flag-below {args.flag_below} is outside the score scale {scale.low:g}-{scale.high:g}")
     code = 0
@@ -87,7 +85,11 @@ def _report(args: argparse.Namespace, score: Callable[[argparse.Namespace], int]
         return code
     previous_limit = set_max_image_pixels(args.max_pixels or None) if args.max_pixels is not None else None
     try:
-        scorer = load_model(args.model, args.device, args.grid, args.runtime, native=args.native) if args.maps else None
+        scorer = None
+        if args.maps:  # quality maps need the eager model
+            from qfm_iqm.api import load_model
+
+            scorer = load_model(args.model, args.device, args.grid, args.runtime, native=args.native)
         write_report(page, rows, scores.base, scale, model=args.model, coverage=info.get("interval", {}).get("coverage"),
                      flag_below=args.flag_below, scorer=scorer, command=args.command_line, progress=not args.quiet)
     finally:
