@@ -44,6 +44,7 @@ from qfm_iqm.evaluation.predict import model_preprocessing
 from qfm_iqm.models.backbones import create_backbone
 from qfm_iqm.models.qfm import build_model
 from qfm_iqm.training.trainer import Trainer
+from qfm_iqm.utils.files import atomic_write_json
 
 PROJECT = Path(__file__).resolve().parents[1]
 SCALE = 4  # the recipe's batch over the measured one
@@ -169,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "cross": cross,
         "estimated_gpu_hours_total": round(sum(d["estimated_gpu_hours"] for d in [*per_dataset.values(), *cross]), 1),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.output, result)
     print(json.dumps(result, indent=2))
     return 0
 

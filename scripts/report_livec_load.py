@@ -26,6 +26,7 @@ import numpy as np
 
 from qfm_iqm.api import ScoreResult
 from qfm_iqm.scoring import find_images, write_results
+from qfm_iqm.utils.files import atomic_write_json
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -106,8 +107,7 @@ def main() -> int:
                  "Headless Chromium fetched every thumbnail before the load event (thumbnails_loaded_at_load) although "
                  "they are loading=lazy, so load_ms is the cost of all of them.",
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.output, result)
     print(json.dumps(result, indent=2))
     return 0
 
