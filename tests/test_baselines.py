@@ -4,14 +4,8 @@ from PIL import Image, ImageFilter
 from scipy.stats import gennorm
 
 from qfm_iqm.data.splits import Split
-from qfm_iqm.evaluation.baselines import (
-    KERNEL_RIDGE_CANDIDATES,
-    KernelRidgeRegressor,
-    RidgeRegressor,
-    get_baseline,
-    regress_on_split,
-    select_by_cv,
-)
+from qfm_iqm.evaluation.baselines import get_baseline, regress_on_split
+from qfm_iqm.models.regressors import KERNEL_RIDGE_CANDIDATES, KernelRidgeRegressor, RidgeRegressor, select_by_cv
 from qfm_iqm.evaluation.brisque import brisque_features, fit_aggd, fit_ggd
 
 

@@ -1,8 +1,10 @@
 """The distillation teacher's unlabelled pool: reaches the teacher and the memory, never a held-out image."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -91,3 +93,33 @@ def test_a_csv_pool_gives_its_images_and_never_its_scores(tmp_path):
     assert sorted(r.path.name for r in extra) == ["photo0.png", "photo1.png", "photo2.png"]
     assert all(math.isnan(r.label) and math.isnan(r.raw_label) for r in extra)
     assert len(protocol.unlabelled_records(tiny_config(unlabeled_dir=str(pool)), [])) == 3
+
+
+def test_a_kernel_ridge_teacher_labels_the_pool_once_and_reports_its_own_scores(tmp_path, blur_records):
+    """The teacher is fitted on the training images only; the pool's views train with its labels (no NaN
+    reaches a loss or the memory), and its validation and test scores are recorded beside the student's."""
+    from conftest import TINY_VIT
+
+    pool = _pool(tmp_path / "pool", 6)
+    config = tiny_config(mode="qfm", teacher="kernel_ridge", teacher_backbones=[TINY_VIT, "tf_efficientnet_lite0"],
+                         kd_views=4, unlabeled_dir=str(pool), epochs=1, freeze_backbone=True,
+                         model={**tiny_config().model.to_dict(), "backbone": TINY_VIT})
+    extra = protocol.unlabelled_records(config, [])
+    trainer = Trainer(config, blur_records[:8], tmp_path / "run", extra, progress=False, val_records=blur_records[8:12])
+    teacher = trainer.regression_teacher
+    assert trainer.teacher is None and teacher is not None
+    assert teacher.sources[TINY_VIT] is trainer.features  # the student's own cache serves its backbone
+    assert teacher.sources["tf_efficientnet_lite0"].pre.input_size == 224  # Lite0 at its own crop size
+    expected = teacher.predict(extra)
+    assert np.isfinite(expected).all() and np.ptp(expected) > 0
+    assert [r.label for r in trainer.extra_records] == pytest.approx(expected.tolist())
+    refitted = type(teacher)(teacher.sources, teacher.grid).fit(blur_records[:8])  # the training images alone
+    assert refitted.predict(extra) == pytest.approx(expected)
+    history = trainer.fit()
+    assert history.epochs[-1]["kd"] > 0 and "teacher_val_srcc" in history.epochs[-1]
+    assert torch.isfinite(trainer.memory.labels[: trainer.memory.size]).all()
+    dataset = IQADataset("fixture", tmp_path, blur_records, LabelScale(0, 100, True, "MOS"), False)
+    split = Split(0, tuple(range(12)), tuple(range(12, 16)))
+    result = protocol.run_split(replace(config, degradation_photos=0, val_fraction=0), dataset, split,
+                                tmp_path / "split", progress=False)
+    assert set(result["teacher_metrics"]) == set(result["metrics"])

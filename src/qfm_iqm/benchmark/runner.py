@@ -23,7 +23,8 @@ import numpy as np
 from qfm_iqm.benchmark.config import BenchmarkConfig, CrossSpec, MethodSpec
 from qfm_iqm.data.records import IQADataset
 from qfm_iqm.data.registry import load_dataset
-from qfm_iqm.evaluation.baselines import get_baseline, select_by_cv
+from qfm_iqm.evaluation.baselines import get_baseline
+from qfm_iqm.models.regressors import select_by_cv
 from qfm_iqm.evaluation.predict import Predictions, predict_records
 from qfm_iqm.evaluation.protocol import (
     check_method,

@@ -34,6 +34,7 @@ from qfm_iqm.models.qfm import QFMIQM
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.distributed import is_main
 from qfm_iqm.training.feature_cache import frozen_backbone_features
+from qfm_iqm.training.teachers import KernelRidgeTeacher
 from qfm_iqm.training.trainer import Trainer, resolve_device
 from qfm_iqm.utils.memory import peak_rss_mib
 from qfm_iqm.utils.checkpoint import atomic_write_csv, atomic_write_json, atomic_write_text
@@ -53,11 +54,12 @@ def fit_model(
     progress: bool = True,
     resume: bool = True,
     val_records: list[ImageRecord] | None = None,
-) -> tuple[QFMIQM, list[dict], QFMIQM | None]:
+) -> tuple[QFMIQM, list[dict], QFMIQM | KernelRidgeTeacher | None]:
     """Train a model (and first its ``pretrained`` teacher, in ``deiqt`` mode, when configured).
 
     ``val_records`` (never test images) are scored after every epoch for the learning curve. Returns
-    the model, its per-epoch history and the distillation teacher's network (``None`` without one)."""
+    the model, its per-epoch history and the distillation teacher (its network, or the kernel ridge
+    teacher; ``None`` without one)."""
     teacher = None
     if config.distill and config.teacher == "pretrained":
         teacher_config = replace(config, mode="deiqt")
@@ -66,6 +68,8 @@ def fit_model(
         )
     trainer = Trainer(config, records, output_dir, extra_records, metadata, progress, teacher, val_records)
     history = trainer.fit(resume=resume)
+    if trainer.regression_teacher is not None:
+        return trainer.model, history.epochs, trainer.regression_teacher
     return trainer.model, history.epochs, trainer.teacher.network if trainer.teacher is not None else None
 
 
@@ -232,7 +236,9 @@ def run_split(
     interval = calibrate_on_validation(model, val_records, config.eval_grid, device, run_dir, progress)
     predictions = predict_records(model, test_records, config.eval_grid, device, progress=progress)
     teacher_predictions = None
-    if teacher is not None:  # the teacher's own score on the same test part, beside the student's
+    if isinstance(teacher, KernelRidgeTeacher):  # the teacher's own score on the same test part, beside the student's
+        teacher_predictions = Predictions(teacher.predict(test_records), np.zeros(len(test_records)))
+    elif teacher is not None:
         teacher_predictions = predict_records(teacher, test_records, config.eval_grid, device, progress=progress)
     photos = [dataset.records[i] for i in check_photos(split.test, config.degradation_photos, split.seed)]
     features = frozen_backbone_features(config, model, device)

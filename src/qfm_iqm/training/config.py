@@ -13,7 +13,7 @@ from qfm_iqm.data.degradations import TRAINED_KINDS, check_kinds
 from qfm_iqm.models.qfm import ModelConfig
 
 MODES = ("qfm", "deiqt")
-TEACHERS = ("ema", "pretrained", "none")
+TEACHERS = ("ema", "pretrained", "kernel_ridge", "none")
 LOSSES = ("smooth_l1", "l1", "mse")
 NOISE_TARGETS = ("tokens", "global", "both")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -80,6 +80,7 @@ class TrainConfig:
     teacher: str = "none"  # on validation neither teacher helped, with or without extra photos (docs/method.md)
     ema_decay: float = 0.999
     ema_warmup: bool = True  # the keep-rate rises to ema_decay over the lr warm-up (warmup_epochs)
+    teacher_backbones: list[str] = field(default_factory=lambda: ["tf_efficientnet_lite0"])  # kernel_ridge's
     kd_weight: float = 1.0
     kd_views: int = 8  # extra teacher-labelled views per step
     unlabeled_dir: str | None = None
@@ -119,6 +120,9 @@ class TrainConfig:
         if not isinstance(self.rank_kinds, (list, tuple)) or not self.rank_kinds:
             raise ValueError(f"rank_kinds must be a non-empty list of degradation kinds, got {self.rank_kinds!r}")
         self.rank_kinds = list(check_kinds(self.rank_kinds))
+        if not isinstance(self.teacher_backbones, (list, tuple)) or not self.teacher_backbones:
+            raise ValueError(f"teacher_backbones must be a non-empty list of backbone names, got {self.teacher_backbones!r}")
+        self.teacher_backbones = list(self.teacher_backbones)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.schedule not in ("step", "cosine"):

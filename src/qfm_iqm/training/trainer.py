@@ -47,7 +47,7 @@ from qfm_iqm.training.distributed import local_device as resolve_device
 from qfm_iqm.training.feature_cache import CachedCrops, FrozenBackboneFeatures, frozen_backbone_features
 from qfm_iqm.training.interrupt import StopRequest, TrainingInterrupted
 from qfm_iqm.training.noise import FeatureMemory, match_semantic_noise, norm_matched_noise
-from qfm_iqm.training.teachers import Teacher
+from qfm_iqm.training.teachers import KernelRidgeTeacher, Teacher, teacher_feature_sources
 from qfm_iqm.utils.checkpoint import atomic_write_json, load_training_state, save_checkpoint, save_training_state
 
 STATE_DIR = "train_state"
@@ -193,6 +193,7 @@ class Trainer:
         self.model.to(self.device)
         self.pre = model_preprocessing(self.model)
         self.val_records = val_records or []
+        self.teacher_validation: dict[str, float] = {}  # a regression teacher's own validation metrics
         self.features = self._frozen_backbone_features()
         self.loader = self._loader(self._views(records, config.seed), config.batch_size, config.seed)
         self.steps_per_epoch = self.loader.batch_sampler.steps
@@ -202,9 +203,12 @@ class Trainer:
         )
         self.memory = FeatureMemory(config.memory_factor * config.batch_size) if config.use_noise else None
         self.teacher = self._teacher(teacher_model)
+        self.regression_teacher = self._regression_teacher()
+        if self.regression_teacher is not None:  # it labels the extra images once, before training
+            self.extra_records = self.regression_teacher.label(self.extra_records)
         side = records + self.extra_records  # images the teacher labels and degradation pairs come from
         self.kd_loader = (
-            self._loader(self._views(side, config.seed + 1), config.kd_views, config.seed + 1) if self.teacher else None
+            self._loader(self._views(side, config.seed + 1), config.kd_views, config.seed + 1) if config.distill else None
         )
         self.rank_loader = None
         if config.rank_weight > 0:
@@ -273,7 +277,8 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=lr, weight_decay=self.config.weight_decay)
 
     def _teacher(self, teacher_model: QFMIQM | None) -> Teacher | None:
-        if not self.config.distill:
+        """The network teacher that labels views as they come (EMA or pretrained; ``None`` otherwise)."""
+        if not self.config.distill or self.config.teacher == "kernel_ridge":
             return None
         if self.config.teacher == "ema":
             warmup = round(self.config.warmup_epochs * self.steps_per_epoch) if self.config.ema_warmup else 0
@@ -281,6 +286,21 @@ class Trainer:
         if teacher_model is None:
             raise ValueError("teacher='pretrained' needs a trained teacher model (see train_pretrained_teacher)")
         return Teacher(teacher_model).to(self.device)
+
+    def _regression_teacher(self) -> KernelRidgeTeacher | None:
+        """With ``teacher="kernel_ridge"``: kernel ridge regressors on ``config.teacher_backbones``' frozen
+        features, fitted on the training records (the validation records are scored once, for the record)."""
+        config = self.config
+        if not config.distill or config.teacher != "kernel_ridge":
+            return None
+        sources = teacher_feature_sources(config.teacher_backbones, self.pre, self.device, config.feature_cache_dir,
+                                          self.features, config.model.backbone)
+        teacher = KernelRidgeTeacher(sources, config.eval_grid).fit(self.records)
+        if self.val_records:
+            labels = np.array([r.label for r in self.val_records])
+            metrics = compute_metrics(teacher.predict(self.val_records), labels)
+            self.teacher_validation = {f"teacher_val_{key}": metrics[key] for key in ("srcc", "plcc", "rmse")}
+        return teacher
 
     def _forward_module(self) -> nn.Module:
         forward = TrainingForward(self.model, self.memory, self.config)
@@ -330,9 +350,10 @@ class Trainer:
         count = images.shape[0]
         if kd_batch is not None:
             kd_images, kd_labels, kd_ids = (t.to(self.device, non_blocking=True) for t in kd_batch)
-            # the teacher labels images without a score; labelled views keep their ground truth
-            pseudo = self.teacher.pseudo_labels(kd_images, cached=self.features is not None)
-            pseudo = torch.where(torch.isnan(kd_labels), pseudo, kd_labels.float())
+            pseudo = kd_labels.float()  # labelled views keep their ground truth; a regression teacher's labels are in
+            if self.teacher is not None:  # a network teacher labels the images without a score as they come
+                labelled_by_teacher = self.teacher.pseudo_labels(kd_images, cached=self.features is not None)
+                pseudo = torch.where(torch.isnan(kd_labels), labelled_by_teacher, pseudo)
             images = torch.cat([images, kd_images])
             targets = torch.cat([labels, pseudo])
             ids = torch.cat([ids, kd_ids])
@@ -413,7 +434,7 @@ class Trainer:
     def _end_epoch(self) -> dict:
         """Record the finished epoch's summary in the history and move on to the next epoch."""
         steps = self.steps_per_epoch
-        crops = steps * (self.config.batch_size + (self.config.kd_views if self.teacher else 0)
+        crops = steps * (self.config.batch_size + (self.config.kd_views if self.kd_loader else 0)
                          + (2 * self.config.rank_pairs if self.rank_loader else 0))
         summary = {key: value / steps for key, value in self.epoch_totals.items()}
         summary.update(epoch=self.epoch + 1, seconds=self.epoch_seconds, crops_per_second=crops / self.epoch_seconds,
@@ -434,7 +455,7 @@ class Trainer:
         """SRCC/PLCC/RMSE on the validation records and on as many training records (the learning curve)."""
         if not self.val_records:
             return {}
-        point = {}
+        point = dict(self.teacher_validation)
         fitted = self.records[: len(self.val_records)]
         for part, records in (("val", self.val_records), ("train", fitted)):
             labels = np.array([r.label for r in records])
