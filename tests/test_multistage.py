@@ -78,10 +78,10 @@ class _Recorder(torch.nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.model, self.calls = model, []
+        self.model, self.backbone, self.calls = model, model.backbone, []
 
-    def encode(self, images):
-        return self.model.encode(images)
+    def encode_features(self, c, tokens):
+        return self.model.encode_features(c, tokens)
 
     def decode(self, c, tokens):
         self.calls.append((c.detach().clone(), tokens.detach().clone()))
@@ -148,3 +148,20 @@ def test_frozen_backbone_outputs_are_kept_on_disk_for_later_runs(tmp_path, blur_
     clear_feature_store()
     later = FrozenBackboneFeatures(None, pre, 2, ("lite0",), torch.device("cpu"), tmp_path / "cache")  # no backbone
     assert torch.equal(later.bank(blur_records[0]), bank) and torch.equal(later.grid(blur_records[0], 2), grid)
+
+
+@pytest.mark.parametrize("descriptor", ["every_stage", "last_stage"])
+def test_the_semantic_descriptor_is_every_stage_or_the_last_stage_of_c(descriptor):
+    """The matcher compares contents by c of every stage (low-level stages included) or of the last one."""
+    torch.manual_seed(0)
+    config = tiny_config(semantic_descriptor=descriptor)
+    model = create_model("qfm_iqm_lite0", pretrained_backbone=False, dim=64, num_heads=4, **MULTI_STAGE).eval()
+    memory = FeatureMemory(8, token_dtype=torch.float32)
+    forward = TrainingForward(model, memory, config)
+    images = torch.randn(4, 3, 64, 64)
+    forward(images, torch.full((4,), 0.5), torch.arange(4), 4)
+    c, _ = model.backbone(images)
+    last = model.backbone.stage_channels[-1]
+    expected = c if descriptor == "every_stage" else c[:, -last:]
+    assert memory.semantic.shape == (8, expected.shape[1])
+    assert torch.allclose(memory.semantic[:4], torch.nn.functional.normalize(expected, dim=-1), atol=1e-5)

@@ -16,6 +16,7 @@ MODES = ("qfm", "deiqt")
 TEACHERS = ("ema", "pretrained", "kernel_ridge", "none")
 LOSSES = ("smooth_l1", "l1", "mse")
 NOISE_TARGETS = ("tokens", "global", "both")
+SEMANTIC_DESCRIPTORS = ("every_stage", "last_stage")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -76,6 +77,7 @@ class TrainConfig:
     noise_strength: float = 0.3
     noise_weight: float = 1.0
     noise_target: str = "tokens"  # what the matched noise perturbs: "tokens", "global" (c, hence the queries), "both"
+    semantic_descriptor: str = "every_stage"  # what "semantically different" compares: c of "every_stage" or "last_stage"
     # distillation
     teacher: str = "none"  # on validation neither teacher helped, with or without extra photos (docs/method.md)
     ema_decay: float = 0.999
@@ -113,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.noise_target not in NOISE_TARGETS:
             raise ValueError(f"noise_target must be one of {NOISE_TARGETS}, got {self.noise_target!r}")
+        if self.semantic_descriptor not in SEMANTIC_DESCRIPTORS:
+            raise ValueError(f"semantic_descriptor must be one of {SEMANTIC_DESCRIPTORS}, got {self.semantic_descriptor!r}")
         if self.crops_per_image < 1 or self.crop_bank < 1:
             raise ValueError("crops_per_image and crop_bank must be >= 1")
         if self.rank_weight < 0 or self.rank_pairs < 1 or self.rank_margin < 0 or self.degradation_photos < 0:

@@ -13,7 +13,7 @@ import signal
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -32,7 +32,7 @@ from qfm_iqm.data.torch_datasets import DegradationPairs, EpochViews, TrainCrops
 from qfm_iqm.data.transforms import TrainTransform
 from qfm_iqm.evaluation.metrics import compute_metrics
 from qfm_iqm.evaluation.predict import model_preprocessing, predict_records
-from qfm_iqm.models.qfm import QFMIQM, build_model
+from qfm_iqm.models.qfm import QFMIQM, Encoded, build_model
 from qfm_iqm.training.config import TrainConfig, changed_options
 from qfm_iqm.training.distributed import (
     GlobalBatchSampler,
@@ -125,10 +125,18 @@ class TrainingForward(nn.Module):
         self.quality_tolerance = config.quality_tolerance
         self.noise_strength = config.noise_strength
         self.noise_target = config.noise_target
+        backbone = model.backbone
+        # the channels of c that describe content for the matcher: all of them, or the last stage's alone
+        last_stage = config.semantic_descriptor == "last_stage" and backbone.stage_grid is not None
+        self.descriptor_channels = backbone.stage_channels[-1] if last_stage else None
 
-    def _encode(self, inputs: Tensor):
-        model = self.model
-        return model.encode_cached(inputs) if self.cached_inputs else model.encode(inputs)
+    def _encode(self, inputs: Tensor) -> Encoded:
+        c, tokens = (inputs[:, 0], inputs[:, 1:]) if self.cached_inputs else self.model.backbone(inputs)
+        encoded = self.model.encode_features(c, tokens)
+        if self.descriptor_channels is None:
+            return encoded
+        semantic = F.normalize(c[:, -self.descriptor_channels :].detach().float(), dim=-1)
+        return replace(encoded, semantic=semantic)
 
     def forward(
         self, inputs: Tensor, targets: Tensor, ids: Tensor, labelled: int, ranked: Tensor | None = None
