@@ -165,3 +165,18 @@ def test_the_semantic_descriptor_is_every_stage_or_the_last_stage_of_c(descripto
     expected = c if descriptor == "every_stage" else c[:, -last:]
     assert memory.semantic.shape == (8, expected.shape[1])
     assert torch.allclose(memory.semantic[:4], torch.nn.functional.normalize(expected, dim=-1), atol=1e-5)
+
+
+def test_token_dropout_hides_a_share_of_the_tokens_in_training_only():
+    torch.manual_seed(0)
+    model = create_model("qfm_iqm_lite0", pretrained_backbone=False, dim=64, num_heads=4, **MULTI_STAGE)
+    model.backbone.eval()  # the same backbone outputs in both calls; only the decoder's inputs differ
+    recorder = _Recorder(model)
+    forward = TrainingForward(recorder, None, tiny_config(token_dropout=0.5))
+    images = torch.randn(2, 3, 64, 64)
+    forward(images, torch.full((2,), 0.5), torch.arange(2), 2)
+    recorder.eval()
+    forward(images, torch.full((2,), 0.5), torch.arange(2), 2)
+    (_, trained), (_, evaluated) = recorder.calls
+    assert evaluated.shape[1] == MULTI_STAGE["stage_grid"] ** 2 and trained.shape[1] == evaluated.shape[1] // 2
+    assert any(torch.allclose(trained[:, 0], evaluated[:, k]) for k in range(evaluated.shape[1]))  # kept, not zeroed

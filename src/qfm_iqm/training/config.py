@@ -62,6 +62,7 @@ class TrainConfig:
     step_epochs: int = 3
     step_gamma: float = 0.1
     grad_clip: float | None = 1.0
+    token_dropout: float = 0.0  # share of the tokens the decoder does not see in a training step (regularisation)
     loss: str = "smooth_l1"  # regression loss: "smooth_l1", "l1" or "mse"
     loss_scale: float = 1.0  # labels and predictions are multiplied by it inside the loss (100: raw MOS units)
     crops_per_image: int = 1  # random training crops of each image per epoch (DEIQT's patch_num)
@@ -127,6 +128,8 @@ class TrainConfig:
         if not isinstance(self.teacher_backbones, (list, tuple)) or not self.teacher_backbones:
             raise ValueError(f"teacher_backbones must be a non-empty list of backbone names, got {self.teacher_backbones!r}")
         self.teacher_backbones = list(self.teacher_backbones)
+        if not 0.0 <= self.token_dropout < 1.0:
+            raise ValueError(f"token_dropout must be in [0, 1), got {self.token_dropout}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.schedule not in ("step", "cosine"):

@@ -129,14 +129,20 @@ class TrainingForward(nn.Module):
         # the channels of c that describe content for the matcher: all of them, or the last stage's alone
         last_stage = config.semantic_descriptor == "last_stage" and backbone.stage_grid is not None
         self.descriptor_channels = backbone.stage_channels[-1] if last_stage else None
+        self.token_dropout = config.token_dropout
 
     def _encode(self, inputs: Tensor) -> Encoded:
+        """Decoder inputs; in training, of a random ``1 - token_dropout`` share of the tokens (one draw per call)."""
         c, tokens = (inputs[:, 0], inputs[:, 1:]) if self.cached_inputs else self.model.backbone(inputs)
         encoded = self.model.encode_features(c, tokens)
-        if self.descriptor_channels is None:
-            return encoded
-        semantic = F.normalize(c[:, -self.descriptor_channels :].detach().float(), dim=-1)
-        return replace(encoded, semantic=semantic)
+        if self.descriptor_channels is not None:
+            semantic = F.normalize(c[:, -self.descriptor_channels :].detach().float(), dim=-1)
+            encoded = replace(encoded, semantic=semantic)
+        if self.model.training and self.token_dropout > 0:
+            count = encoded.tokens.shape[1]
+            kept = torch.randperm(count, device=encoded.tokens.device)[: max(1, round(count * (1 - self.token_dropout)))]
+            encoded = replace(encoded, tokens=encoded.tokens[:, kept.sort().values])
+        return encoded
 
     def forward(
         self, inputs: Tensor, targets: Tensor, ids: Tensor, labelled: int, ranked: Tensor | None = None
