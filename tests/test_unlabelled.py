@@ -57,8 +57,10 @@ def test_held_out_images_never_join_the_pool(tmp_path, blur_records, monkeypatch
     assert names == ["link0.png", "photo0.png", "photo1.png"]
 
 
-def test_labelled_views_keep_their_ground_truth(tmp_path, blur_records, monkeypatch):
-    config = tiny_config(mode="qfm", teacher="ema", kd_views=4, noise=False)
+@pytest.mark.parametrize("label_all", [False, True])
+def test_labelled_views_keep_their_ground_truth_unless_the_teacher_labels_all(tmp_path, blur_records, monkeypatch,
+                                                                                label_all):
+    config = tiny_config(mode="qfm", teacher="ema", kd_views=4, noise=False, kd_label_all=label_all)
     trainer = Trainer(config, blur_records[:8], tmp_path, progress=False)
     monkeypatch.setattr(type(trainer.teacher), "pseudo_labels", lambda self, x, cached=False: torch.full((len(x),), 7.0))
     images, labels, ids = next(iter(trainer.loader))
@@ -69,7 +71,9 @@ def test_labelled_views_keep_their_ground_truth(tmp_path, blur_records, monkeypa
                         lambda inputs, targets, ids, count, ranked=None: captured.update(targets=targets)
                         or real(inputs, targets, ids, count, ranked))
     trainer.training_step(images, labels, ids, kd)
-    assert torch.equal(captured["targets"][len(labels):], kd[1])  # not the teacher's 7.0
+    assert torch.equal(captured["targets"][: len(labels)], labels)  # the main batch keeps its labels either way
+    expected = torch.full_like(kd[1], 7.0) if label_all else kd[1]  # the teacher's 7.0, or the ground truth
+    assert torch.equal(captured["targets"][len(labels):], expected)
 
 
 def test_protocol_reports_the_teachers_own_score_beside_the_students(tmp_path, blur_records):
@@ -115,6 +119,14 @@ def test_a_kernel_ridge_teacher_labels_the_pool_once_and_reports_its_own_scores(
     assert [r.label for r in trainer.extra_records] == pytest.approx(expected.tolist())
     refitted = type(teacher)(teacher.sources, teacher.grid).fit(blur_records[:8])  # the training images alone
     assert refitted.predict(extra) == pytest.approx(expected)
+    assert trainer.kd_loader.dataset.labels[:8] == [r.label for r in blur_records[:8]]  # ground truth by default
+    crossed = teacher.relabel_cross_fitted(blur_records[:8], folds=4)
+    assert [r.path for r in crossed] == [r.path for r in blur_records[:8]]
+    assert all(c.label != r.label for c, r in zip(crossed, blur_records[:8]))  # out-of-fold: never the label
+    label_all = Trainer(replace(config, kd_label_all=True), blur_records[:8], tmp_path / "all", extra, progress=False)
+    assert label_all.kd_loader.dataset.labels[:8] == [r.label for r in label_all.regression_teacher.relabel_cross_fitted(
+        blur_records[:8], seed=config.seed)]
+    assert label_all.loader.dataset.labels == [r.label for r in blur_records[:8]]
     history = trainer.fit()
     assert history.epochs[-1]["kd"] > 0 and "teacher_val_srcc" in history.epochs[-1]
     assert torch.isfinite(trainer.memory.labels[: trainer.memory.size]).all()

@@ -86,6 +86,7 @@ class TrainConfig:
     teacher_backbones: list[str] = field(default_factory=lambda: ["tf_efficientnet_lite0"])  # kernel_ridge's
     kd_weight: float = 1.0
     kd_views: int = 8  # extra teacher-labelled views per step
+    kd_label_all: bool = False  # the teacher labels the KD views of labelled images too (else they keep their label)
     unlabeled_dir: str | None = None
     # degradation ranking: of two damaged versions of one crop the milder must score higher (off at 0)
     rank_weight: float = 0.0

@@ -108,6 +108,20 @@ class KernelRidgeTeacher:
         scores = dict(zip((id(r) for r in unlabelled), self.predict(unlabelled)))
         return [replace(r, label=float(scores[id(r)])) if id(r) in scores else r for r in records]
 
+    def relabel_cross_fitted(self, records: Sequence[ImageRecord], folds: int = 5, seed: int = 0) -> list[ImageRecord]:
+        """The labelled ``records`` (those :meth:`fit` saw) labelled by the teacher instead, each by the
+        regressors of :meth:`fit` refitted without the fold it falls in: an honest teacher score of an
+        image it was trained on (an in-sample kernel ridge would hand back the label itself)."""
+        labels = np.array([r.label for r in records], dtype=np.float64)
+        chunks = np.array_split(np.random.default_rng(seed).permutation(len(records)), folds)
+        scores = np.zeros((len(self.fitted), len(records)))
+        for k, (name, fitted) in enumerate(zip(self.sources, self.fitted)):
+            features = self.features(name, records)
+            for held in chunks:
+                kept = np.setdiff1d(np.arange(len(records)), held)
+                scores[k, held] = fitted.spec.fit(features[kept], labels[kept]).predict(features[held])
+        return [replace(r, label=float(score)) for r, score in zip(records, scores.mean(axis=0))]
+
 
 def teacher_feature_sources(
     backbones: Sequence[str], pre: Preprocessing, device: torch.device, cache_dir: str | None,

@@ -220,9 +220,10 @@ class Trainer:
         self.regression_teacher = self._regression_teacher()
         if self.regression_teacher is not None:  # it labels the extra images once, before training
             self.extra_records = self.regression_teacher.label(self.extra_records)
-        side = records + self.extra_records  # images the teacher labels and degradation pairs come from
+        side = records + self.extra_records  # the images degradation pairs come from
         self.kd_loader = (
-            self._loader(self._views(side, config.seed + 1), config.kd_views, config.seed + 1) if config.distill else None
+            self._loader(self._views(self._kd_records(records), config.seed + 1), config.kd_views, config.seed + 1)
+            if config.distill else None
         )
         self.rank_loader = None
         if config.rank_weight > 0:
@@ -316,6 +317,14 @@ class Trainer:
             self.teacher_validation = {f"teacher_val_{key}": metrics[key] for key in ("srcc", "plcc", "rmse")}
         return teacher
 
+    def _kd_records(self, records: list[ImageRecord]) -> list[ImageRecord]:
+        """The images the KD views come from: the training images and the extra ones. With
+        ``kd_label_all`` and a regression teacher, the training images carry the teacher's cross-fitted
+        scores there (the main batch keeps their ground truth)."""
+        if self.regression_teacher is not None and self.config.kd_label_all:
+            records = self.regression_teacher.relabel_cross_fitted(records, seed=self.config.seed)
+        return records + self.extra_records
+
     def _forward_module(self) -> nn.Module:
         forward = TrainingForward(self.model, self.memory, self.config)
         if world_size() == 1:
@@ -364,10 +373,11 @@ class Trainer:
         count = images.shape[0]
         if kd_batch is not None:
             kd_images, kd_labels, kd_ids = (t.to(self.device, non_blocking=True) for t in kd_batch)
-            pseudo = kd_labels.float()  # labelled views keep their ground truth; a regression teacher's labels are in
-            if self.teacher is not None:  # a network teacher labels the images without a score as they come
+            pseudo = kd_labels.float()  # ground truth, or the labels a regression teacher gave before training
+            if self.teacher is not None:  # a network teacher labels the views as they come: those without a score,
                 labelled_by_teacher = self.teacher.pseudo_labels(kd_images, cached=self.features is not None)
-                pseudo = torch.where(torch.isnan(kd_labels), labelled_by_teacher, pseudo)
+                relabel = torch.ones_like(kd_labels, dtype=torch.bool) if config.kd_label_all else torch.isnan(kd_labels)
+                pseudo = torch.where(relabel, labelled_by_teacher, pseudo)  # or all of them with kd_label_all
             images = torch.cat([images, kd_images])
             targets = torch.cat([labels, pseudo])
             ids = torch.cat([ids, kd_ids])
