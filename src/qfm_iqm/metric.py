@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from qfm_iqm.api import Scorer, load_model
 from qfm_iqm.data.transforms import crop_grid, resize_tensor
-from qfm_iqm.evaluation.score_map import bounded
-from qfm_iqm.models.pretrained import DEFAULT_MODEL, list_pretrained
+from qfm_iqm.inference.score_map import bounded
+from qfm_iqm.inference.pretrained import DEFAULT_MODEL, list_pretrained
 
 __all__ = ["QualityMetric", "create_metric", "list_models"]
 
@@ -39,7 +39,7 @@ class QualityMetric(nn.Module):
     better unless ``lower_better``. The network is frozen and stays in eval mode; with ``as_loss``
     gradients flow to the input, otherwise the forward pass records none. Input values outside [0, 1]
     are not clipped. Scores go through the same strictly increasing map onto ``score_range`` as
-    ``score``'s (:mod:`qfm_iqm.evaluation.score_map`), with or without ``as_loss``: bounded, and with a
+    ``score``'s (:mod:`qfm_iqm.inference.score_map`), with or without ``as_loss``: bounded, and with a
     gradient everywhere.
     """
 

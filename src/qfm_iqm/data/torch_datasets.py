@@ -13,6 +13,7 @@ from qfm_iqm.data.degradations import degrade, levels
 from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.transforms import Preprocessing, TrainTransform, grid_crops, prepare_image
+from qfm_iqm.utils.seeds import item_seed
 
 
 class _RecordImages:
@@ -34,12 +35,6 @@ class _RecordImages:
         if img is None:
             img = self._cache[index] = self._load(index)
         return img
-
-
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 63-bit seed determined only by (seed, epoch, index)."""
-    state = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
 
 
 class EpochViews(Dataset):

@@ -20,10 +20,9 @@ from qfm_iqm.data.degradations import KINDS, degrade, levels
 from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.transforms import grid_crops
-from qfm_iqm.evaluation.predict import model_preprocessing, score_crops, score_tokens
-from qfm_iqm.evaluation.score_map import bounded
+from qfm_iqm.inference.predict import BackboneOutputs, model_preprocessing, score_crops, score_tokens
+from qfm_iqm.inference.score_map import bounded
 from qfm_iqm.models.qfm import QFMIQM
-from qfm_iqm.training.feature_cache import FrozenBackboneFeatures
 
 
 def ordered_fraction(scores: np.ndarray) -> float:
@@ -44,7 +43,7 @@ def degradation_check(
     grid: int = 3,
     device: torch.device | str = "cpu",
     kinds: Sequence[str] = KINDS,
-    features: FrozenBackboneFeatures | None = None,
+    features: BackboneOutputs | None = None,
     trained_kinds: Sequence[str] = (),
 ) -> dict[str, dict]:
     """``{kind: {"ordered": fraction of pairs ordered right, "pairs": number of pairs, "steps": fraction

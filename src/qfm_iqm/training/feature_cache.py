@@ -28,10 +28,11 @@ from torch import Tensor
 from qfm_iqm.data.degradations import STRENGTHS, degrade
 from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
-from qfm_iqm.data.torch_datasets import EpochViews, degraded_crops, degraded_stack, item_seed
+from qfm_iqm.data.torch_datasets import EpochViews, degraded_crops, degraded_stack
+from qfm_iqm.utils.seeds import item_seed
 from qfm_iqm.data.transforms import Preprocessing, TrainTransform, grid_crops, prepare_image
 from qfm_iqm.models.backbones import Backbone
-from qfm_iqm.training.distributed import all_gather_json, barrier, shard, world_size
+from qfm_iqm.utils.distributed import all_gather_json, barrier, shard, world_size
 
 if TYPE_CHECKING:
     from qfm_iqm.models.qfm import QFMIQM
