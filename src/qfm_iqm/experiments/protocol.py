@@ -26,7 +26,7 @@ from qfm_iqm.data.splits import Split, carve_validation, make_splits, save_split
 from qfm_iqm.experiments.baselines import FeatureBaseline, get_baseline, regress_on_split
 from qfm_iqm.evaluation.degradation_check import check_photos, degradation_check
 from qfm_iqm.evaluation.conformal import calibrate_bounded, interval_report, min_calibration_size
-from qfm_iqm.inference.score_map import ConformalInterval, bounded
+from qfm_iqm.inference.score_map import ConformalInterval, bounded, reported_score
 from qfm_iqm.evaluation.metrics import compute_metrics, summarize
 from qfm_iqm.inference.predict import Predictions, predict_records
 from qfm_iqm.inference.pretrained import record_interval
@@ -107,7 +107,7 @@ def write_predictions(path: Path, dataset: IQADataset, indices: tuple[int, ...],
     rows = [list(PREDICTION_COLUMNS)]
     for i, score, spread in zip(indices, predictions.scores, predictions.spreads):
         record = dataset.records[i]
-        rows.append([str(record.path), record.raw_label, f"{dataset.scale.denormalize(bounded(score)):.6f}",
+        rows.append([str(record.path), record.raw_label, f"{reported_score(score, dataset.scale):.6f}",
                      f"{spread * width:.6f}", record.label, f"{score:.6f}", f"{spread:.6f}"])
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(path, rows)

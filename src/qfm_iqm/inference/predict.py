@@ -68,16 +68,11 @@ def score_images(model: CropNetwork, stacks: Sequence[torch.Tensor]) -> list[tup
     return panel_scores(output.member_scores.float().cpu().numpy(), [len(stack) for stack in stacks])
 
 
-def _cached_panel(model: QFMIQM, outputs: torch.Tensor) -> PanelOutput:
-    encoded = model.encode_cached(outputs)
-    return model.decode(encoded.c, encoded.tokens)
-
-
 @torch.inference_mode()
 def score_tokens(model: QFMIQM, outputs: torch.Tensor) -> float:
     """Score one image from a frozen backbone's cached outputs for its crops (n, 1 + N, C): the mean
     score, the same number as :func:`score_crops` on the crops themselves (up to the float16 storage)."""
-    return _cached_panel(model, outputs).score.float().mean().item()
+    return model.forward_cached(outputs).score.float().mean().item()
 
 
 def whole_image(image: Image.Image, pre: Preprocessing) -> torch.Tensor:
@@ -121,7 +116,7 @@ def predict_records(
                             pin_memory=torch.device(device).type == "cuda")
         panels = (model(crops.to(device, non_blocking=True)) for crops, _, _ in loader)
     else:
-        panels = (_cached_panel(model, features.grid(records[i], grid).to(device, non_blocking=True).float())
+        panels = (model.forward_cached(features.grid(records[i], grid).to(device, non_blocking=True).float())
                   for i in positions)
     means = []  # (score, spread) of each image, on the device
     bar = tqdm(total=len(positions), desc="scoring", disable=not (progress and is_main()), leave=False)

@@ -33,7 +33,10 @@ import numpy as np
 if TYPE_CHECKING:  # tensors are mapped with torch's own ops; a cached graph is scored without torch
     import torch
 
-__all__ = ["LABEL_EDGE", "MARGIN", "ConformalInterval", "bounded", "check_coverage", "interval_bounds", "unbounded"]
+    from qfm_iqm.data.records import LabelScale
+
+__all__ = ["LABEL_EDGE", "MARGIN", "ConformalInterval", "bounded", "check_coverage", "interval_bounds", "reported_score",
+           "unbounded"]
 
 MARGIN = 0.05  # normalised units: the map is the identity on [MARGIN, 1 - MARGIN]
 # Labels closer to an end of the scale than this (0.1 MOS on 0-100; a label exactly at an end, e.g. the
@@ -61,6 +64,15 @@ def bounded(raw: Scores) -> Scores:
     below, above = np.maximum(MARGIN - values, 0.0), np.maximum(values - (1.0 - MARGIN), 0.0)
     mapped = np.where(values < MARGIN, _tail(below), np.where(values > 1.0 - MARGIN, 1.0 - _tail(above), values))
     return float(mapped) if isinstance(raw, (float, int)) else mapped
+
+
+def reported_score(raw: Scores, scale: LabelScale) -> Scores:
+    """The score users get on ``scale`` from raw normalised output: :func:`bounded`, then onto the scale
+    (floats, numpy arrays and tensors alike; the API, the metric and the protocol's predictions)."""
+    mapped = bounded(raw)
+    if not scale.higher_is_better:
+        mapped = 1.0 - mapped
+    return scale.low + mapped * (scale.high - scale.low)
 
 
 def unbounded(score: np.ndarray | float) -> np.ndarray:

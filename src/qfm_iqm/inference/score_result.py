@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qfm_iqm.inference.score_map import ConformalInterval, bounded, interval_bounds
+from qfm_iqm.inference.score_map import ConformalInterval, interval_bounds, reported_score
 
 if TYPE_CHECKING:
     from qfm_iqm.data.records import LabelScale
@@ -64,4 +64,4 @@ def image_result(score: float, spread: float, path: str | None, scale: LabelScal
     if interval is not None:  # sorted: a lower-is-better scale swaps the bounds
         low, high = sorted(scale.denormalize(float(bound)) for bound in interval_bounds(interval, score))
     spread = spread * (scale.high - scale.low)
-    return ScoreResult(scale.denormalize(bounded(score)), spread, path, low=low, high=high)
+    return ScoreResult(reported_score(score, scale), spread, path, low=low, high=high)

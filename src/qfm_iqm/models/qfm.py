@@ -134,6 +134,12 @@ class QFMIQM(nn.Module):
         tokens (the layout of ``qfm_iqm.training.feature_cache``), as :meth:`encode` gives them."""
         return self.encode_features(outputs[:, 0], outputs[:, 1:])
 
+    def forward_cached(self, outputs: Tensor) -> PanelOutput:
+        """Score a frozen backbone's stored outputs (B, 1 + N, C) (:meth:`encode_cached`), as :meth:`forward`
+        scores the images they came from."""
+        encoded = self.encode_cached(outputs)
+        return self.decode(encoded.c, encoded.tokens)
+
     def decode(self, c: Tensor, tokens: Tensor, need_attention: bool = False) -> PanelOutput:
         """Score decoder inputs; ``tokens`` may carry semantic noise during training."""
         if self.gate is not None:
