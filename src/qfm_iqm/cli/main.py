@@ -474,10 +474,23 @@ def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``qfm-iqm`` parser: global options and one subcommand per task."""
     parser = argparse.ArgumentParser(prog="qfm-iqm", description="QFM-IQM no-reference image quality assessment")
     _add_global_options(parser, in_command=False)
     commands = parser.add_subparsers(dest="name", required=True)
+    _add_score_command(commands)
+    add_datasets_command(commands)
+    add_benchmark_command(commands)
+    add_report_command(commands, _add_scoring_options, _score)
+    _add_train_command(commands)
+    _add_evaluate_command(commands)
+    _add_calibrate_command(commands)
+    for command in commands.choices.values():
+        _add_global_options(command, in_command=True)
+    return parser
 
+
+def _add_score_command(commands: argparse._SubParsersAction) -> None:
     score = commands.add_parser(
         "score",
         help="score image files, folders or patterns",
@@ -495,10 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="replace an existing -o file (kept until the new results are complete)")
     score.set_defaults(func=_score)
 
-    add_datasets_command(commands)
-    add_benchmark_command(commands)
-    add_report_command(commands, _add_scoring_options, _score)
 
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a model on a dataset (one split's training part, or all)")
     _add_dataset_options(train)
     _add_training_options(train)
@@ -515,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     saved.add_argument("--restart", action="store_true", help="ignore a saved state in --output; start over")
     train.set_defaults(func=_train)
 
+
+def _add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "evaluate", help="evaluate a checkpoint, or run the protocol (train+test over seeded splits)"
     )
@@ -541,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(pip install \"qfm-iqm[lite]\"); brisque = BRISQUE features + RBF kernel ridge")
     evaluate.set_defaults(func=_evaluate)
 
+
+def _add_calibrate_command(commands: argparse._SubParsersAction) -> None:
     calibrate = commands.add_parser(
         "calibrate", help="record a calibrated score interval (low/high of every score) in a checkpoint",
         description="Calibrate a split-conformal interval on the predictions of a checkpoint on images it never "
@@ -554,9 +569,6 @@ def build_parser() -> argparse.ArgumentParser:
                            "label (the predictions.csv of evaluate --checkpoint --output)")
     calibrate.add_argument("--coverage", type=float, default=0.9, help="share of images the range holds (default: 0.9)")
     calibrate.set_defaults(func=_calibrate)
-    for command in commands.choices.values():
-        _add_global_options(command, in_command=True)
-    return parser
 
 
 def _add_global_options(parser: argparse.ArgumentParser, in_command: bool) -> None:
