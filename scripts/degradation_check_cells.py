@@ -19,7 +19,7 @@ from pathlib import Path
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.splits import load_splits
 from qfm_iqm.evaluation.degradation_check import check_photos, degradation_check
-from qfm_iqm.models.qfm import load_checkpoint_model
+from qfm_iqm.inference.checkpoint import load_checkpoint_model
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.feature_cache import frozen_backbone_features
 from qfm_iqm.training.trainer import resolve_device

@@ -27,9 +27,9 @@ def measure(model_name: str, variant: str, repeats: int) -> float:
 
     from qfm_iqm import reuse_freed_memory
     from qfm_iqm.models.backbones import fold_batch_norms, restore_padded_same_convs
-    from qfm_iqm.models.pretrained import resolve_model
-    from qfm_iqm.models.qfm import load_checkpoint_model
-    from qfm_iqm.runtime import onnx_network
+    from qfm_iqm.inference.pretrained import resolve_model
+    from qfm_iqm.inference.checkpoint import load_checkpoint_model
+    from qfm_iqm.inference.runtime import onnx_network
 
     if variant != "without allocator":
         reuse_freed_memory()
@@ -60,7 +60,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: measure one variant in this process
     args = parser.parse_args()
-    from qfm_iqm.models.pretrained import DEFAULT_MODEL
+    from qfm_iqm.inference.pretrained import DEFAULT_MODEL
 
     model = args.model or DEFAULT_MODEL
     if args.variant:

@@ -36,11 +36,11 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from qfm_iqm.benchmark.config import BenchmarkConfig
+from qfm_iqm.experiments.benchmark.config import BenchmarkConfig
 from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.transforms import grid_crops
-from qfm_iqm.evaluation.predict import model_preprocessing
+from qfm_iqm.inference.predict import model_preprocessing
 from qfm_iqm.models.backbones import create_backbone
 from qfm_iqm.models.qfm import build_model
 from qfm_iqm.training.trainer import Trainer

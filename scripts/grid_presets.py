@@ -7,7 +7,7 @@ whole-image pass), side by side:
   (``scripts/validation_sweep.py --config configs/validation/livec_grids.yaml``);
 - the images/s of scoring photos with the released model on this machine: the whole command
   ``qfm-iqm score PHOTOS -o FILE --grid N`` (the default onnx runtime, start-up included), and its
-  network alone in onnxruntime and in eager PyTorch (``qfm_iqm.benchmark.command_speed``). The
+  network alone in onnxruntime and in eager PyTorch (``qfm_iqm.experiments.benchmark.command_speed``). The
   whole-image pass is no ``--grid`` option: its network is measured in eager PyTorch only (the graph
   takes fixed-size crops).
 
@@ -29,8 +29,8 @@ import tempfile
 from pathlib import Path
 from statistics import median
 
-from qfm_iqm.benchmark.command_speed import WHOLE, command_speed, machine, photos, run_cell
-from qfm_iqm.models.pretrained import DEFAULT_MODEL
+from qfm_iqm.experiments.benchmark.command_speed import WHOLE, command_speed, machine, photos, run_cell
+from qfm_iqm.inference.pretrained import DEFAULT_MODEL
 from qfm_iqm.scoring import BATCH_SIZE
 from qfm_iqm.utils.files import atomic_write_json
 

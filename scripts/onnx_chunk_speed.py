@@ -1,5 +1,5 @@
 """How many crops should one onnxruntime call take? Scores 128 generated 500x500 JPEGs with the default
-model in the onnx runtime (``qfm_iqm.benchmark.speed.measure_scoring``: the CLI's batch of 16 images,
+model in the onnx runtime (``qfm_iqm.experiments.benchmark.speed.measure_scoring``: the CLI's batch of 16 images,
 decoding included) for each chunk size, each in a fresh process, and records images/s and peak RSS.
 
     python scripts/onnx_chunk_speed.py results/benchmark/onnx-chunks.json [--chunks 9 18 36 144]
@@ -17,10 +17,10 @@ from pathlib import Path
 
 CELL = """
 import json, sys
-from qfm_iqm import runtime
-from qfm_iqm.benchmark.speed import measure_scoring
+from qfm_iqm.inference import runtime
+from qfm_iqm.experiments.benchmark.speed import measure_scoring
 from qfm_iqm.utils.memory import peak_rss_mib
-from qfm_iqm.models.pretrained import DEFAULT_MODEL
+from qfm_iqm.inference.pretrained import DEFAULT_MODEL
 runtime.CHUNK_CROPS = int(sys.argv[1])
 result = measure_scoring(DEFAULT_MODEL, 16, 128, 500, "cpu", "onnx")
 print(json.dumps({"model": DEFAULT_MODEL, "chunk_crops": runtime.CHUNK_CROPS, **result, "peak_rss_mib": round(peak_rss_mib(), 1)}))

@@ -20,9 +20,9 @@ from qfm_iqm.data.degradations import KINDS
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.splits import Split
 from qfm_iqm.evaluation.degradation_check import check_photos, degradation_check
-from qfm_iqm.evaluation.protocol import config_for_dataset, validation_part
-from qfm_iqm.models.pretrained import resolve_model
-from qfm_iqm.models.qfm import load_checkpoint_model
+from qfm_iqm.experiments.protocol import config_for_dataset, validation_part
+from qfm_iqm.inference.pretrained import resolve_model
+from qfm_iqm.inference.checkpoint import load_checkpoint_model
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.utils.checkpoint import atomic_write_json
 

@@ -8,7 +8,7 @@
 
 and the FLOP-bound ceiling: the network's GFLOP per image (torch's FLOP counter, eager model) over the
 GFLOP/s of a dense float32 matrix product on the same machine. Every cell runs in a process of its own,
-one after the other (``qfm_iqm.benchmark.command_speed``); each runtime is first warmed up on one photo,
+one after the other (``qfm_iqm.experiments.benchmark.command_speed``); each runtime is first warmed up on one photo,
 untimed (this exports the onnx graph on its first use).
 
     python scripts/scoring_speed.py FOLDER results/benchmark/scoring-speed.json [--limit N] [--model NAME]
@@ -26,8 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from qfm_iqm.benchmark.command_speed import command_speed, machine, photos, run_cell
-from qfm_iqm.models.pretrained import DEFAULT_MODEL
+from qfm_iqm.experiments.benchmark.command_speed import command_speed, machine, photos, run_cell
+from qfm_iqm.inference.pretrained import DEFAULT_MODEL
 from qfm_iqm.scoring import BATCH_SIZE
 from qfm_iqm.utils.files import atomic_write_json
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.splits import load_splits
-from qfm_iqm.evaluation.predict import predict_records
-from qfm_iqm.evaluation.protocol import metrics_on
+from qfm_iqm.inference.predict import predict_records
+from qfm_iqm.experiments.protocol import metrics_on
 from qfm_iqm.models.backbones import fold_batch_norms
-from qfm_iqm.models.qfm import load_checkpoint_model
+from qfm_iqm.inference.checkpoint import load_checkpoint_model
 from qfm_iqm.utils.allocator import reuse_freed_memory
 
 FIELDS = ["dataset", "label", "seed", "grid", "crops", "srcc", "plcc", "ms_per_image"]

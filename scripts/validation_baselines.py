@@ -15,9 +15,9 @@ from pathlib import Path
 
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.splits import Split, make_split
-from qfm_iqm.evaluation.baselines import get_baseline, regress_on_split
+from qfm_iqm.experiments.baselines import get_baseline, regress_on_split
 from qfm_iqm.evaluation.metrics import compute_metrics
-from qfm_iqm.evaluation.protocol import validation_part
+from qfm_iqm.experiments.protocol import validation_part
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.utils.checkpoint import atomic_write_csv
 

@@ -32,14 +32,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from qfm_iqm.benchmark.command_speed import WHOLE
-from qfm_iqm.benchmark.config import _merge
+from qfm_iqm.experiments.benchmark.command_speed import WHOLE
+from qfm_iqm.experiments.benchmark.config import _merge
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.splits import make_split
 from qfm_iqm.evaluation.degradation_check import check_photos, degradation_check
 from qfm_iqm.evaluation.metrics import compute_metrics
-from qfm_iqm.evaluation.predict import predict_records, predict_whole_images, score_tokens
-from qfm_iqm.evaluation.protocol import config_for_dataset, fit_model, unlabelled_records, validation_part
+from qfm_iqm.inference.predict import predict_records, predict_whole_images, score_tokens
+from qfm_iqm.experiments.protocol import config_for_dataset, fit_model, unlabelled_records, validation_part
 from qfm_iqm.training.trainer import resolve_device
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.feature_cache import frozen_backbone_features

@@ -4,9 +4,9 @@ from PIL import Image, ImageFilter
 from scipy.stats import gennorm
 
 from qfm_iqm.data.splits import Split
-from qfm_iqm.evaluation.baselines import get_baseline, regress_on_split
+from qfm_iqm.experiments.baselines import get_baseline, regress_on_split
 from qfm_iqm.models.regressors import KERNEL_RIDGE_CANDIDATES, KernelRidgeRegressor, RidgeRegressor, select_by_cv
-from qfm_iqm.evaluation.brisque import brisque_features, fit_aggd, fit_ggd
+from qfm_iqm.experiments.brisque import brisque_features, fit_aggd, fit_ggd
 
 
 def test_ridge_recovers_a_linear_relation():
@@ -103,7 +103,7 @@ def test_stage_blocks_weigh_equally_in_the_kernel():
 
 def test_the_cli_offers_every_baseline(capsys):
     from qfm_iqm.cli.main import build_parser
-    from qfm_iqm.evaluation.baselines import BASELINES
+    from qfm_iqm.experiments.baselines import BASELINES
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["evaluate", "--baseline", "nonexistent"])

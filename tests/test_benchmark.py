@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from qfm_iqm.benchmark import BenchmarkConfig, run_benchmark
-from qfm_iqm.benchmark.config import SpeedSpec
-from qfm_iqm.benchmark.report import markdown_tables
-from qfm_iqm.benchmark.runner import BenchmarkOutcome
-from qfm_iqm.benchmark.speed import run_speed
+from qfm_iqm.experiments.benchmark import BenchmarkConfig, run_benchmark
+from qfm_iqm.experiments.benchmark.config import SpeedSpec
+from qfm_iqm.experiments.benchmark.report import markdown_tables
+from qfm_iqm.experiments.benchmark.outcome import BenchmarkOutcome
+from qfm_iqm.experiments.benchmark.speed import run_speed
 from qfm_iqm.cli.main import main
 from qfm_iqm.evaluation.metrics import METRIC_KEYS
-from qfm_iqm.evaluation.score_map import bounded
+from qfm_iqm.inference.score_map import bounded
 
 TINY_TRAIN = {
     "epochs": 1, "batch_size": 4, "kd_views": 2, "warmup_epochs": 0, "eval_grid": 2, "device": "cpu", "lr": 1e-3,
@@ -191,9 +191,9 @@ def test_peak_memory_of_a_child_process_is_its_own():
 
 
 def test_report_pools_the_degradation_check_and_shows_teachers_beside_students():
-    from qfm_iqm.benchmark.config import MethodSpec
-    from qfm_iqm.benchmark.report import degradation_table, teacher_table
-    from qfm_iqm.benchmark.runner import BenchmarkOutcome
+    from qfm_iqm.experiments.benchmark.config import MethodSpec
+    from qfm_iqm.experiments.benchmark.report import degradation_table, teacher_table
+    from qfm_iqm.experiments.benchmark.outcome import BenchmarkOutcome
 
     config = BenchmarkConfig(name="b", seeds=(0, 1), datasets=(), methods=(MethodSpec("m", "Method M", train={}),))
     runs = [{"seed": 0, "metrics": {"srcc": 0.8, "plcc": 0.8}, "teacher_metrics": {"srcc": 0.7, "plcc": 0.75},

@@ -13,9 +13,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from qfm_iqm.cli.main import main
-from qfm_iqm.evaluation.conformal import ConformalInterval
-from qfm_iqm.models.qfm import ModelConfig, architecture_config, build_model, list_architectures, load_trained_model
-from qfm_iqm.models.validation import check_model_checkpoint
+from qfm_iqm.inference.score_map import ConformalInterval
+from qfm_iqm.inference.checkpoint import load_trained_model
+from qfm_iqm.models.qfm import ModelConfig, architecture_config, build_model, list_architectures
+from qfm_iqm.inference.checkpoint import check_model_checkpoint
 from qfm_iqm.utils.checkpoint import CheckpointError, TensorInfo, load_checkpoint, save_checkpoint
 
 MOS = {"name": "MOS", "low": 0, "high": 100, "higher_is_better": True}

@@ -62,7 +62,7 @@ def test_config_file_round_trip(tmp_path):
 
 
 def test_results_folders_written_before_an_option_existed_are_reused_only_at_its_default(tmp_path):
-    from qfm_iqm.evaluation.protocol import check_method
+    from qfm_iqm.experiments.protocol import check_method
 
     config = TrainConfig().to_dict()
     older = {key: value for key, value in config.items() if key != "rank_weight"}

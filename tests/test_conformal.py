@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from qfm_iqm.evaluation.conformal import ConformalInterval, calibrate, interval_report, min_calibration_size
+from qfm_iqm.evaluation.conformal import calibrate, interval_report, min_calibration_size
+from qfm_iqm.inference.score_map import ConformalInterval
 
 
 def _draw(rng, n, heteroscedastic=False):

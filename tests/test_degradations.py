@@ -15,7 +15,7 @@ from qfm_iqm.data.records import IQADataset, LabelScale
 from qfm_iqm.data.splits import Split
 from qfm_iqm.data.torch_datasets import DegradationPairs, degraded_stack, stack_position
 from qfm_iqm.data.transforms import Preprocessing, TrainTransform
-from qfm_iqm.evaluation import protocol
+from qfm_iqm.experiments import protocol
 from qfm_iqm.evaluation.degradation_check import degradation_check, ordered_fraction, step_fractions
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.trainer import Trainer

@@ -21,10 +21,10 @@ import torch.multiprocessing as mp
 from conftest import tiny_config, tiny_vit_model
 from qfm_iqm.cli.main import main
 from qfm_iqm.data.records import ImageRecord
-from qfm_iqm.evaluation.predict import predict_records
-from qfm_iqm.models.qfm import load_trained_model
+from qfm_iqm.inference.predict import predict_records
+from qfm_iqm.inference.checkpoint import load_trained_model
 from qfm_iqm.training.config import TrainConfig
-from qfm_iqm.training.distributed import GlobalBatchSampler, distributed_session, shard
+from qfm_iqm.utils.distributed import GlobalBatchSampler, distributed_session, shard
 from qfm_iqm.training.interrupt import StopRequest, TrainingInterrupted
 from qfm_iqm.training.trainer import STATE_DIR, StepLosses, Trainer
 from qfm_iqm.utils.checkpoint import load_checkpoint
@@ -167,8 +167,8 @@ def test_global_batches_are_split_across_ranks(monkeypatch) -> None:
     assert list(whole) != batches
     parts = []
     for rank in range(2):
-        monkeypatch.setattr("qfm_iqm.training.distributed.rank", lambda rank=rank: rank)
-        monkeypatch.setattr("qfm_iqm.training.distributed.world_size", lambda: 2)
+        monkeypatch.setattr("qfm_iqm.utils.distributed.rank", lambda rank=rank: rank)
+        monkeypatch.setattr("qfm_iqm.utils.distributed.world_size", lambda: 2)
         sampler = GlobalBatchSampler(10, 4, seed=3)
         sampler.set_epoch(1)
         parts.append(list(sampler))

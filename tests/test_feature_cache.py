@@ -18,11 +18,11 @@ from qfm_iqm.data.degradations import TRAINED_KINDS
 from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.transforms import Preprocessing, grid_crops
-from qfm_iqm.evaluation.predict import model_preprocessing, predict_records
+from qfm_iqm.inference.predict import model_preprocessing, predict_records
 from qfm_iqm.models.backbones import Backbone
 from qfm_iqm.models.qfm import build_model
 from qfm_iqm.training.config import TrainConfig
-from qfm_iqm.training.distributed import distributed_session
+from qfm_iqm.utils.distributed import distributed_session
 from qfm_iqm.training.feature_cache import FrozenBackboneFeatures, clear_feature_store
 from qfm_iqm.training.trainer import Trainer
 

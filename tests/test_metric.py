@@ -11,7 +11,7 @@ from PIL import Image
 
 import qfm_iqm
 from qfm_iqm.data.transforms import crop_grid
-from qfm_iqm.models.pretrained import DEFAULT_MODEL
+from qfm_iqm.inference.pretrained import DEFAULT_MODEL
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

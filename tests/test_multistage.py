@@ -10,9 +10,9 @@ import torch
 from conftest import tiny_config
 from qfm_iqm.data.records import IQADataset, ImageRecord, LabelScale
 from qfm_iqm.data.splits import Split
-from qfm_iqm.evaluation import protocol
+from qfm_iqm.experiments import protocol
 from qfm_iqm.models.regressors import LITE0_STAGES, LITE2_STAGES
-from qfm_iqm.evaluation.predict import predict_records
+from qfm_iqm.inference.predict import predict_records
 from qfm_iqm.models.backbones import create_backbone
 from qfm_iqm.models.qfm import ModelConfig, create_model
 from qfm_iqm.training.feature_cache import clear_feature_store

@@ -15,18 +15,18 @@ import pytest
 import torch
 from PIL import Image
 
-from qfm_iqm import runtime
+from qfm_iqm.inference import runtime
 from qfm_iqm.api import Scorer, load_model, to_rgb_image
-from qfm_iqm.benchmark.config import BenchmarkConfig, SpeedSpec
-from qfm_iqm.benchmark.report import markdown_tables
-from qfm_iqm.benchmark.runner import BenchmarkOutcome
-from qfm_iqm.benchmark.speed import run_speed
+from qfm_iqm.experiments.benchmark.config import BenchmarkConfig, SpeedSpec
+from qfm_iqm.experiments.benchmark.report import markdown_tables
+from qfm_iqm.experiments.benchmark.outcome import BenchmarkOutcome
+from qfm_iqm.experiments.benchmark.speed import run_speed
 from qfm_iqm.cli.main import main
-from qfm_iqm.evaluation.predict import score_crops
-from qfm_iqm.graph import load_graph_scorer
-from qfm_iqm.models.pretrained import DEFAULT_MODEL, resolve_model
+from qfm_iqm.inference.predict import score_crops
+from qfm_iqm.inference.graph import load_graph_scorer
+from qfm_iqm.inference.pretrained import DEFAULT_MODEL, resolve_model
 from qfm_iqm.models.qfm import QFMIQM, ModelConfig, build_model
-from qfm_iqm.runtime import graph_key, resolve_runtime
+from qfm_iqm.inference.runtime import graph_key, resolve_runtime
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 INSTALL_HINT = "pip install onnxruntime onnx onnxscript"

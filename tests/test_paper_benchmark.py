@@ -17,8 +17,8 @@ import scipy.io
 import timm
 
 from dataset_fixtures import make_livec
-from qfm_iqm.benchmark.config import BenchmarkConfig
-from qfm_iqm.benchmark.runner import run_benchmark
+from qfm_iqm.experiments.benchmark.config import BenchmarkConfig
+from qfm_iqm.experiments.benchmark.runner import run_benchmark
 from qfm_iqm.cli.main import main
 from qfm_iqm.data.live import LIVE_N_ENTRIES
 from qfm_iqm.models.backbones import Backbone, list_backbones, register_backbone

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from qfm_iqm.evaluation.conformal import interval_report
-from qfm_iqm.evaluation.score_map import LABEL_EDGE, MARGIN, bounded, calibrate_bounded, interval_bounds, unbounded
+from qfm_iqm.evaluation.conformal import calibrate_bounded, interval_report
+from qfm_iqm.inference.score_map import LABEL_EDGE, MARGIN, bounded, interval_bounds, unbounded
 
 RAW = np.concatenate([-np.logspace(4, -6, 400), [0.0], np.linspace(1e-6, 1.0, 400), 1.0 + np.logspace(-6, 4, 400)])
 

@@ -20,26 +20,28 @@ import torch
 from PIL import Image, ImageOps
 
 import qfm_iqm.api
-import qfm_iqm.graph
+import qfm_iqm.inference.graph
 from qfm_iqm import ScoreResult, Scorer, load_model
 from qfm_iqm.cli.main import main
 from qfm_iqm.data.images import ImageLoadError, set_max_image_pixels
 from qfm_iqm.data.records import ImageRecord, LabelScale
 from qfm_iqm.data.transforms import ensure_min_side
-from qfm_iqm.evaluation import quality_map as qmap
-from qfm_iqm.evaluation.conformal import ConformalInterval, calibrate
-from qfm_iqm.evaluation.predict import predict_records, predict_whole_images
-from qfm_iqm.graph import GraphScorer
+from qfm_iqm.inference import quality_map as qmap
+from qfm_iqm.evaluation.conformal import calibrate
+from qfm_iqm.inference.score_map import ConformalInterval
+from qfm_iqm.inference.predict import predict_records, predict_whole_images
+from qfm_iqm.inference.graph import GraphScorer
 from qfm_iqm.metric import create_metric
-from qfm_iqm.models import pretrained
-from qfm_iqm.models.pretrained import (
+from qfm_iqm.inference import pretrained
+from qfm_iqm.inference.pretrained import (
     DEFAULT_MODEL,
     export_release,
     list_pretrained,
     record_interval,
     register_pretrained,
 )
-from qfm_iqm.models.qfm import ModelConfig, build_model, load_trained_model
+from qfm_iqm.inference.checkpoint import load_trained_model
+from qfm_iqm.models.qfm import ModelConfig, build_model
 from qfm_iqm import scoring
 from qfm_iqm.scoring import find_images, journal_path, read_results, score_files, settings_path, write_results
 from qfm_iqm.utils.checkpoint import load_checkpoint, save_checkpoint
@@ -529,7 +531,7 @@ def test_existing_output_is_only_replaced_with_overwrite_and_once_complete(
     out = tmp_path / "scores.csv"
     out.write_text("precious results\n")
     monkeypatch.setattr(qfm_iqm.api, "load_model", _no_model)
-    monkeypatch.setattr(qfm_iqm.graph, "load_graph_scorer", _no_model)
+    monkeypatch.setattr(qfm_iqm.inference.graph, "load_graph_scorer", _no_model)
     assert main([*command, "-o", str(out)]) == 2  # refused before the model loads
     assert "scores.csv exists: add --overwrite" in capsys.readouterr().err
     (tmp_path / "folder.csv").mkdir()

@@ -48,7 +48,7 @@ def tiny(tmp_path_factory) -> tuple[Path, Path]:
     training checkpoint)."""
     import torch
 
-    from qfm_iqm.benchmark.speed import make_jpegs
+    from qfm_iqm.experiments.benchmark.speed import make_jpegs
     from qfm_iqm.models.qfm import ModelConfig, build_model
     from qfm_iqm.utils.checkpoint import save_checkpoint
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from qfm_iqm.evaluation.predict import predict_records
-from qfm_iqm.evaluation.protocol import fit_model
-from qfm_iqm.models.qfm import load_trained_model
+from qfm_iqm.inference.predict import predict_records
+from qfm_iqm.experiments.protocol import fit_model
+from qfm_iqm.inference.checkpoint import load_trained_model
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.trainer import Trainer, lr_factor
 
@@ -100,7 +100,7 @@ def test_training_on_livec_images_lowers_the_loss(tmp_path, livec_root):
 
 def test_dataset_resize_rule_reaches_the_model_preprocessing(tmp_path, blur_records):
     from qfm_iqm.data.records import IQADataset, LabelScale
-    from qfm_iqm.evaluation.protocol import config_for_dataset
+    from qfm_iqm.experiments.protocol import config_for_dataset
 
     dataset = IQADataset("big", tmp_path, blur_records, LabelScale(0, 100, True, "MOS"), False, resize_short_side=96)
     config = config_for_dataset(tiny_config(mode="deiqt", epochs=1), dataset)

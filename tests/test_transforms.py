@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from qfm_iqm.data.records import ImageRecord
-from qfm_iqm.data.torch_datasets import EvalCrops, TrainCrops, item_seed
+from qfm_iqm.data.torch_datasets import EvalCrops, TrainCrops
+from qfm_iqm.utils.seeds import item_seed
 from qfm_iqm.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import tiny_config
 from qfm_iqm.data.records import IQADataset, LabelScale
 from qfm_iqm.data.splits import Split
-from qfm_iqm.evaluation import protocol
+from qfm_iqm.experiments import protocol
 from qfm_iqm.training.trainer import Trainer
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from qfm_iqm.version import __version__
+
 __all__ = ["QualityMetric", "ScoreResult", "Scorer", "__version__", "create_metric", "list_models", "load_model",
            "reuse_freed_memory"]
 

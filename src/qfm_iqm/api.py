@@ -8,7 +8,7 @@ Every image is scored as the mean over a fixed grid of crops. The network scores
 own, so a score does not depend on the order, the run or the other images whose crops share its
 forward pass (:meth:`Scorer.score_crop_stacks`; beyond float32 rounding). The grid is the one the
 checkpoint records (its training's ``eval_grid``; 3x3 for checkpoints that record none) unless
-``grid`` says otherwise. ``runtime="onnx"`` runs the network in onnxruntime (:mod:`qfm_iqm.runtime`).
+``grid`` says otherwise. ``runtime="onnx"`` runs the network in onnxruntime (:mod:`qfm_iqm.inference.runtime`).
 """
 
 from __future__ import annotations
@@ -25,17 +25,17 @@ from PIL import Image
 
 from qfm_iqm.data.images import load_image, to_rgb
 from qfm_iqm.data.records import LabelScale
-from qfm_iqm.data.transforms import Preprocessing, grid_crops, prepare_image
-from qfm_iqm.evaluation.conformal import ConformalInterval
-from qfm_iqm.evaluation.predict import CropNetwork, model_preprocessing, score_images
-from qfm_iqm.evaluation.quality_map import assemble_quality_map, covering_grid
-from qfm_iqm.models.pretrained import (
+from qfm_iqm.data.transforms import Preprocessing, grid_crops
+from qfm_iqm.inference.score_map import ConformalInterval
+from qfm_iqm.inference.predict import CropNetwork, model_preprocessing, score_images
+from qfm_iqm.inference.quality_map import quality_map
+from qfm_iqm.inference.pretrained import (
     DEFAULT_GRID, DEFAULT_MODEL, NORMALISED_SCALE, recorded_interval, resolve_model, score_scale, scoring_grid,
 )
-from qfm_iqm.runtime import (
+from qfm_iqm.inference.runtime import (
     OnnxNetwork, cached_checkpoint_network, checkpoint_key, onnx_network, remember_checkpoint_network, resolve_runtime,
 )
-from qfm_iqm.score_result import ScoreResult, image_result  # noqa: F401 - re-exported
+from qfm_iqm.inference.score_result import ScoreResult, image_result  # noqa: F401 - re-exported
 from qfm_iqm.utils.checkpoint import checkpoint_paths
 from qfm_iqm.utils.device import usable_device
 
@@ -45,7 +45,6 @@ if TYPE_CHECKING:  # the model classes import timm; a cached graph scores withou
 __all__ = ["ImageInput", "NORMALISED_SCALE", "ScoreResult", "Scorer", "load_model", "to_rgb_image"]
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
-_MAP_CHUNK = 16  # crops per forward pass when computing quality maps of large images
 
 
 def _array_to_image(array: np.ndarray) -> Image.Image:
@@ -96,8 +95,8 @@ class Scorer:
         model: the network (eval mode, on ``device``); quality maps always use it. A scorer that
             :func:`load_model` made from a cached graph builds it on first use.
         runtime: what scores crops, ``"torch"`` (``model``) or ``"onnx"`` (its exported graph, CPU only;
-            ``"auto"`` picks ``"onnx"`` where it can run, see :func:`qfm_iqm.runtime.resolve_runtime`).
-        network: ``model`` or its :class:`~qfm_iqm.runtime.OnnxNetwork`, as ``runtime`` says.
+            ``"auto"`` picks ``"onnx"`` where it can run, see :func:`qfm_iqm.inference.runtime.resolve_runtime`).
+        network: ``model`` or its :class:`~qfm_iqm.inference.runtime.OnnxNetwork`, as ``runtime`` says.
         preprocessing: crop size and normalisation the model was trained with.
         scale: the scale scores are reported on (``NORMALISED_SCALE`` when the checkpoint records none).
         grid: crops per side of the fixed test grid.
@@ -151,13 +150,13 @@ class Scorer:
 
     def score_crops(self, crops: torch.Tensor, path: str | None = None) -> ScoreResult:
         """Score one image from its :meth:`crops` (the raw output through the one monotone map onto the
-        model's scale, see :func:`qfm_iqm.score_result.image_result`)."""
+        model's scale, see :func:`qfm_iqm.inference.score_result.image_result`)."""
         return self.score_crop_stacks([crops], [path])[0]
 
     def score_crop_stacks(self, stacks: Sequence[torch.Tensor], paths: Sequence[str | None]) -> list[ScoreResult]:
         """Score several images from their :meth:`crops` in one call of the network (what
         :func:`qfm_iqm.scoring.score_files` does); each result is that of :meth:`score_crops` on the
-        image alone, up to float32 rounding (:func:`qfm_iqm.evaluation.predict.score_images`)."""
+        image alone, up to float32 rounding (:func:`qfm_iqm.inference.predict.score_images`)."""
         outputs = score_images(self.network, [stack.to(self.device) for stack in stacks])
         return [image_result(score, spread, path, self.scale, self.interval)
                 for (score, spread), path in zip(outputs, paths)]
@@ -177,27 +176,10 @@ class Scorer:
         rgb, path = to_rgb_image(image)
         return self.score_crops(self.crops(rgb), path)
 
-    @torch.no_grad()
     def quality_map(self, image: ImageInput) -> np.ndarray:
-        """Heat map (H, W) in [0, 1] of where the attention panel looks (1 = most attention).
-
-        The decoder's cross-attention is averaged over panel members, reshaped to each crop's feature
-        grid, pasted back at the crop's place and averaged where crops overlap. The crops are the
-        fixed grid, made denser on large images so that they cover every pixel.
-        """
-        rgb, _ = to_rgb_image(image)
-        size = self.preprocessing.input_size
-        resized = prepare_image(rgb, self.preprocessing)
-        width, height = resized.size
-        grid = covering_grid(height, width, size, self.grid)
-        crops = grid_crops(resized, self.preprocessing, grid)
-        attention = torch.cat(
-            [
-                self.model(chunk.to(self.device), need_attention=True).cross_attention.mean(dim=1).cpu()
-                for chunk in crops.split(_MAP_CHUNK)
-            ]
-        )
-        return assemble_quality_map(attention, (height, width), size, grid, (rgb.height, rgb.width))
+        """Heat map (H, W) in [0, 1] of where the attention panel looks (1 = most attention;
+        :func:`qfm_iqm.inference.quality_map.quality_map`)."""
+        return quality_map(self.model, to_rgb_image(image)[0], self.preprocessing, self.grid, self.device)
 
 
 def load_model(
@@ -218,7 +200,7 @@ def load_model(
     ``device`` is checked first (``ValueError`` for a misspelt one or one this machine lacks).
     Once a checkpoint's files have a cached graph, the onnx runtime loads it without building the eager
     model (or importing timm): faster and about 200 MB lighter; the eager model is built if a quality
-    map asks for it. (:func:`qfm_iqm.graph.load_graph_scorer` serves such a graph without torch at all.)
+    map asks for it. (:func:`qfm_iqm.inference.graph.load_graph_scorer` serves such a graph without torch at all.)
     ``native``: score photos at their own resolution. By default a photo larger than the scale the
     model's training data was rated at (its ``preprocessing.max_short_side``, 500 px for the released
     models) is first downscaled to it, so that its score does not depend on its pixel count.
@@ -251,7 +233,7 @@ def _load_folded(path: Path, device: torch.device | str) -> tuple[QFMIQM, dict]:
     """A checkpoint's model, checked and loaded, with its BatchNorms folded (inference only: about 15%
     faster on CPU, same scores to 1e-6), and its JSON."""
     from qfm_iqm.models.backbones import fold_batch_norms
-    from qfm_iqm.models.qfm import load_checkpoint_model
+    from qfm_iqm.inference.checkpoint import load_checkpoint_model
 
     model, info = load_checkpoint_model(path, device)
     fold_batch_norms(model.backbone)

@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from qfm_iqm.api import Scorer, load_model
-from qfm_iqm.data.transforms import crop_grid, resize_tensor
-from qfm_iqm.evaluation.score_map import bounded
-from qfm_iqm.models.pretrained import DEFAULT_MODEL, list_pretrained
+from qfm_iqm.data.transforms import crop_grid, prepare_tensor
+from qfm_iqm.inference.score_map import reported_score
+from qfm_iqm.inference.pretrained import DEFAULT_MODEL, list_pretrained
 
 __all__ = ["QualityMetric", "create_metric", "list_models"]
 
@@ -39,7 +39,7 @@ class QualityMetric(nn.Module):
     better unless ``lower_better``. The network is frozen and stays in eval mode; with ``as_loss``
     gradients flow to the input, otherwise the forward pass records none. Input values outside [0, 1]
     are not clipped. Scores go through the same strictly increasing map onto ``score_range`` as
-    ``score``'s (:mod:`qfm_iqm.evaluation.score_map`), with or without ``as_loss``: bounded, and with a
+    ``score``'s (:mod:`qfm_iqm.inference.score_map`), with or without ``as_loss``: bounded, and with a
     gradient everywhere.
     """
 
@@ -69,19 +69,10 @@ class QualityMetric(nn.Module):
             raise TypeError(f"expected a float tensor with values in [0, 1], got {x.dtype}")
         with torch.set_grad_enabled(self.as_loss and torch.is_grad_enabled()):
             pre = self.preprocessing
-            x = x.to(self.mean.device, torch.float32)
-            if pre.resize_short_side:
-                x = resize_tensor(x, pre.resize_short_side)
-            if pre.max_short_side and min(x.shape[-2:]) > pre.max_short_side:
-                x = resize_tensor(x, pre.max_short_side)
-            if min(x.shape[-2:]) < pre.input_size:
-                x = resize_tensor(x, pre.input_size)
+            x = prepare_tensor(x.to(self.mean.device, torch.float32), pre)
             crops = crop_grid((x - self.mean) / self.std, pre.input_size, self.grid)  # (B, n, 3, S, S)
             raw = self.net(crops.flatten(0, 1)).score.float().view(len(x), -1).mean(dim=1)
-            normalised = bounded(raw)
-            if self.lower_better:
-                normalised = 1.0 - normalised
-            return self.scale.low + normalised * (self.scale.high - self.scale.low)
+            return reported_score(raw, self.scale)
 
 
 def create_metric(

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from qfm_iqm.data.images import IMAGE_EXTENSIONS, ImageLoadError, load_image
-from qfm_iqm.score_result import ScoreResult
+from qfm_iqm.inference.score_result import ScoreResult
 from qfm_iqm.utils.files import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ def _decoded(
 
 
 class _OneProcess:
-    """The helpers of :mod:`qfm_iqm.training.distributed` that scoring uses, for a world of one process,
+    """The helpers of :mod:`qfm_iqm.utils.distributed` that scoring uses, for a world of one process,
     without importing torch (which a cached graph scores without)."""
 
     @staticmethod
@@ -211,10 +211,10 @@ class _OneProcess:
 
 
 def _processes() -> ModuleType | type[_OneProcess]:
-    """:mod:`qfm_iqm.training.distributed` once torch is imported (a process group needs it), else
+    """:mod:`qfm_iqm.utils.distributed` once torch is imported (a process group needs it), else
     :class:`_OneProcess`."""
     if "torch" in sys.modules:
-        from qfm_iqm.training import distributed
+        from qfm_iqm.utils import distributed
 
         return distributed
     return _OneProcess
@@ -253,7 +253,7 @@ def _scores(
     from tqdm.auto import tqdm
 
     if map_dir is not None:
-        from qfm_iqm.evaluation.quality_map import overlay_quality_map
+        from qfm_iqm.inference.quality_map import overlay_quality_map
     items = _decoded(scorer, entries, workers, 2 * batch_size + workers, keep_image=map_dir is not None)
     with tqdm(total=len(entries), desc="scoring", unit="img", disable=not progress) as bar, closing(items):
         while batch := list(islice(items, batch_size)):

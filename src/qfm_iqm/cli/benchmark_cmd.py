@@ -1,4 +1,4 @@
-"""``qfm-iqm benchmark``: run a benchmark config (see ``qfm_iqm.benchmark.config``) into a folder."""
+"""``qfm-iqm benchmark``: run a benchmark config (see ``qfm_iqm.experiments.benchmark.config``) into a folder."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ Exit status: 0 all cells finished, 1 some cells failed (the rest are still writt
 
 def _benchmark(args: argparse.Namespace) -> int:
     """Under ``torchrun`` every training and test pass is shared by the processes; rank 0 writes."""
-    from qfm_iqm.benchmark import BenchmarkConfig, run_benchmark
-    from qfm_iqm.training.distributed import distributed_session, is_main
+    from qfm_iqm.experiments.benchmark import BenchmarkConfig, run_benchmark
+    from qfm_iqm.utils.distributed import distributed_session, is_main
     from qfm_iqm.training.interrupt import TrainingInterrupted
 
     config = BenchmarkConfig.from_file(args.config)

@@ -19,14 +19,14 @@ from qfm_iqm.cli.datasets_cmd import add_dataset_option_argument, add_datasets_c
 from qfm_iqm.cli.report_cmd import add_report_command
 from qfm_iqm.data.records import DatasetError, IQADataset
 from qfm_iqm.data.registry import load_dataset
-from qfm_iqm.models.pretrained import DEFAULT_MODEL, release_name
+from qfm_iqm.inference.pretrained import DEFAULT_MODEL, release_name
 from qfm_iqm import scoring
 from qfm_iqm.scoring import BATCH_SIZE, InputFile, ScoreOutput, auto_workers, find_images, format_table, score_files
 from qfm_iqm.utils.allocator import reuse_freed_memory
 
 if TYPE_CHECKING:
     from qfm_iqm.data.splits import Split
-    from qfm_iqm.graph import GraphScorer
+    from qfm_iqm.inference.graph import GraphScorer
     from qfm_iqm.training.config import TrainConfig
 
 SCORE_HELP = """Score images with a trained model (default: the released model).
@@ -78,7 +78,7 @@ def _score(args: argparse.Namespace) -> int:
     graph = _graph_scorer(args)
     if graph is not None:
         return _score_inputs(args, graph, *checked)
-    from qfm_iqm.training.distributed import distributed_session
+    from qfm_iqm.utils.distributed import distributed_session
 
     _apply_threads(args)
     with distributed_session(args.device):
@@ -90,7 +90,7 @@ def _graph_scorer(args: argparse.Namespace) -> GraphScorer | None:
     ``--runtime torch``; ``None`` when there is no usable one yet."""
     if args.runtime == "torch" or args.device != "cpu" or "WORLD_SIZE" in os.environ:
         return None
-    from qfm_iqm.graph import load_graph_scorer
+    from qfm_iqm.inference.graph import load_graph_scorer
 
     scorer = load_graph_scorer(args.model, args.grid, args.threads)
     if scorer is not None and args.native:
@@ -151,7 +151,7 @@ def _score_inputs(
     try:
         if scorer is None:
             from qfm_iqm.api import load_model
-            from qfm_iqm.training.distributed import local_device
+            from qfm_iqm.utils.distributed import local_device
 
             scorer = load_model(args.model, local_device(args.device), args.grid, args.runtime, native=args.native)
         if output:
@@ -183,7 +183,7 @@ def _score_settings(model: str, grid: int | None, native: bool = False) -> dict:
     """What the scores of a ``score -o`` file depend on, from the checkpoint's JSON (read without torch;
     loading the model checks it): the model, the test grid, the calibrated interval when it records one,
     and ``native`` when set."""
-    from qfm_iqm.models.pretrained import read_checkpoint_json, resolve_model, scoring_grid
+    from qfm_iqm.inference.pretrained import read_checkpoint_json, resolve_model, scoring_grid
 
     info = read_checkpoint_json(resolve_model(model))
     settings = {"model": release_name(model) or str(Path(model).resolve()), "grid": scoring_grid(info, grid)}
@@ -238,8 +238,8 @@ def _train(args: argparse.Namespace) -> int:
     training part is every image: the model fits all but the validation part, which calibrates its
     interval (a release's guarantee needs images it did not fit); ``val_fraction=0`` fits every image."""
     from qfm_iqm.data.splits import Split, load_splits, make_split, save_splits
-    from qfm_iqm.evaluation.predict import predict_records
-    from qfm_iqm.evaluation.protocol import (
+    from qfm_iqm.inference.predict import predict_records
+    from qfm_iqm.experiments.protocol import (
         calibrate_on_validation,
         config_for_dataset,
         finish_split,
@@ -250,7 +250,7 @@ def _train(args: argparse.Namespace) -> int:
         unlabelled_records,
         validation_part,
     )
-    from qfm_iqm.training.distributed import distributed_session, is_main, local_device
+    from qfm_iqm.utils.distributed import distributed_session, is_main, local_device
     from qfm_iqm.training.interrupt import TrainingInterrupted
 
     config = _config_from_args(args)
@@ -326,7 +326,7 @@ def _finished_training(output: Path, config: TrainConfig, metadata: dict, tested
 
 def _evaluate(args: argparse.Namespace) -> int:
     """Under ``torchrun`` the protocol's training and every test pass are shared by the processes."""
-    from qfm_iqm.training.distributed import distributed_session, is_main
+    from qfm_iqm.utils.distributed import distributed_session, is_main
     from qfm_iqm.training.interrupt import TrainingInterrupted
 
     device = args.device or ("cpu" if args.baseline else _config_from_args(args).device)
@@ -346,13 +346,13 @@ def _evaluation_result(args: argparse.Namespace) -> dict:
     if args.checkpoint:
         return _evaluate_checkpoint(args, dataset)
     if args.baseline:
-        from qfm_iqm.evaluation.protocol import run_baseline_protocol
+        from qfm_iqm.experiments.protocol import run_baseline_protocol
 
         seeds = args.seeds or list(range(args.repeats))
         output = args.output or Path("runs") / f"{dataset.name}-{args.baseline}"
         result = run_baseline_protocol(args.baseline, dataset, seeds, output, args.command_line, not args.quiet)
         return {"output": str(output), "summary": result["summary"]}
-    from qfm_iqm.evaluation.protocol import run_protocol
+    from qfm_iqm.experiments.protocol import run_protocol
 
     config = _config_from_args(args)
     config.check_resources()
@@ -366,7 +366,7 @@ def _trained_split(path: Path, training: dict, dataset: IQADataset) -> Split | N
     """The split a checkpoint trained on (``None``: every image), from the ``splits.json`` beside it
     (``train``) or in the folder above (a protocol's ``split_<seed>/``), else remade from its seed."""
     from qfm_iqm.data.splits import load_splits, make_split
-    from qfm_iqm.evaluation.protocol import validation_part
+    from qfm_iqm.experiments.protocol import validation_part
     from qfm_iqm.training.config import TrainConfig
 
     seed = training.get("split_seed")
@@ -393,11 +393,11 @@ def _evaluate_checkpoint(args: argparse.Namespace, dataset: IQADataset) -> dict:
     recorded test grid, and its recorded interval when it has one; images it trained on are refused
     unless ``--include-training-images``."""
     from qfm_iqm.data.splits import load_splits
-    from qfm_iqm.evaluation.predict import predict_records
-    from qfm_iqm.evaluation.protocol import interval_details, metrics_on, write_predictions
-    from qfm_iqm.models.pretrained import recorded_interval, resolve_model, scoring_grid
-    from qfm_iqm.models.qfm import load_checkpoint_model
-    from qfm_iqm.training.distributed import is_main, local_device
+    from qfm_iqm.inference.predict import predict_records
+    from qfm_iqm.experiments.protocol import interval_details, metrics_on, write_predictions
+    from qfm_iqm.inference.pretrained import recorded_interval, resolve_model, scoring_grid
+    from qfm_iqm.inference.checkpoint import load_checkpoint_model
+    from qfm_iqm.utils.distributed import is_main, local_device
     from qfm_iqm.utils.checkpoint import atomic_write_json
 
     device = local_device(args.device or "auto")
@@ -437,8 +437,8 @@ def _evaluate_checkpoint(args: argparse.Namespace, dataset: IQADataset) -> dict:
 
 def _calibrate(args: argparse.Namespace) -> int:
     """Calibrate a checkpoint's score interval on a predictions CSV and record it in the checkpoint."""
-    from qfm_iqm.evaluation.protocol import calibrate_normalised, read_predictions
-    from qfm_iqm.models.pretrained import record_interval, resolve_model
+    from qfm_iqm.experiments.protocol import calibrate_normalised, read_predictions
+    from qfm_iqm.inference.pretrained import record_interval, resolve_model
 
     interval = calibrate_normalised(*read_predictions(args.predictions), args.coverage)
     path = record_interval(resolve_model(args.checkpoint), interval)
@@ -474,10 +474,23 @@ def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``qfm-iqm`` parser: global options and one subcommand per task."""
     parser = argparse.ArgumentParser(prog="qfm-iqm", description="QFM-IQM no-reference image quality assessment")
     _add_global_options(parser, in_command=False)
     commands = parser.add_subparsers(dest="name", required=True)
+    _add_score_command(commands)
+    add_datasets_command(commands)
+    add_benchmark_command(commands)
+    add_report_command(commands, _add_scoring_options, _score)
+    _add_train_command(commands)
+    _add_evaluate_command(commands)
+    _add_calibrate_command(commands)
+    for command in commands.choices.values():
+        _add_global_options(command, in_command=True)
+    return parser
 
+
+def _add_score_command(commands: argparse._SubParsersAction) -> None:
     score = commands.add_parser(
         "score",
         help="score image files, folders or patterns",
@@ -495,10 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="replace an existing -o file (kept until the new results are complete)")
     score.set_defaults(func=_score)
 
-    add_datasets_command(commands)
-    add_benchmark_command(commands)
-    add_report_command(commands, _add_scoring_options, _score)
 
+def _add_train_command(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a model on a dataset (one split's training part, or all)")
     _add_dataset_options(train)
     _add_training_options(train)
@@ -515,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     saved.add_argument("--restart", action="store_true", help="ignore a saved state in --output; start over")
     train.set_defaults(func=_train)
 
+
+def _add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "evaluate", help="evaluate a checkpoint, or run the protocol (train+test over seeded splits)"
     )
@@ -541,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(pip install \"qfm-iqm[lite]\"); brisque = BRISQUE features + RBF kernel ridge")
     evaluate.set_defaults(func=_evaluate)
 
+
+def _add_calibrate_command(commands: argparse._SubParsersAction) -> None:
     calibrate = commands.add_parser(
         "calibrate", help="record a calibrated score interval (low/high of every score) in a checkpoint",
         description="Calibrate a split-conformal interval on the predictions of a checkpoint on images it never "
@@ -554,9 +569,6 @@ def build_parser() -> argparse.ArgumentParser:
                            "label (the predictions.csv of evaluate --checkpoint --output)")
     calibrate.add_argument("--coverage", type=float, default=0.9, help="share of images the range holds (default: 0.9)")
     calibrate.set_defaults(func=_calibrate)
-    for command in commands.choices.values():
-        _add_global_options(command, in_command=True)
-    return parser
 
 
 def _add_global_options(parser: argparse.ArgumentParser, in_command: bool) -> None:

@@ -35,17 +35,17 @@ def _checked_page(page: Path, replace: bool) -> None:
 
 def _model_name(name: str) -> str:
     """How a score file's settings name a model (as ``qfm-iqm score`` records it)."""
-    from qfm_iqm.models.pretrained import release_name
+    from qfm_iqm.inference.pretrained import release_name
 
     return release_name(name) or str(Path(name).resolve())
 
 
 def _report(args: argparse.Namespace, score: Callable[[argparse.Namespace], int]) -> int:
     from qfm_iqm.data.images import set_max_image_pixels
-    from qfm_iqm.models.pretrained import read_checkpoint_json, resolve_model, score_scale
+    from qfm_iqm.inference.pretrained import read_checkpoint_json, resolve_model, score_scale
     from qfm_iqm.report import files_folder, read_scores, select_rows, write_report
     from qfm_iqm.scoring import find_images
-    from qfm_iqm.training.distributed import is_main
+    from qfm_iqm.utils.distributed import is_main
 
     page = args.output
     _checked_page(page, args.overwrite or args.resume)

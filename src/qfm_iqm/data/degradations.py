@@ -2,7 +2,9 @@
 
 Level 0 is the photo itself; levels 1, 2, ... are ever stronger versions of one kind of damage, so of any
 two levels the lower one is the better image. Used by the degradation-ranking loss (training) and by
-the degradation check (evaluation). Every kind is deterministic given ``seed``.
+the degradation check (evaluation), both through :func:`damaged_view`: the photo is brought to the
+scale the model sees it at (the resize rules of its preprocessing) and damaged there, so that a
+strength in pixels means the same on every dataset. Every kind is deterministic given ``seed``.
 
 The kinds cover the common families of real damage (after KADID-10k's): blurs, noises, compression,
 resampling, exposure, contrast, quantisation and spatial jitter. They come in two sets:
@@ -24,6 +26,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from scipy import ndimage, signal
+
+from qfm_iqm.data.transforms import Preprocessing, prepare_image
 
 # kind -> the strength of each level >= 1, mildest first
 STRENGTHS: dict[str, tuple[float, ...]] = {
@@ -171,3 +175,11 @@ def degrade(image: Image.Image, kind: str, level: int, seed: int = 0) -> Image.I
     if level == 0:
         return image
     return _APPLY[kind](image.convert("RGB"), STRENGTHS[kind][level - 1], seed)
+
+
+def damaged_view(image: Image.Image, pre: Preprocessing, kind: str | None, level: int, seed: int) -> Image.Image:
+    """``image`` as a model with preprocessing ``pre`` sees it (:func:`~qfm_iqm.data.transforms.prepare_image`),
+    damaged by ``kind`` at ``level`` (unchanged for ``None`` or level 0); the one degradation pipeline of
+    training and of the degradation check."""
+    prepared = prepare_image(image, pre)
+    return prepared if kind is None else degrade(prepared, kind, level, seed)

@@ -8,6 +8,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from qfm_iqm.data.files import (
     IMAGE_EXTENSIONS,
     SPLIT_PARTS,
@@ -105,6 +107,54 @@ def _column_split(
     return parts_to_split(names, [values[r] for r in rows], f"{table.path} column {table.header[column]!r}")
 
 
+def _columns(
+    table: Table, path_column: str | int | None, score_column: str | int | None, ref_column: str | int | None
+) -> tuple[int, int, int | None]:
+    """The image path, score and reference columns (``None``: no reference) of :func:`load_csv`'s table:
+    as given, else the pyiqa layouts."""
+    full_reference = table.find_column(_FR_FIRST_COLUMNS) == 0 and len(table.header) >= 3
+    default_path, default_score = (1, 2) if full_reference else (0, 1)
+    path_col = table.column([_column_spec(path_column if path_column is not None else default_path)], "image path")
+    score_col = table.column([_column_spec(score_column if score_column is not None else default_score)], "score")
+    ref_col = None
+    if ref_column is not None:
+        ref_col = table.column([_column_spec(ref_column)], "reference")
+    elif full_reference:
+        ref_col = 0
+    return path_col, score_col, ref_col
+
+
+def _kept_rows(table: Table, path_col: int, exclude: str | None, where: str) -> tuple[list[int], list[str]]:
+    """The rows whose image path ``exclude`` does not match, and those paths (checked: non-empty, unique)."""
+    all_names = table.texts(path_col)
+    try:
+        pattern = re.compile(exclude) if exclude else None
+    except re.error as exc:
+        raise ValueError(f"option exclude: not a regular expression: {exc}") from exc
+    rows = [i for i, n in enumerate(all_names) if pattern is None or not pattern.search(n)]
+    if not rows:
+        raise DatasetError(f"{where}: no rows left after excluding {exclude!r}")
+    names = [all_names[i] for i in rows]
+    check_nonempty(names, where)
+    check_unique(names, where)
+    return rows, names
+
+
+def _scores_and_scale(
+    table: Table, score_col: int, rows: list[int], names: list[str], low: float | str | None,
+    high: float | str | None, higher_is_better: bool | str, where: str,
+) -> tuple[np.ndarray, LabelScale]:
+    """The checked scores of ``rows`` and their scale: ``low``-``high`` when given, else the observed range."""
+    if (low is None) != (high is None):
+        raise ValueError("options low and high go together")
+    lo, hi = (None, None) if low is None else (option_float(low, "low"), option_float(high, "high"))
+    scores = table.values(score_col)
+    raw = check_scores(names, [scores[i] for i in rows], where, lo, hi)
+    if lo is None or hi is None:
+        lo, hi = float(raw.min()), float(raw.max())
+    return raw, LabelScale(lo, hi, option_bool(higher_is_better, "higher_is_better"), table.header[score_col] or "score")
+
+
 @register_dataset(
     "csv",
     expects="a CSV file (option file) with an image path column and a score column; images under image_root",
@@ -147,34 +197,9 @@ def load_csv(
     root = Path(root)
     table = read_csv(_pick_file(root, file))
     where = str(table.path)
-    full_reference = table.find_column(_FR_FIRST_COLUMNS) == 0 and len(table.header) >= 3
-    default_path, default_score = (1, 2) if full_reference else (0, 1)
-    path_col = table.column([_column_spec(path_column if path_column is not None else default_path)], "image path")
-    score_col = table.column([_column_spec(score_column if score_column is not None else default_score)], "score")
-    ref_col = None
-    if ref_column is not None:
-        ref_col = table.column([_column_spec(ref_column)], "reference")
-    elif full_reference:
-        ref_col = 0
-    all_names = table.texts(path_col)
-    try:
-        pattern = re.compile(exclude) if exclude else None
-    except re.error as exc:
-        raise ValueError(f"option exclude: not a regular expression: {exc}") from exc
-    rows = [i for i, n in enumerate(all_names) if pattern is None or not pattern.search(n)]
-    if not rows:
-        raise DatasetError(f"{where}: no rows left after excluding {exclude!r}")
-    names = [all_names[i] for i in rows]
-    check_nonempty(names, where)
-    check_unique(names, where)
-    if (low is None) != (high is None):
-        raise ValueError("options low and high go together")
-    lo, hi = (None, None) if low is None else (option_float(low, "low"), option_float(high, "high"))
-    scores = table.values(score_col)
-    raw = check_scores(names, [scores[i] for i in rows], where, lo, hi)
-    if lo is None or hi is None:
-        lo, hi = float(raw.min()), float(raw.max())
-    scale = LabelScale(lo, hi, option_bool(higher_is_better, "higher_is_better"), table.header[score_col] or "score")
+    path_col, score_col, ref_col = _columns(table, path_column, score_column, ref_column)
+    rows, names = _kept_rows(table, path_col, exclude, where)
+    raw, scale = _scores_and_scale(table, score_col, rows, names, low, high, higher_is_better, where)
     refs = None
     if ref_col is not None:
         all_refs = table.texts(ref_col)

@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from qfm_iqm.data.degradations import degrade, levels
+from qfm_iqm.data.degradations import damaged_view, levels
 from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.transforms import Preprocessing, TrainTransform, grid_crops, prepare_image
+from qfm_iqm.utils.seeds import item_seed
 
 
 class _RecordImages:
@@ -34,12 +35,6 @@ class _RecordImages:
         if img is None:
             img = self._cache[index] = self._load(index)
         return img
-
-
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 63-bit seed determined only by (seed, epoch, index)."""
-    state = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
 
 
 class EpochViews(Dataset):
@@ -125,10 +120,12 @@ def degraded_crops(
     image: Image.Image, transform: TrainTransform, versions: Sequence[tuple[str | None, int]], seed: int
 ) -> torch.Tensor:
     """One random training crop (position and flip drawn from ``seed``) of each damaged version of ``image``
-    (already prepared): ``(len(versions), 3, S, S)``. The same ``seed`` seeds the noise."""
+    (:func:`~qfm_iqm.data.degradations.damaged_view`): ``(len(versions), 3, S, S)``. The same ``seed``
+    seeds the noise."""
+    image = prepare_image(image, transform.pre)  # once for every version (it is then left as it is)
     return torch.stack(
         [
-            transform(image if level == 0 else degrade(image, kind, level, seed), torch.Generator().manual_seed(seed))
+            transform(damaged_view(image, transform.pre, kind, level, seed), torch.Generator().manual_seed(seed))
             for kind, level in versions
         ]
     )
@@ -164,5 +161,4 @@ class DegradationPairs(EpochViews):
         if self.stacks is not None:
             positions = [stack_position(self.kinds, *version) for version in pair]
             return self.stacks[index % self.num_records][positions].float()
-        image = prepare_image(load_image(record.path), self.transform.pre)
-        return degraded_crops(image, self.transform, pair, self.view_seed(index) % 2**32)
+        return degraded_crops(load_image(record.path), self.transform, pair, self.view_seed(index) % 2**32)

@@ -53,6 +53,19 @@ class Preprocessing:
             max_short_side=data.get("max_short_side"),
         )
 
+    def resize_steps(self, short_side: int) -> list[int]:
+        """The rules of the module docstring for an image whose shorter side is ``short_side``: the shorter
+        side after each resize, in order (empty when the image is used as it is). Pillow
+        (:func:`prepare_image`) and torch (:func:`prepare_tensor`) both follow them."""
+        steps = []
+        if self.resize_short_side and self.resize_short_side != short_side:
+            steps.append(short_side := self.resize_short_side)
+        if self.max_short_side and short_side > self.max_short_side:
+            steps.append(short_side := self.max_short_side)
+        if short_side < self.input_size:
+            steps.append(self.input_size)
+        return steps
+
     def without_viewing_scale(self) -> "Preprocessing":
         """The same preprocessing at native resolution (no ``max_short_side``): ``--native`` scoring."""
         return replace(self, max_short_side=None)
@@ -113,13 +126,18 @@ def ensure_min_side(img: Image.Image, size: int) -> Image.Image:
 
 
 def prepare_image(img: Image.Image, pre: Preprocessing) -> Image.Image:
-    """RGB conversion and the resize rules of the module docstring, in that order."""
+    """RGB conversion and the resize rules of the module docstring (:meth:`Preprocessing.resize_steps`)."""
     img = to_rgb(img)
-    if pre.resize_short_side:
-        img = resize_short_side(img, pre.resize_short_side)
-    if pre.max_short_side and min(img.size) > pre.max_short_side:
-        img = resize_short_side(img, pre.max_short_side)
-    return ensure_min_side(img, pre.input_size)
+    for size in pre.resize_steps(min(img.size)):
+        img = resize_short_side(img, size)
+    return img
+
+
+def prepare_tensor(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """:func:`prepare_image` for images (..., C, H, W) in torch (:func:`resize_tensor`; the metric's tensors)."""
+    for size in pre.resize_steps(min(x.shape[-2:])):
+        x = resize_tensor(x, size)
+    return x
 
 
 class TrainTransform:
@@ -142,8 +160,14 @@ class TrainTransform:
         top = int(torch.randint(0, h - s + 1, (1,), generator=generator))
         left = int(torch.randint(0, w - s + 1, (1,), generator=generator))
         flip = bool(torch.rand(1, generator=generator) < 0.5)
-        x = self.pre.to_tensor_normalized(img.crop((left, top, left + s, top + s)))
+        x = torch.from_numpy(np.ascontiguousarray(cut_crop(self.pre.normalized_array(img), top, left, s)))
         return torch.flip(x, dims=(2,)) if flip else x
+
+
+def cut_crop(x: Pixels, top: int, left: int, size: int) -> Pixels:
+    """The ``size x size`` crop at (``top``, ``left``) of an image tensor or array (..., C, H, W): every
+    crop of training, test and scoring is cut here."""
+    return x[..., top : top + size, left : left + size]
 
 
 def grid_offsets(length: int, size: int, grid: int) -> list[int]:
@@ -177,7 +201,7 @@ def crop_grid(x: Pixels, size: int, grid: int | tuple[int, int]) -> Pixels:
         raise ValueError(f"grid must be >= 1, got {grid}")
     h, w = x.shape[-2:]
     tops, lefts = grid_offsets(h, size, rows), grid_offsets(w, size, cols)
-    crops = [x[..., t : t + size, l : l + size] for t in tops for l in lefts]
+    crops = [cut_crop(x, t, l, size) for t in tops for l in lefts]
     if isinstance(x, np.ndarray):
         return np.stack(crops, axis=-4)
     import torch

@@ -7,22 +7,20 @@ with the calibration images (Vovk et al.; Lei et al. 2018). With a per-image ``d
 residuals are divided by it and the interval is ``score +- q * difficulty``: as valid, and narrower
 where the difficulty estimate tracks the error.
 
-Reported scores go through a strictly increasing map onto the scale (:mod:`qfm_iqm.evaluation.score_map`);
-calibrating on labels taken back through its inverse keeps the guarantee for the mapped bounds.
+Reported scores go through a strictly increasing map onto the scale (:mod:`qfm_iqm.inference.score_map`);
+calibrating on labels taken back through its inverse keeps the guarantee for the mapped bounds
+(:func:`calibrate_bounded`). The interval a checkpoint records and every score applies,
+:class:`~qfm_iqm.inference.score_map.ConformalInterval`, lives with the score map.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
-
-def _check_coverage(coverage: float) -> None:
-    if not 0.0 < coverage < 1.0:
-        raise ValueError(f"coverage must be in (0, 1), got {coverage}")
+from qfm_iqm.inference.score_map import LABEL_EDGE, ConformalInterval, check_coverage, unbounded
 
 
 def _rank(size: int, coverage: float) -> int:
@@ -32,49 +30,11 @@ def _rank(size: int, coverage: float) -> int:
 
 def min_calibration_size(coverage: float) -> int:
     """The fewest calibration images :func:`calibrate` accepts for ``coverage`` (9 for 0.9)."""
-    _check_coverage(coverage)
+    check_coverage(coverage)
     size = max(1, math.floor(coverage / (1 - coverage)) - 1)
     while _rank(size, coverage) > size:
         size += 1
     return size
-
-
-@dataclass(frozen=True)
-class ConformalInterval:
-    """``coverage`` and the calibrated half-width ``quantile`` (times ``difficulty`` when ``scaled``)."""
-
-    coverage: float
-    quantile: float
-    scaled: bool = False
-    calibration_size: int = 0
-
-    def __post_init__(self) -> None:
-        _check_coverage(self.coverage)
-        if not (math.isfinite(self.quantile) and self.quantile >= 0):
-            raise ValueError(f"quantile must be a finite number >= 0, got {self.quantile}")
-
-    def bounds(
-        self,
-        scores: np.ndarray | float,
-        difficulty: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(low, high)`` for each score (same units as the calibration residuals)."""
-        scores = np.asarray(scores, dtype=np.float64)
-        if self.scaled:
-            if difficulty is None:
-                raise ValueError("this interval was calibrated with a per-image difficulty; pass it")
-            half = self.quantile * np.asarray(difficulty, dtype=np.float64)
-        else:
-            half = np.full_like(scores, self.quantile)
-        return scores - half, scores + half
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ConformalInterval":
-        return cls(float(data["coverage"]), float(data["quantile"]), bool(data.get("scaled", False)),
-                   int(data.get("calibration_size", 0)))
 
 
 def calibrate(
@@ -82,12 +42,12 @@ def calibrate(
 ) -> ConformalInterval:
     """The split-conformal interval of ``coverage`` from held-out ``predictions`` and their ``labels``.
 
-    A label of ``+-inf`` (one at the very end of a bounded scale, see :func:`~qfm_iqm.evaluation.score_map.unbounded`)
+    A label of ``+-inf`` (one at the very end of a bounded scale, see :func:`~qfm_iqm.inference.score_map.unbounded`)
     is a residual no interval covers. Raises ``ValueError`` for a coverage outside (0, 1), mismatched
     inputs, NaN or infinite predictions, a non-positive difficulty, too few calibration images for the
     coverage (``n < 1/(1-coverage) - 1``), or so many infinite residuals that the half-width is infinite.
     """
-    _check_coverage(coverage)
+    check_coverage(coverage)
     predictions, labels = np.asarray(predictions, np.float64), np.asarray(labels, np.float64)
     if predictions.shape != labels.shape or predictions.ndim != 1:
         raise ValueError(f"predictions and labels must be 1-D of one length, got {predictions.shape}, {labels.shape}")
@@ -123,3 +83,10 @@ def interval_report(
         low, high = score_map(low), score_map(high)
     labels = np.asarray(labels, np.float64)
     return {"coverage": float(((labels >= low) & (labels <= high)).mean()), "mean_width": float((high - low).mean())}
+
+
+def calibrate_bounded(raw_scores: np.ndarray, labels: np.ndarray, coverage: float) -> ConformalInterval:
+    """The split-conformal interval (raw units) whose mapped range holds normalised ``labels`` of new
+    images for ``coverage`` of them, from held-out raw scores and their labels (see :data:`LABEL_EDGE`)."""
+    inside = np.clip(np.asarray(labels, np.float64), LABEL_EDGE, 1.0 - LABEL_EDGE)
+    return calibrate(np.asarray(raw_scores, np.float64), unbounded(inside), coverage)

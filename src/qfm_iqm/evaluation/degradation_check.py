@@ -1,7 +1,7 @@
 """The degradation check: does a model rate a photo lower the more it is damaged?
 
-Each photo is scored at every level of every degradation kind (``qfm_iqm.data.degradations``), as users
-get scores: at the model's viewing scale and through the score map. Of every (milder, stronger) pair of
+Each photo is damaged at every level of every degradation kind at the scale the model sees it
+(:func:`qfm_iqm.data.degradations.damaged_view`, as in training) and scored as users get scores: at the model's viewing scale and through the score map. Of every (milder, stronger) pair of
 levels of one photo and kind, the model is right when the milder one scores higher (a tie counts as
 wrong). The result is, per kind, the fraction of all pairs ordered right and of the neighbour pairs of
 each strength step (level 0 vs 1, 1 vs 2, ...), and whether the ranking loss trained on the kind.
@@ -9,21 +9,20 @@ each strength step (level 0 vs 1, 1 vs 2, ...), and whether the ranking loss tra
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from itertools import combinations
 
 import numpy as np
 import torch
 
-from qfm_iqm.data.degradations import KINDS, degrade, levels
+from qfm_iqm.data.degradations import KINDS, damaged_view, levels
 from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.transforms import grid_crops
-from qfm_iqm.evaluation.predict import model_preprocessing, score_crops, score_tokens
-from qfm_iqm.evaluation.score_map import bounded
+from qfm_iqm.inference.predict import BackboneOutputs, model_preprocessing, score_crops, score_tokens
+from qfm_iqm.inference.score_map import bounded
 from qfm_iqm.models.qfm import QFMIQM
-from qfm_iqm.training.feature_cache import FrozenBackboneFeatures
+from qfm_iqm.utils.seeds import path_seed
 
 
 def ordered_fraction(scores: np.ndarray) -> float:
@@ -44,7 +43,7 @@ def degradation_check(
     grid: int = 3,
     device: torch.device | str = "cpu",
     kinds: Sequence[str] = KINDS,
-    features: FrozenBackboneFeatures | None = None,
+    features: BackboneOutputs | None = None,
     trained_kinds: Sequence[str] = (),
 ) -> dict[str, dict]:
     """``{kind: {"ordered": fraction of pairs ordered right, "pairs": number of pairs, "steps": fraction
@@ -60,10 +59,10 @@ def degradation_check(
             def score(kind: str | None, level: int) -> float:
                 return score_tokens(model, features.grid(record, grid, kind, level).to(device).float())
         else:
-            image, seed = load_image(record.path), zlib.crc32(str(record.path).encode())
+            image, seed = load_image(record.path), path_seed(record.path)
 
             def score(kind: str | None, level: int) -> float:
-                damaged = image if kind is None else degrade(image, kind, level, seed)
+                damaged = damaged_view(image, pre, kind, level, seed)
                 return score_crops(model, grid_crops(damaged, pre, grid).to(device))[0]
 
         original = score(None, 0)

@@ -169,19 +169,23 @@ class Backbone(nn.Module):
         maps.append(model.bn2(model.conv_head(x)))
         return maps
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Encode images (B, 3, H, W) into ``c`` (B, C) and ``tokens`` (B, N, C).
+    def cnn_tokens(self, x: Tensor) -> Tensor:
+        """A CNN's tokens (B, N, C): its last feature map, or every stage pooled to the stage grid, flattened.
 
         CNNs run in channels-last memory format (about 3x faster on CPU than contiguous NCHW).
         """
-        if self.stage_grid is not None:
-            maps = self.stage_maps(x.contiguous(memory_format=torch.channels_last))
-            grid = torch.cat([F.adaptive_avg_pool2d(m, self.stage_grid) for m in maps], dim=1)
-            tokens = grid.flatten(2).transpose(1, 2)
-            return tokens.mean(dim=1), tokens
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self.stage_grid is None:
+            grid = self.model.forward_features(x)
+        else:
+            grid = torch.cat([F.adaptive_avg_pool2d(m, self.stage_grid) for m in self.stage_maps(x)], dim=1)
+        return grid.flatten(2).transpose(1, 2)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Encode images (B, 3, H, W) into ``c`` (B, C) and ``tokens`` (B, N, C): for a CNN ``c`` is the
+        mean of its tokens (the global average pool), for a ViT the CLS token."""
         if self.kind == "cnn":
-            features = self.model.forward_features(x.contiguous(memory_format=torch.channels_last))
-            tokens = features.flatten(2).transpose(1, 2)
+            tokens = self.cnn_tokens(x)
             return tokens.mean(dim=1), tokens
         features = self.model.forward_features(x)
         return features[:, 0], features[:, self.num_prefix_tokens :]

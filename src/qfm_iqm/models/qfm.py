@@ -134,6 +134,12 @@ class QFMIQM(nn.Module):
         tokens (the layout of ``qfm_iqm.training.feature_cache``), as :meth:`encode` gives them."""
         return self.encode_features(outputs[:, 0], outputs[:, 1:])
 
+    def forward_cached(self, outputs: Tensor) -> PanelOutput:
+        """Score a frozen backbone's stored outputs (B, 1 + N, C) (:meth:`encode_cached`), as :meth:`forward`
+        scores the images they came from."""
+        encoded = self.encode_cached(outputs)
+        return self.decode(encoded.c, encoded.tokens)
+
     def decode(self, c: Tensor, tokens: Tensor, need_attention: bool = False) -> PanelOutput:
         """Score decoder inputs; ``tokens`` may carry semantic noise during training."""
         if self.gate is not None:
@@ -185,24 +191,3 @@ def architecture_config(name: str, **overrides) -> ModelConfig:
     if name not in _ARCHITECTURES:
         raise KeyError(f"unknown architecture {name!r}; available: {', '.join(list_architectures())}")
     return ModelConfig(**{**_ARCHITECTURES[name], **overrides})
-
-
-def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[QFMIQM, dict]:
-    """Load a trained model and its checkpoint JSON from a folder or its ``.safetensors``/``.json`` file.
-
-    No network access. The JSON and the weights' header are checked before anything is built
-    (``CheckpointError``, a ``ValueError``, naming the file and the field; see
-    :mod:`qfm_iqm.models.validation`). Floating-point tensors stored in lower precision (fp16 release
-    copies) are cast to float32; the model is returned in eval mode on ``device``.
-    """
-    from qfm_iqm.models.validation import read_model_checkpoint
-
-    model_config, tensors, config = read_model_checkpoint(path)
-    model = build_model(model_config, pretrained_backbone=False)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
-    return model.to(device).eval(), config
-
-
-def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> QFMIQM:
-    """Load a trained model from a checkpoint folder or its ``.safetensors``/``.json`` file (no network)."""
-    return load_checkpoint_model(path, device)[0]

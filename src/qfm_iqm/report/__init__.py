@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from qfm_iqm.api import ScoreResult, Scorer
 from qfm_iqm.data.images import ImageLoadError, load_image
 from qfm_iqm.data.records import LabelScale
-from qfm_iqm.evaluation.quality_map import overlay_quality_map
+from qfm_iqm.inference.quality_map import overlay_quality_map
 from qfm_iqm.scoring import (
     OUTPUT_FORMATS, SCORES_FORMAT, InputFile, input_key, journal_path, read_results, settings_path,
 )

@@ -157,7 +157,7 @@ class TrainConfig:
         empty cache, a missing or corrupt ``backbone_weights`` file). Commands call it before they write
         anything; it loads the weights once (downloading them into the Hugging Face cache when online)."""
         from qfm_iqm.models.backbones import create_backbone
-        from qfm_iqm.training.distributed import local_device
+        from qfm_iqm.utils.distributed import local_device
 
         local_device(self.device)
         create_backbone(self.model.backbone, pretrained=True, weights_path=self.backbone_weights)

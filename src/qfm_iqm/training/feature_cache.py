@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import zlib
 from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,13 +24,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from qfm_iqm.data.degradations import STRENGTHS, degrade
+from qfm_iqm.data.degradations import STRENGTHS, damaged_view
 from qfm_iqm.data.images import load_image
 from qfm_iqm.data.records import ImageRecord
-from qfm_iqm.data.torch_datasets import EpochViews, degraded_crops, degraded_stack, item_seed
+from qfm_iqm.data.torch_datasets import EpochViews, degraded_crops, degraded_stack
+from qfm_iqm.utils.seeds import item_seed, path_seed
 from qfm_iqm.data.transforms import Preprocessing, TrainTransform, grid_crops, prepare_image
 from qfm_iqm.models.backbones import Backbone
-from qfm_iqm.training.distributed import all_gather_json, barrier, shard, world_size
+from qfm_iqm.utils.distributed import all_gather_json, barrier, shard, world_size
 
 if TYPE_CHECKING:
     from qfm_iqm.models.qfm import QFMIQM
@@ -139,7 +139,7 @@ class FrozenBackboneFeatures:
     def _bank_work(self, record: ImageRecord) -> tuple[tuple, Callable[[], Tensor]]:
         def compute() -> Tensor:
             image = prepare_image(load_image(record.path), self.pre)
-            image_seed = zlib.crc32(str(record.path).encode())
+            image_seed = path_seed(record.path)
             crops = [
                 self.transform(image, torch.Generator().manual_seed(item_seed(BANK_SEED, k, image_seed)))
                 for k in range(self.bank_size)
@@ -159,9 +159,8 @@ class FrozenBackboneFeatures:
 
     def _degraded_work(self, record: ImageRecord, kinds: Sequence[str]) -> tuple[tuple, Callable[[], Tensor]]:
         def compute() -> Tensor:
-            image = prepare_image(load_image(record.path), self.pre)
-            seed = item_seed(BANK_SEED, 0, zlib.crc32(str(record.path).encode())) % 2**32
-            return self._encode(degraded_crops(image, self.transform, degraded_stack(kinds), seed))
+            seed = item_seed(BANK_SEED, 0, path_seed(record.path)) % 2**32
+            return self._encode(degraded_crops(load_image(record.path), self.transform, degraded_stack(kinds), seed))
 
         strengths = {kind: STRENGTHS[kind] for kind in kinds}
         return (self.identity, str(record.path), "degraded", repr(strengths)), compute
@@ -195,10 +194,12 @@ class FrozenBackboneFeatures:
             return self._cached(key, lambda: self._encode(grid_crops(load_image(record.path), self.pre, grid)))
 
         def compute() -> Tensor:
-            damaged = degrade(load_image(record.path), kind, level, zlib.crc32(str(record.path).encode()))
+            damaged = damaged_view(load_image(record.path), self.pre, kind, level, path_seed(record.path))
             return self._encode(grid_crops(damaged, self.pre, grid))
 
-        return self._cached((self.identity, str(record.path), "grid", grid, kind, level, repr(STRENGTHS[kind])), compute)
+        # "viewed": damaged after the resize rules (files of the earlier order are not read)
+        key = (self.identity, str(record.path), "grid", grid, kind, level, repr(STRENGTHS[kind]), "viewed")
+        return self._cached(key, compute)
 
 
 class CachedCrops(EpochViews):

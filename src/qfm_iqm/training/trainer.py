@@ -26,15 +26,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from qfm_iqm import __version__
+from qfm_iqm.version import __version__
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.torch_datasets import DegradationPairs, EpochViews, TrainCrops
 from qfm_iqm.data.transforms import TrainTransform
 from qfm_iqm.evaluation.metrics import compute_metrics
-from qfm_iqm.evaluation.predict import model_preprocessing, predict_records
+from qfm_iqm.inference.predict import model_preprocessing, predict_records
 from qfm_iqm.models.qfm import QFMIQM, Encoded, build_model
 from qfm_iqm.training.config import TrainConfig, changed_options
-from qfm_iqm.training.distributed import (
+from qfm_iqm.utils.distributed import (
     GlobalBatchSampler,
     all_gather_batch,
     any_rank,
@@ -43,7 +43,7 @@ from qfm_iqm.training.distributed import (
     is_main,
     world_size,
 )
-from qfm_iqm.training.distributed import local_device as resolve_device
+from qfm_iqm.utils.distributed import local_device as resolve_device
 from qfm_iqm.training.feature_cache import CachedCrops, FrozenBackboneFeatures, frozen_backbone_features
 from qfm_iqm.training.interrupt import StopRequest, TrainingInterrupted
 from qfm_iqm.training.noise import FeatureMemory, match_semantic_noise, norm_matched_noise

@@ -20,8 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 
-from qfm_iqm.benchmark.config import BenchmarkConfig  # noqa: E402
-from qfm_iqm.benchmark.runner import BenchmarkOutcome  # noqa: E402
+from qfm_iqm.experiments.benchmark.config import BenchmarkConfig  # noqa: E402
+from qfm_iqm.experiments.benchmark.outcome import BenchmarkOutcome  # noqa: E402
 from qfm_iqm.evaluation.metrics import fit_logistic4, logistic4  # noqa: E402
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qfm_iqm.benchmark.config import BenchmarkConfig
-from qfm_iqm.benchmark.runner import BenchmarkOutcome
+from qfm_iqm.experiments.benchmark.config import BenchmarkConfig
+from qfm_iqm.experiments.benchmark.outcome import BenchmarkOutcome
 from qfm_iqm.evaluation.metrics import METRIC_KEYS
-from qfm_iqm.evaluation.protocol import environment
+from qfm_iqm.experiments.protocol import environment
 from qfm_iqm.utils.checkpoint import atomic_write_csv, atomic_write_json, atomic_write_text
 
 
@@ -209,7 +209,7 @@ def write_report(config: BenchmarkConfig, outcome: BenchmarkOutcome, output_dir:
     })
     atomic_write_text(output_dir / "table.md", markdown_tables(config, outcome) + "\n")
     try:
-        from qfm_iqm.benchmark.plots import write_plots
+        from qfm_iqm.experiments.benchmark.plots import write_plots
     except ImportError:
         print("note: matplotlib is not installed, so no plots were drawn (pip install 'qfm-iqm[bench]')", file=sys.stderr)
         return

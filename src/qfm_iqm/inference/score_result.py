@@ -1,7 +1,7 @@
 """From the network's output to the result of one image, without torch (the command line scores a
 cached graph, and reads and writes its output files, without it).
 
-Both :class:`qfm_iqm.api.Scorer` and :class:`qfm_iqm.graph.GraphScorer` go through
+Both :class:`qfm_iqm.api.Scorer` and :class:`qfm_iqm.inference.graph.GraphScorer` go through
 :func:`panel_scores` and :func:`image_result`, so the runtimes differ only in what computes the
 panel members' scores.
 """
@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qfm_iqm.evaluation.score_map import bounded, interval_bounds
+from qfm_iqm.inference.score_map import ConformalInterval, interval_bounds, reported_score
 
 if TYPE_CHECKING:
     from qfm_iqm.data.records import LabelScale
-    from qfm_iqm.evaluation.conformal import ConformalInterval
 
 __all__ = ["ScoreResult", "image_result", "panel_scores"]
 
@@ -60,9 +59,9 @@ def image_result(score: float, spread: float, path: str | None, scale: LabelScal
                  interval: ConformalInterval | None) -> ScoreResult:
     """One image's result from its :func:`panel_scores` (the raw normalised score) on ``scale``: the score
     and the range of ``interval`` (when there is one) through the one monotone map onto the scale
-    (:mod:`qfm_iqm.evaluation.score_map`)."""
+    (:mod:`qfm_iqm.inference.score_map`)."""
     low = high = None
     if interval is not None:  # sorted: a lower-is-better scale swaps the bounds
         low, high = sorted(scale.denormalize(float(bound)) for bound in interval_bounds(interval, score))
     spread = spread * (scale.high - scale.low)
-    return ScoreResult(scale.denormalize(bounded(score)), spread, path, low=low, high=high)
+    return ScoreResult(reported_score(score, scale), spread, path, low=low, high=high)

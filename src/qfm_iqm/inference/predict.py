@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -17,15 +17,24 @@ from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.torch_datasets import EvalCrops
 from qfm_iqm.data.transforms import Preprocessing, prepare_image
 from qfm_iqm.models.decoder import PanelOutput
-from qfm_iqm.score_result import panel_scores
-from qfm_iqm.training.distributed import all_gather_uneven, is_main, shard
+from qfm_iqm.inference.score_result import panel_scores
+from qfm_iqm.utils.distributed import all_gather_uneven, is_main, shard
 
 if TYPE_CHECKING:  # the model classes import timm; scoring an exported graph needs neither
     from qfm_iqm.models.qfm import QFMIQM
-    from qfm_iqm.training.feature_cache import FrozenBackboneFeatures
 
-# What scores a crop stack: the eager model, or its exported graph (qfm_iqm.runtime.OnnxNetwork).
+# What scores a crop stack: the eager model, or its exported graph (qfm_iqm.inference.runtime.OnnxNetwork).
 CropNetwork = Callable[[torch.Tensor], PanelOutput]
+
+
+class BackboneOutputs(Protocol):
+    """A frozen backbone's stored outputs (``c`` then the tokens, see ``QFMIQM.encode_cached``) for the test
+    crops of a record, of the record damaged by ``kind`` at ``level`` when given (the training layer's
+    feature cache is one)."""
+
+    def grid(self, record: ImageRecord, grid: int, kind: str | None = None, level: int = 0) -> torch.Tensor:
+        """(grid*grid, 1 + N, C): the outputs of the record's ``grid x grid`` test crops."""
+        ...
 
 
 @dataclass
@@ -59,16 +68,11 @@ def score_images(model: CropNetwork, stacks: Sequence[torch.Tensor]) -> list[tup
     return panel_scores(output.member_scores.float().cpu().numpy(), [len(stack) for stack in stacks])
 
 
-def _cached_panel(model: QFMIQM, outputs: torch.Tensor) -> PanelOutput:
-    encoded = model.encode_cached(outputs)
-    return model.decode(encoded.c, encoded.tokens)
-
-
 @torch.inference_mode()
 def score_tokens(model: QFMIQM, outputs: torch.Tensor) -> float:
     """Score one image from a frozen backbone's cached outputs for its crops (n, 1 + N, C): the mean
     score, the same number as :func:`score_crops` on the crops themselves (up to the float16 storage)."""
-    return _cached_panel(model, outputs).score.float().mean().item()
+    return model.forward_cached(outputs).score.float().mean().item()
 
 
 def whole_image(image: Image.Image, pre: Preprocessing) -> torch.Tensor:
@@ -95,7 +99,7 @@ def predict_records(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     progress: bool = False,
-    features: FrozenBackboneFeatures | None = None,
+    features: BackboneOutputs | None = None,
 ) -> Predictions:
     """Score labelled records with the model in eval mode; from ``features``, the model's frozen
     backbone's cached outputs, when given (the same numbers, the backbone run once per crop).
@@ -112,7 +116,7 @@ def predict_records(
                             pin_memory=torch.device(device).type == "cuda")
         panels = (model(crops.to(device, non_blocking=True)) for crops, _, _ in loader)
     else:
-        panels = (_cached_panel(model, features.grid(records[i], grid).to(device, non_blocking=True).float())
+        panels = (model.forward_cached(features.grid(records[i], grid).to(device, non_blocking=True).float())
                   for i in positions)
     means = []  # (score, spread) of each image, on the device
     bar = tqdm(total=len(positions), desc="scoring", disable=not (progress and is_main()), leave=False)

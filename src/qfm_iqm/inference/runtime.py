@@ -1,11 +1,11 @@
 """Runtimes that score crops: the eager PyTorch model, or its exported ONNX graph in onnxruntime.
 
 The graph maps crops (N, 3, S, S) to the panel members' scores (N, L), so an
-:class:`~qfm_iqm.graph.OnnxNetwork` is called like the eager model and
-:func:`qfm_iqm.evaluation.predict.score_crops` serves both. Graphs are exported on first use into
-:func:`~qfm_iqm.graph.cache_dir`, named by :func:`graph_key`, and checked against the eager model
+:class:`~qfm_iqm.inference.graph.OnnxNetwork` is called like the eager model and
+:func:`qfm_iqm.inference.predict.score_crops` serves both. Graphs are exported on first use into
+:func:`~qfm_iqm.inference.graph.cache_dir`, named by :func:`graph_key`, and checked against the eager model
 every time one is loaded. The ``onnx`` runtime runs on the CPU; attention maps (quality maps) always
-come from the eager model. What serves a cached graph without torch is in :mod:`qfm_iqm.graph`.
+come from the eager model. What serves a cached graph without torch is in :mod:`qfm_iqm.inference.graph`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from qfm_iqm import __version__
-from qfm_iqm.graph import (  # re-exported: the runtime's whole interface is here
+from qfm_iqm.version import __version__
+from qfm_iqm.inference.graph import (  # re-exported: the runtime's whole interface is here
     CHUNK_CROPS,
     GRAPH_FORMAT,
     OUTPUT,
@@ -126,7 +126,7 @@ def export_onnx(model: QFMIQM, path: str | Path) -> Path:
 
 
 def _probe_scores(model: QFMIQM) -> Tensor:
-    """``model``'s member scores of the :func:`~qfm_iqm.graph.probe_crops`."""
+    """``model``'s member scores of the :func:`~qfm_iqm.inference.graph.probe_crops`."""
     with torch.inference_mode():
         return model(torch.from_numpy(probe_crops(int(model.config.preprocessing["input_size"])))).member_scores
 

@@ -5,15 +5,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from itertools import product
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from qfm_iqm.data.transforms import grid_offsets
+from qfm_iqm.data.transforms import Preprocessing, grid_crops, grid_offsets, prepare_image
+
+if TYPE_CHECKING:
+    from qfm_iqm.models.qfm import QFMIQM
 
 Colormap = Callable[[np.ndarray], np.ndarray]
+MAP_CHUNK = 16  # crops per forward pass when computing quality maps of large images
 
 
 def covering_grid(height: int, width: int, crop_size: int, grid: int) -> tuple[int, int]:
@@ -64,6 +69,27 @@ def assemble_quality_map(
     low, high = heat.min(), heat.max()
     heat = (heat - low) / (high - low) if high > low else torch.zeros_like(heat)
     return heat.numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def quality_map(
+    model: QFMIQM, image: Image.Image, pre: Preprocessing, grid: int, device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """Heat map (H, W) in [0, 1] of where the attention panel of ``model`` looks in an RGB image.
+
+    The decoder's cross-attention is averaged over panel members, reshaped to each crop's feature
+    grid, pasted back at the crop's place and averaged where crops overlap. The crops are the fixed
+    ``grid``, made denser on large images so that they cover every pixel.
+    """
+    size = pre.input_size
+    resized = prepare_image(image, pre)
+    width, height = resized.size
+    rows_cols = covering_grid(height, width, size, grid)
+    crops = grid_crops(resized, pre, rows_cols)
+    attention = torch.cat(
+        [model(chunk.to(device), need_attention=True).cross_attention.mean(dim=1).cpu() for chunk in crops.split(MAP_CHUNK)]
+    )
+    return assemble_quality_map(attention, (height, width), size, rows_cols, (image.height, image.width))
 
 
 def _colormap() -> Colormap | None:

@@ -33,7 +33,7 @@ from qfm_iqm.models.regressors import (
     kernel_ridge_stage_candidates,
     select_by_cv,
 )
-from qfm_iqm.training.distributed import is_main
+from qfm_iqm.utils.distributed import is_main
 
 
 def regress_on_split(
@@ -94,7 +94,7 @@ class FeatureBaseline:
 
 
 def _brisque_of_dataset(dataset: IQADataset, progress: bool) -> np.ndarray:
-    from qfm_iqm.evaluation.brisque import brisque_features_of_files
+    from qfm_iqm.experiments.brisque import brisque_features_of_files
 
     return brisque_features_of_files([record.path for record in dataset.records], progress)
 

@@ -15,18 +15,18 @@ from __future__ import annotations
 import json
 import shlex
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from qfm_iqm.benchmark.config import BenchmarkConfig, CrossSpec, MethodSpec
+from qfm_iqm.experiments.benchmark.config import BenchmarkConfig, CrossSpec, MethodSpec
+from qfm_iqm.experiments.benchmark.outcome import BenchmarkOutcome
 from qfm_iqm.data.records import IQADataset
 from qfm_iqm.data.registry import load_dataset
-from qfm_iqm.evaluation.baselines import get_baseline
+from qfm_iqm.experiments.baselines import get_baseline
 from qfm_iqm.models.regressors import select_by_cv
-from qfm_iqm.evaluation.predict import Predictions, predict_records
-from qfm_iqm.evaluation.protocol import (
+from qfm_iqm.inference.predict import Predictions, predict_records
+from qfm_iqm.experiments.protocol import (
     check_method,
     config_for_dataset,
     fit_model,
@@ -36,20 +36,10 @@ from qfm_iqm.evaluation.protocol import (
     training_metadata,
     write_predictions,
 )
-from qfm_iqm.training.distributed import is_main
+from qfm_iqm.utils.distributed import is_main
 from qfm_iqm.training.interrupt import TrainingInterrupted
 from qfm_iqm.training.trainer import resolve_device
 from qfm_iqm.utils.checkpoint import atomic_write_json
-
-
-@dataclass
-class BenchmarkOutcome:
-    """Per-cell results (``None`` where a cell failed) and the failures, as messages."""
-
-    cells: dict[tuple[str, str], dict | None] = field(default_factory=dict)
-    cross: dict[tuple[str, str, str], dict | None] = field(default_factory=dict)
-    speed: list[dict] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
 
 
 def _attempt(outcome: BenchmarkOutcome, what: str, action):
@@ -141,7 +131,7 @@ def run_benchmark(
     are checked before anything runs (``ValueError`` for an unknown option, a bad value, or a
     benchmark of baselines only).
     """
-    from qfm_iqm.benchmark.report import write_report
+    from qfm_iqm.experiments.benchmark.report import write_report
 
     output_dir = Path(output_dir)
     overrides = list(overrides or [])
@@ -177,7 +167,7 @@ def run_benchmark(
     if not is_main():  # under torchrun: rank 0 measures speed alone and writes the report
         return outcome
     if speed and config.speed is not None:
-        from qfm_iqm.benchmark.speed import run_speed
+        from qfm_iqm.experiments.benchmark.speed import run_speed
 
         outcome.speed = run_speed(config.speed)
         atomic_write_json(output_dir / "speed.json", outcome.speed)

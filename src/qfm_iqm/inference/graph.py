@@ -1,6 +1,6 @@
 """Scoring with a checkpoint's exported ONNX graph in onnxruntime, without torch.
 
-The graph maps crops (N, 3, S, S) to the panel members' scores (N, L). :mod:`qfm_iqm.runtime` exports
+The graph maps crops (N, 3, S, S) to the panel members' scores (N, L). :mod:`qfm_iqm.inference.runtime` exports
 it with torch into :func:`cache_dir` and records which checkpoint files it came from, with the eager
 model's scores of two fixed probe crops. From then on :func:`load_graph_scorer` serves those very files
 from the cache in a process that imports neither torch nor the model code (timm, torchvision): what
@@ -23,17 +23,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from qfm_iqm import __version__
+from qfm_iqm.version import __version__
 from qfm_iqm.data.transforms import Preprocessing, grid_crop_array
-from qfm_iqm.models.pretrained import read_checkpoint_json, recorded_interval, resolve_model, score_scale, scoring_grid
-from qfm_iqm.score_result import ScoreResult, image_result, panel_scores
+from qfm_iqm.inference.pretrained import read_checkpoint_json, recorded_interval, resolve_model, score_scale, scoring_grid
+from qfm_iqm.inference.score_result import ScoreResult, image_result, panel_scores
 from qfm_iqm.utils.files import checkpoint_paths
 
 if TYPE_CHECKING:
     import torch
 
-    from qfm_iqm.api import Scorer
     from qfm_iqm.models.decoder import PanelOutput
+    from qfm_iqm.models.qfm import QFMIQM
 
 __all__ = ["CHUNK_CROPS", "GRAPH_FORMAT", "GraphScorer", "OnnxNetwork", "cache_dir", "cached_checkpoint_network",
            "checkpoint_key", "load_graph_scorer", "probe_crops"]
@@ -141,10 +141,10 @@ def checkpoint_index(key: str) -> Path:
 
 
 def cached_checkpoint_network(key: str, threads: int | None = None, chunk: int | None = None) -> OnnxNetwork | None:
-    """The graph :func:`qfm_iqm.runtime.remember_checkpoint_network` recorded for the checkpoint files
+    """The graph :func:`qfm_iqm.inference.runtime.remember_checkpoint_network` recorded for the checkpoint files
     whose :func:`checkpoint_key` is ``key``, checked against the recorded probe scores; ``None`` when
     there is none, or it is unreadable or scores otherwise (the caller then builds the model, and
-    :func:`qfm_iqm.runtime.onnx_network` exports or repairs the graph)."""
+    :func:`qfm_iqm.inference.runtime.onnx_network` exports or repairs the graph)."""
     require("onnxruntime")
     index = checkpoint_index(key)
     if not index.is_file():
@@ -163,7 +163,7 @@ class GraphScorer:
     """A checkpoint's cached graph with its preprocessing, test grid, score scale and interval.
 
     It scores as :class:`qfm_iqm.api.Scorer` does with the onnx runtime: the same crops, the same graph
-    and the same arithmetic after it (:mod:`qfm_iqm.score_result`), so the same numbers, without torch.
+    and the same arithmetic after it (:mod:`qfm_iqm.inference.score_result`), so the same numbers, without torch.
     Quality maps need the attention maps of the eager model, which is loaded (with torch) on first use.
     """
 
@@ -177,7 +177,7 @@ class GraphScorer:
         self.scale = score_scale(info)
         self.grid = grid
         self.interval = recorded_interval(info)
-        self._eager: Scorer | None = None
+        self._model: QFMIQM | None = None
 
     def crops(self, image: Image.Image) -> np.ndarray:
         """The fixed crop grid of an RGB image (grid*grid, 3, S, S), as ``Scorer.crops`` cuts it."""
@@ -193,12 +193,16 @@ class GraphScorer:
                 for (score, spread), path in zip(panel_scores(members, [len(stack) for stack in stacks]), paths)]
 
     def quality_map(self, image: Image.Image) -> np.ndarray:
-        """``Scorer.quality_map`` of the eager model (built, with torch, on first use)."""
-        if self._eager is None:
-            from qfm_iqm.api import load_model
+        """``Scorer.quality_map``: the attention maps of the eager model (built, with torch, on first use)."""
+        from qfm_iqm.inference.quality_map import quality_map
 
-            self._eager = load_model(self.checkpoint, "cpu", self.grid, runtime="torch")
-        return self._eager.quality_map(image)
+        if self._model is None:
+            from qfm_iqm.inference.checkpoint import load_checkpoint_model
+            from qfm_iqm.models.backbones import fold_batch_norms
+
+            self._model = load_checkpoint_model(self.checkpoint)[0]
+            fold_batch_norms(self._model.backbone)
+        return quality_map(self._model, image, self.preprocessing, self.grid)
 
 
 def load_graph_scorer(

@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
-from qfm_iqm.evaluation.baselines import BASELINES
-from qfm_iqm.runtime import RUNTIMES
+from qfm_iqm.experiments.baselines import BASELINES
+from qfm_iqm.inference.runtime import RUNTIMES
 from qfm_iqm.training.config import TrainConfig
 
 

@@ -1,7 +1,7 @@
 """Throughput cells: end-to-end scoring (images/s) in each runtime and training (crops/s), each with
 peak memory.
 
-Every cell runs in a fresh Python process (``python -m qfm_iqm.benchmark.speed``) so that its peak
+Every cell runs in a fresh Python process (``python -m qfm_iqm.experiments.benchmark.speed``) so that its peak
 resident memory is its own and earlier cells cannot warm caches for it. Models are built by
 architecture name with fixed random weights (the weights do not change the speed; fixed, so that
 their exported graph is cached across runs), or loaded by released-model name / checkpoint path.
@@ -30,7 +30,7 @@ from qfm_iqm.utils.memory import peak_rss_mib
 from qfm_iqm.utils.allocator import reuse_freed_memory
 
 if TYPE_CHECKING:  # a cell's process imports no more than its measurement does
-    from qfm_iqm.benchmark.config import SpeedSpec
+    from qfm_iqm.experiments.benchmark.config import SpeedSpec
 
 
 def make_jpegs(folder: Path, count: int, size: int, seed: int = 0) -> list[Path]:
@@ -52,7 +52,7 @@ def _scorer(model: str, device: str, runtime: str):
     model code: the cell's memory is what a user's process holds), or an architecture with fixed
     random weights."""
     from qfm_iqm.api import Scorer, load_model
-    from qfm_iqm.models.pretrained import release_name
+    from qfm_iqm.inference.pretrained import release_name
 
     if release_name(model) is not None or Path(model).exists():
         return load_model(model, device, runtime=runtime)
@@ -135,7 +135,7 @@ def run_cell(kind: str, model: str, batch_size: int, runtime: str, spec: SpeedSp
     cell = {"kind": kind, "model": model, "batch_size": batch_size, "runtime": runtime, "device": spec.device}
     payload = {**cell, "spec": spec.__dict__}
     process = subprocess.run(
-        [sys.executable, "-m", "qfm_iqm.benchmark.speed", json.dumps(payload)],
+        [sys.executable, "-m", "qfm_iqm.experiments.benchmark.speed", json.dumps(payload)],
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     if process.returncode != 0:

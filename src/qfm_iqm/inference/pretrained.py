@@ -16,9 +16,9 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from qfm_iqm import __version__
+from qfm_iqm.version import __version__
 from qfm_iqm.data.records import LabelScale
-from qfm_iqm.evaluation.conformal import ConformalInterval
+from qfm_iqm.inference.score_map import ConformalInterval
 from qfm_iqm.utils.files import checkpoint_paths
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -229,7 +229,7 @@ def record_interval(checkpoint: str | Path, interval: ConformalInterval) -> Path
     The edited JSON is checked like any checkpoint's before anything is written. The weights are
     rewritten too (their metadata holds the JSON's hash), then the JSON, each atomically.
     """
-    from qfm_iqm.models.validation import check_model_checkpoint  # torch: only here
+    from qfm_iqm.inference.checkpoint import check_model_checkpoint  # torch: only here
     from qfm_iqm.utils.checkpoint import inspect_checkpoint, load_tensors, save_checkpoint
 
     weights_path, _ = checkpoint_paths(checkpoint)

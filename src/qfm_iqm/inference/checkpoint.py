@@ -28,13 +28,13 @@ import torch
 
 from qfm_iqm.data.records import LabelScale, offenders_message
 from qfm_iqm.data.transforms import Preprocessing
-from qfm_iqm.evaluation.conformal import ConformalInterval
+from qfm_iqm.inference.score_map import ConformalInterval
 from qfm_iqm.models.backbones import list_backbones
-from qfm_iqm.models.qfm import ModelConfig, build_model
+from qfm_iqm.models.qfm import QFMIQM, ModelConfig, build_model
 from qfm_iqm.utils.checkpoint import CheckpointError, TensorInfo, checkpoint_paths, inspect_checkpoint, load_tensors
 
 __all__ = ["BOUNDS", "MAX_CROP_SIZE", "MAX_GRID", "MAX_SHORT_SIDE", "check_model_checkpoint",
-           "inspect_model_checkpoint", "read_model_checkpoint"]
+           "inspect_model_checkpoint", "load_checkpoint_model", "load_trained_model", "read_model_checkpoint"]
 
 MAX_CROP_SIZE = 1024  # pixels per side of a crop
 MAX_SHORT_SIDE = 4096  # the shorter side an image may be resized to before cropping
@@ -70,7 +70,7 @@ _FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 
 
 def _unknown(kind: object) -> TypeError:
-    return TypeError(f"the checkpoint schema cannot check values of type {kind}; teach qfm_iqm.models.validation")
+    return TypeError(f"the checkpoint schema cannot check values of type {kind}; teach qfm_iqm.inference.checkpoint")
 
 
 def _describe(kind: object, bounds: tuple[float, float] | None) -> str:
@@ -135,7 +135,7 @@ def _check_section(
         kind = hints[name]
         bounds = BOUNDS.get(schema, {}).get(name)
         if bounds is None and _numeric(kind):
-            raise TypeError(f"{schema.__name__}.{name} has no range in qfm_iqm.models.validation.BOUNDS")
+            raise TypeError(f"{schema.__name__}.{name} has no range in qfm_iqm.inference.checkpoint.BOUNDS")
         if not _fits(data[name], kind, bounds):
             expected = _describe(kind, bounds)
             raise CheckpointError(f"{where}: {section}.{name}: expected {expected}, got {_shown(data[name])}")
@@ -236,3 +236,22 @@ def read_model_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torc
     if bad:
         raise CheckpointError(offenders_message(f"{checkpoint_paths(path)[0]}: weights that are not finite", bad))
     return model_config, tensors, config
+
+
+def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[QFMIQM, dict]:
+    """Load a trained model and its checkpoint JSON from a folder or its ``.safetensors``/``.json`` file.
+
+    No network access. The JSON and the weights' header are checked before anything is built
+    (``CheckpointError``, a ``ValueError``, naming the file and the field; see the module docstring).
+    Floating-point tensors stored in lower precision (fp16 release copies) are cast to float32; the
+    model is returned in eval mode on ``device``.
+    """
+    model_config, tensors, config = read_model_checkpoint(path)
+    model = build_model(model_config, pretrained_backbone=False)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    return model.to(device).eval(), config
+
+
+def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> QFMIQM:
+    """Load a trained model from a checkpoint folder or its ``.safetensors``/``.json`` file (no network)."""
+    return load_checkpoint_model(path, device)[0]

@@ -22,17 +22,21 @@ scale (labels nearer an end are calibrated as if that near, and no range reaches
 
 from __future__ import annotations
 
+import math
 import sys
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from qfm_iqm.evaluation.conformal import ConformalInterval, calibrate
 
 if TYPE_CHECKING:  # tensors are mapped with torch's own ops; a cached graph is scored without torch
     import torch
 
-__all__ = ["LABEL_EDGE", "MARGIN", "bounded", "calibrate_bounded", "interval_bounds", "unbounded"]
+    from qfm_iqm.data.records import LabelScale
+
+__all__ = ["LABEL_EDGE", "MARGIN", "ConformalInterval", "bounded", "check_coverage", "interval_bounds", "reported_score",
+           "unbounded"]
 
 MARGIN = 0.05  # normalised units: the map is the identity on [MARGIN, 1 - MARGIN]
 # Labels closer to an end of the scale than this (0.1 MOS on 0-100; a label exactly at an end, e.g. the
@@ -62,6 +66,15 @@ def bounded(raw: Scores) -> Scores:
     return float(mapped) if isinstance(raw, (float, int)) else mapped
 
 
+def reported_score(raw: Scores, scale: LabelScale) -> Scores:
+    """The score users get on ``scale`` from raw normalised output: :func:`bounded`, then onto the scale
+    (floats, numpy arrays and tensors alike; the API, the metric and the protocol's predictions)."""
+    mapped = bounded(raw)
+    if not scale.higher_is_better:
+        mapped = 1.0 - mapped
+    return scale.low + mapped * (scale.high - scale.low)
+
+
 def unbounded(score: np.ndarray | float) -> np.ndarray:
     """The inverse of :func:`bounded` on (0, 1); scores at or beyond 0 (1) give -inf (+inf)."""
     values = np.asarray(score, dtype=np.float64)
@@ -72,11 +85,48 @@ def unbounded(score: np.ndarray | float) -> np.ndarray:
     return np.where(values < MARGIN, low, np.where(values > 1.0 - MARGIN, high, values))
 
 
-def calibrate_bounded(raw_scores: np.ndarray, labels: np.ndarray, coverage: float) -> ConformalInterval:
-    """The split-conformal interval (raw units) whose mapped range holds normalised ``labels`` of new
-    images for ``coverage`` of them, from held-out raw scores and their labels (see :data:`LABEL_EDGE`)."""
-    inside = np.clip(np.asarray(labels, np.float64), LABEL_EDGE, 1.0 - LABEL_EDGE)
-    return calibrate(np.asarray(raw_scores, np.float64), unbounded(inside), coverage)
+def check_coverage(coverage: float) -> None:
+    """Raise ``ValueError`` unless ``coverage`` lies in (0, 1)."""
+    if not 0.0 < coverage < 1.0:
+        raise ValueError(f"coverage must be in (0, 1), got {coverage}")
+
+
+@dataclass(frozen=True)
+class ConformalInterval:
+    """``coverage`` and the calibrated half-width ``quantile`` (times ``difficulty`` when ``scaled``)."""
+
+    coverage: float
+    quantile: float
+    scaled: bool = False
+    calibration_size: int = 0
+
+    def __post_init__(self) -> None:
+        check_coverage(self.coverage)
+        if not (math.isfinite(self.quantile) and self.quantile >= 0):
+            raise ValueError(f"quantile must be a finite number >= 0, got {self.quantile}")
+
+    def bounds(
+        self,
+        scores: np.ndarray | float,
+        difficulty: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(low, high)`` for each score (same units as the calibration residuals)."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if self.scaled:
+            if difficulty is None:
+                raise ValueError("this interval was calibrated with a per-image difficulty; pass it")
+            half = self.quantile * np.asarray(difficulty, dtype=np.float64)
+        else:
+            half = np.full_like(scores, self.quantile)
+        return scores - half, scores + half
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ConformalInterval":
+        return cls(float(data["coverage"]), float(data["quantile"]), bool(data.get("scaled", False)),
+                   int(data.get("calibration_size", 0)))
 
 
 def interval_bounds(interval: ConformalInterval, raw_scores: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:

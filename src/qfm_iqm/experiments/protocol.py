@@ -19,20 +19,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qfm_iqm import __version__
+from qfm_iqm.version import __version__
 from qfm_iqm.data.records import IQADataset, ImageRecord
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.splits import Split, carve_validation, make_splits, save_splits
-from qfm_iqm.evaluation.baselines import FeatureBaseline, get_baseline, regress_on_split
+from qfm_iqm.experiments.baselines import FeatureBaseline, get_baseline, regress_on_split
 from qfm_iqm.evaluation.degradation_check import check_photos, degradation_check
-from qfm_iqm.evaluation.conformal import ConformalInterval, interval_report, min_calibration_size
-from qfm_iqm.evaluation.score_map import bounded, calibrate_bounded
+from qfm_iqm.evaluation.conformal import calibrate_bounded, interval_report, min_calibration_size
+from qfm_iqm.inference.score_map import ConformalInterval, bounded, reported_score
 from qfm_iqm.evaluation.metrics import compute_metrics, summarize
-from qfm_iqm.evaluation.predict import Predictions, predict_records
-from qfm_iqm.models.pretrained import record_interval
+from qfm_iqm.inference.predict import Predictions, predict_records
+from qfm_iqm.inference.pretrained import record_interval
 from qfm_iqm.models.qfm import QFMIQM
 from qfm_iqm.training.config import TrainConfig
-from qfm_iqm.training.distributed import is_main
+from qfm_iqm.utils.distributed import is_main
 from qfm_iqm.training.feature_cache import frozen_backbone_features
 from qfm_iqm.training.teachers import KernelRidgeTeacher
 from qfm_iqm.training.trainer import Trainer, resolve_device
@@ -107,7 +107,7 @@ def write_predictions(path: Path, dataset: IQADataset, indices: tuple[int, ...],
     rows = [list(PREDICTION_COLUMNS)]
     for i, score, spread in zip(indices, predictions.scores, predictions.spreads):
         record = dataset.records[i]
-        rows.append([str(record.path), record.raw_label, f"{dataset.scale.denormalize(bounded(score)):.6f}",
+        rows.append([str(record.path), record.raw_label, f"{reported_score(score, dataset.scale):.6f}",
                      f"{spread * width:.6f}", record.label, f"{score:.6f}", f"{spread:.6f}"])
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(path, rows)
@@ -409,7 +409,7 @@ def run_baseline_protocol(
     progress: bool = True,
     features_dir: Path | None = None,
 ) -> dict:
-    """A feature baseline (see ``qfm_iqm.evaluation.baselines``) on the protocol's splits.
+    """A feature baseline (see ``qfm_iqm.experiments.baselines``) on the protocol's splits.
 
     Writes the same files as ``run_protocol``; the features are cached in ``features_dir`` (default
     ``output_dir``), where baselines of the same feature set share them.

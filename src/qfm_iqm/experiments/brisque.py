@@ -3,7 +3,7 @@
 The classical no-reference baseline: 36 numbers per image describing the distribution of its
 mean-subtracted, contrast-normalised (MSCN) luminance and of products of neighbouring MSCN values,
 at two scales. As in the literature's protocol comparisons, the regressor on top is retrained on the
-training part of every split (see :mod:`qfm_iqm.evaluation.baselines`), so no pretrained model file
+training part of every split (see :mod:`qfm_iqm.experiments.baselines`), so no pretrained model file
 (and no download) is needed.
 """
 

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from qfm_iqm.data.torch_datasets import item_seed
+from qfm_iqm.utils.seeds import item_seed
 from qfm_iqm.utils.device import usable_device
 
 T = TypeVar("T")

@@ -1,7 +1,7 @@
 """Speed of ``qfm-iqm score`` as a user runs it, against the speed of its network alone, and the
 network's FLOP-bound ceiling (``scripts/scoring_speed.py``, ``scripts/grid_presets.py``).
 
-Every measurement runs in a process of its own (``python -m qfm_iqm.benchmark.command_speed CELL``),
+Every measurement runs in a process of its own (``python -m qfm_iqm.experiments.benchmark.command_speed CELL``),
 one after the other, so that none shares the cores, caches or memory of another.
 """
 
@@ -33,7 +33,7 @@ CLI = [sys.executable, "-c", "import atexit, sys; from qfm_iqm.utils.memory impo
 def run_cell(kind: str, **options) -> dict:
     """:func:`network_speed` (``kind`` "network") or :func:`flop_ceiling` ("flops") in a fresh process."""
     cell = json.dumps({"kind": kind, **options})
-    done = subprocess.run([sys.executable, "-m", "qfm_iqm.benchmark.command_speed", cell], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "qfm_iqm.experiments.benchmark.command_speed", cell], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} cell failed: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -68,7 +68,7 @@ def _network(model: str, runtime: str, grid: int | str | None):
     if runtime == "onnx":
         import numpy as np
 
-        from qfm_iqm.graph import load_graph_scorer
+        from qfm_iqm.inference.graph import load_graph_scorer
 
         if grid == WHOLE:
             raise ValueError("a whole-image pass runs in the torch runtime only (the graph takes fixed-size crops)")
@@ -79,7 +79,7 @@ def _network(model: str, runtime: str, grid: int | str | None):
     import torch
 
     from qfm_iqm.api import load_model
-    from qfm_iqm.evaluation.predict import whole_image
+    from qfm_iqm.inference.predict import whole_image
 
     scorer = load_model(model, runtime="torch", grid=None if grid == WHOLE else grid)
 
