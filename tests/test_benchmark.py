@@ -223,3 +223,12 @@ def test_table_shows_the_interval_coverage_and_width_of_cells_that_have_one(labe
     rows = {line.split(" | ")[0]: line for line in markdown_tables(config, outcome).splitlines()}
     assert rows["| method"].endswith("| interval coverage / width |")
     assert rows["| DEIQT mode"].endswith("| 0.875 (90%) / 31.3 |") and rows["| brisque"].endswith("| - |")
+
+
+def test_table_lists_where_each_option_was_chosen(label_files):
+    data = tiny_benchmark(label_files, [{"name": "deiqt", "train": {"mode": "deiqt"}}])
+    data["chosen_on"] = {"epochs, lr": "results/validation/some-sweep (validation parts)"}
+    table = markdown_tables(BenchmarkConfig.from_dict(data), BenchmarkOutcome())
+    assert "- epochs, lr: results/validation/some-sweep (validation parts)" in table.splitlines()
+    assert "chosen_on" not in markdown_tables(BenchmarkConfig.from_dict(tiny_benchmark(label_files, data["methods"])),
+                                              BenchmarkOutcome())

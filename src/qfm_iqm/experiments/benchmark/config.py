@@ -16,7 +16,7 @@ A benchmark is described by a YAML or JSON file::
     cross:                               # train on all of A, test on all of B
       - {train: livec, test: koniq10k}
     speed: {models: [qfm_iqm_lite0], score_batch_sizes: [16], train_batch_sizes: [16], score_runtimes: [torch, onnx]}
-    chosen_on: {epochs: "results/validation/livec-round1 (validation parts)"}   # recorded, not read
+    chosen_on: {epochs: "results/validation/livec-round1 (validation parts)"}   # listed in table.md
 """
 
 from __future__ import annotations

@@ -142,6 +142,9 @@ def markdown_tables(config: BenchmarkConfig, outcome: BenchmarkOutcome) -> str:
              "(the same splits for every method). Medians over splits; SRCC mean ± sample std. Interval: "
              "median test coverage of the range calibrated on each split's validation part (target) / its "
              "median width in label units.", ""]
+    if config.chosen_on:
+        lines += ["Where the trained options were chosen (the config's `chosen_on`):", "",
+                  *(f"- {options}: {source}" for options, source in config.chosen_on.items()), ""]
     for spec in config.datasets:
         lines += [f"## {spec.id}", "",
                   "| method | splits | SRCC | PLCC | PLCC (logistic) | KRCC | RMSE | SRCC mean ± std | SRCC per split | "
