@@ -34,7 +34,7 @@ def test_training_writes_a_loadable_checkpoint(tmp_path, blur_records, mode, tea
 def test_resume_with_other_options_is_refused(tmp_path, blur_records):
     Trainer(tiny_config(epochs=1), blur_records, tmp_path, progress=False).fit()
     other = Trainer(tiny_config(epochs=1, noise_strength=0.5), blur_records, tmp_path, progress=False)
-    with pytest.raises(ValueError, match="used other options \(differs in: noise_strength\)"):
+    with pytest.raises(ValueError, match=r"used other options \(differs in: noise_strength\)"):
         other.fit(resume=True)
 
 
