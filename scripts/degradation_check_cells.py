@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for cell in args.cells:
         method = json.loads((cell / "method.json").read_text())
-        config = TrainConfig.from_dict(method["config"])
+        config = TrainConfig.from_record(method["config"])
         dataset = load_dataset(args.dataset or cell.resolve().parent.name, args.data_root)
         if dataset.name != method["dataset"]:
             raise SystemExit(f"{cell}: its method.json names dataset {method['dataset']}, not {dataset.name}; pass --dataset")

@@ -4,9 +4,10 @@ onnxruntime, each variant in a fresh process (the allocator setting is process-w
 
     python scripts/eager_speed_steps.py results/benchmark/eager-steps.json [--model NAME] [--repeats 30]
 
-Steps: ``fold`` (BatchNorms folded into the convolutions, done by ``load_model``), ``swap``
-(``StrideTwoSameConv2d`` for timm's padded stride-2 convolutions, eval mode), ``allocator``
-(``reuse_freed_memory``, done by the ``qfm-iqm`` command). Writes the median milliseconds per pass.
+Steps (``qfm_iqm.inference.speed``, all applied by ``load_model``): ``fold`` (BatchNorms folded into the
+convolutions), ``swap`` (``StrideTwoSameConv2d`` for timm's padded stride-2 convolutions, eval mode),
+``channels-last`` (CNN weights in channels-last memory format); and ``allocator`` (``reuse_freed_memory``,
+done by the ``qfm-iqm`` command). Writes the median milliseconds per pass.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("all steps", "without fold", "without swap", "without allocator", "onnx runtime")
+VARIANTS = ("all steps", "without fold", "without swap", "without channels-last", "without allocator", "onnx runtime")
 
 
 def measure(model_name: str, variant: str, repeats: int) -> float:
@@ -26,19 +27,20 @@ def measure(model_name: str, variant: str, repeats: int) -> float:
     import torch
 
     from qfm_iqm import reuse_freed_memory
-    from qfm_iqm.models.backbones import fold_batch_norms, restore_padded_same_convs
-    from qfm_iqm.inference.pretrained import resolve_model
     from qfm_iqm.inference.checkpoint import load_checkpoint_model
+    from qfm_iqm.inference.pretrained import resolve_model
     from qfm_iqm.inference.runtime import onnx_network
+    from qfm_iqm.inference.speed import copy_free_same_padding, fold_batch_norms, use_channels_last
 
     if variant != "without allocator":
         reuse_freed_memory()
-    model, _ = load_checkpoint_model(resolve_model(model_name), "cpu")
-    model.eval()
+    model, _ = load_checkpoint_model(resolve_model(model_name), "cpu")  # the reference network, in eval mode
     if variant != "without fold":
         fold_batch_norms(model.backbone)
-    if variant == "without swap":
-        restore_padded_same_convs(model)
+    if variant != "without swap":
+        copy_free_same_padding(model.backbone)
+    if variant != "without channels-last":
+        use_channels_last(model.backbone)
     network = onnx_network(model) if variant == "onnx runtime" else model
     size = int(model.config.preprocessing["input_size"])
     crops = torch.rand(9, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     model, info = load_checkpoint_model(resolve_model(args.model), "cpu")
-    config = TrainConfig.from_dict(info["settings"])
+    config = TrainConfig.from_checkpoint(info)
     dataset = load_dataset("livec", args.data_root)
     fit, calibration = validation_part(config_for_dataset(config, dataset), dataset,
                                        Split(0, tuple(range(len(dataset))), ()))

@@ -19,8 +19,8 @@ from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.splits import load_splits
 from qfm_iqm.inference.predict import predict_records
 from qfm_iqm.experiments.protocol import metrics_on
-from qfm_iqm.models.backbones import fold_batch_norms
 from qfm_iqm.inference.checkpoint import load_checkpoint_model
+from qfm_iqm.inference.speed import for_inference
 from qfm_iqm.utils.allocator import reuse_freed_memory
 
 FIELDS = ["dataset", "label", "seed", "grid", "crops", "srcc", "plcc", "ms_per_image"]
@@ -44,8 +44,7 @@ def main() -> None:
         if new_file:
             writer.writeheader()
         for split in load_splits(args.splits, dataset):
-            model, _ = load_checkpoint_model(args.models / f"split_{split.seed}")
-            fold_batch_norms(model.backbone)
+            model = for_inference(load_checkpoint_model(args.models / f"split_{split.seed}")[0])
             test = [dataset.records[i] for i in split.test]
             for grid in args.grids:
                 start = time.perf_counter()

@@ -89,6 +89,8 @@ def tiny_config(**overrides) -> TrainConfig:
         device="cpu",
     )
     options.update(overrides)
+    if options["mode"] == "deiqt" and "teacher" not in overrides:
+        options["teacher"] = "none"  # DEIQT mode trains without a teacher (a teacher there is refused)
     return TrainConfig.from_dict(options)
 
 

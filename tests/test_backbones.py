@@ -19,11 +19,9 @@ from safetensors.torch import save, save_file
 from qfm_iqm.models.backbones import (
     Backbone,
     BackboneWeightsError,
-    StrideTwoSameConv2d,
     create_backbone,
     list_backbones,
     remap_lite_state_dict,
-    restore_padded_same_convs,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -265,58 +263,3 @@ def test_vit_bad_weights_file(tmp_path: Path) -> None:
     save_file({"foo.weight": torch.zeros(2)}, str(wrong))
     with pytest.raises(BackboneWeightsError, match="wrong.safetensors"):
         create_backbone(DEIT3, weights_path=wrong)
-
-
-def test_folding_batch_norms_keeps_outputs_and_removes_them() -> None:
-    from qfm_iqm.models.backbones import fold_batch_norms
-
-    torch.manual_seed(0)
-    backbone = create_backbone("tf_efficientnet_lite0", pretrained=False).eval()
-    for module in backbone.modules():  # non-trivial statistics so that a wrong fold shows
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-    x = torch.randn(2, 3, 96, 96)
-    with torch.no_grad():
-        before = backbone(x)
-        assert fold_batch_norms(backbone) == 49
-        after = backbone(x)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
-    for a, b in zip(before, after):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.parametrize("kernel", [3, 5])
-@pytest.mark.parametrize("size", [(16, 16), (15, 15), (16, 13)])
-def test_stride_two_same_conv_equals_timm_padding(kernel: int, size: tuple[int, int]) -> None:
-    from timm.layers import Conv2dSame
-
-    torch.manual_seed(0)
-    reference = Conv2dSame(4, 4, kernel, stride=2, groups=2)
-    fast = Conv2dSame(4, 4, kernel, stride=2, groups=2)
-    fast.load_state_dict(reference.state_dict())
-    fast.__class__ = StrideTwoSameConv2d
-    reference.eval(), fast.eval()  # the copy-free path runs in eval mode only
-    x = torch.randn(2, 4, *size, requires_grad=True)
-    expected, got = reference(x), fast(x)
-    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
-    weights = torch.randn_like(expected)
-    expected_grads = torch.autograd.grad((expected * weights).sum(), [x, reference.weight, reference.bias])
-    got_grads = torch.autograd.grad((got * weights).sum(), [x, fast.weight, fast.bias])
-    for g, e in zip(got_grads, expected_grads):
-        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
-
-
-def test_lite0_uses_copy_free_same_padding_with_timm_keys() -> None:
-    from timm.layers import Conv2dSame
-
-    backbone = create_backbone("tf_efficientnet_lite0", pretrained=False)
-    same = [type(m) for m in backbone.modules() if isinstance(m, Conv2dSame)]
-    assert same == [StrideTwoSameConv2d] * 5  # the stem and four stride-2 depthwise convolutions
-    timm_keys = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).state_dict().keys()
-    assert list(backbone.model.state_dict()) == list(timm_keys)
-    assert not StrideTwoSameConv2d.fits(Conv2dSame(4, 4, 3, stride=1))
-    assert not StrideTwoSameConv2d.fits(Conv2dSame(4, 4, 1, stride=2))
-    assert not StrideTwoSameConv2d.fits(torch.nn.Conv2d(4, 4, 3, stride=2))
-    assert restore_padded_same_convs(backbone) == 5  # for ONNX export
-    assert [type(m) for m in backbone.modules() if isinstance(m, Conv2dSame)] == [Conv2dSame] * 5

@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from qfm_iqm.cli.main import main
+from qfm_iqm.inference.pretrained import MODEL_FORMAT
 from qfm_iqm.inference.score_map import ConformalInterval
 from qfm_iqm.inference.checkpoint import load_trained_model
 from qfm_iqm.models.qfm import ModelConfig, architecture_config, build_model, list_architectures
@@ -28,7 +29,7 @@ def tiny(tmp_path_factory) -> tuple[dict[str, torch.Tensor], dict]:
     torch.manual_seed(0)
     config = ModelConfig(dim=64, num_heads=4, preprocessing={"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3})
     model = build_model(config, pretrained_backbone=False)
-    return model.state_dict(), {"format": "qfm-iqm/1", "model": model.config.to_dict(), "score_scale": MOS}
+    return model.state_dict(), {"format": MODEL_FORMAT, "model": model.config.to_dict(), "score_scale": MOS}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,6 @@ def _edited(config: dict, field: str, value: object) -> dict:
         ("model.dim", 10**9, "model.dim: expected an integer from 1 to 4096, got 1000000000"),
         ("model.panel_size", 10**9, "model.panel_size: expected an integer from 1 to 256"),
         ("model.preprocessing.input_size", 10**6, "model.preprocessing.input_size: expected an integer from 16 to 1024"),
-        ("model.resize_short_side", 10**6, "model.resize_short_side: expected an integer from 16 to 4096 or null"),
         ("model.preprocessing.resize_short_side", 10**6, "model.preprocessing.resize_short_side: expected an integer"),
         ("model.num_heads", "4", "model.num_heads: expected an integer from 1 to 64, got '4'"),
         ("model.num_heads", 3, "model.dim (64) is not a multiple of model.num_heads (3)"),
@@ -155,3 +155,26 @@ def test_schema_covers_every_field_of_every_architecture(tmp_path: Path) -> None
         assert check_model_checkpoint(checkpoint, header, tmp_path / "model.json") == ModelConfig.from_dict(
             checkpoint["model"]
         )
+
+
+def test_a_checkpoint_of_format_1_loads_and_scores_as_the_current_format(tiny, tmp_path: Path, image: Path) -> None:
+    """Format qfm-iqm/1 repeated the model (and its preprocessing) three times, kept the resize rules beside
+    ``preprocessing`` and recorded the feature cache's folder; such checkpoints still load, unchanged."""
+    from qfm_iqm import load_model
+    from qfm_iqm.training.config import TrainConfig
+
+    tensors, config = tiny
+    preprocessing = {**config["model"]["preprocessing"], "max_short_side": 96}
+    legacy_model = {**config["model"], "resize_short_side": None, "max_short_side": 96, "preprocessing": preprocessing}
+    legacy = {"format": "qfm-iqm/1", "model": legacy_model, "backbone": legacy_model["backbone"],
+              "preprocessing": preprocessing, "score_scale": MOS,
+              "settings": {"model": legacy_model, "eval_grid": 2, "epochs": 3, "feature_cache_dir": "runs/feature-cache"}}
+    save_checkpoint(tmp_path / "old", tensors, legacy)
+    current = {**config, "model": {**config["model"], "preprocessing": preprocessing}, "training": {"eval_grid": 2}}
+    save_checkpoint(tmp_path / "new", tensors, current)
+    old, new = load_model(tmp_path / "old"), load_model(tmp_path / "new")
+    assert old.preprocessing == new.preprocessing and old.preprocessing.max_short_side == 96 and old.grid == 2
+    assert old.score(image).score == new.score(image).score
+    restored = TrainConfig.from_checkpoint(legacy)
+    assert restored.epochs == 3 and restored.feature_cache_dir is None
+    assert restored.model.preprocessing == preprocessing

@@ -34,6 +34,26 @@ def test_deiqt_mode_turns_noise_and_distillation_off():
     assert not config.use_noise and not config.distill
 
 
+def test_a_teacher_in_deiqt_mode_is_refused_and_an_old_record_of_one_reads_as_none():
+    with pytest.raises(ValueError, match="teacher 'ema' has no effect in mode 'deiqt'.*teacher: none"):
+        TrainConfig(mode="deiqt", teacher="ema")
+    recorded = {**TrainConfig(mode="deiqt").to_dict(), "teacher": "pretrained"}  # what earlier versions wrote
+    assert TrainConfig.from_record(recorded) == TrainConfig(mode="deiqt")
+    assert TrainConfig.from_record({**recorded, "mode": "qfm"}).teacher == "pretrained"
+
+
+def test_a_benchmark_cell_in_deiqt_mode_must_not_inherit_a_teacher():
+    from qfm_iqm.experiments.benchmark.config import BenchmarkConfig
+
+    data = {"name": "b", "seeds": [0], "datasets": [{"name": "livec"}], "train": {"teacher": "ema"},
+            "methods": [{"name": "qfm", "train": {"mode": "qfm"}}]}
+    assert BenchmarkConfig.from_dict(data).methods[0].train_config(data["train"]).teacher == "ema"
+    with pytest.raises(ValueError, match="no effect in mode 'deiqt'"):
+        BenchmarkConfig.from_dict({**data, "methods": [{"name": "deiqt", "train": {"mode": "deiqt"}}]})
+    with pytest.raises(ValueError, match="unknown training option.*epoch"):
+        BenchmarkConfig.from_dict({**data, "train": {"epoch": 3}, "methods": [{"name": "b", "baseline": "brisque"}]})
+
+
 def test_overrides_parse_numbers_and_reach_the_model():
     config = TrainConfig().with_overrides(["lr=5e-5", "epochs=3", "grad_clip=null", "model.token_gate=true"])
     assert config.lr == 5e-5 and isinstance(config.lr, float)

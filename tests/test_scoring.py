@@ -35,6 +35,7 @@ from qfm_iqm.metric import create_metric
 from qfm_iqm.inference import pretrained
 from qfm_iqm.inference.pretrained import (
     DEFAULT_MODEL,
+    MODEL_FORMAT,
     export_release,
     list_pretrained,
     record_interval,
@@ -64,7 +65,7 @@ def checkpoint(tmp_path_factory) -> Path:
         head.mul_(0.05)
         model.decoder.norm.bias.copy_(0.5 * head / head.dot(head))
     directory = tmp_path_factory.mktemp("checkpoint")
-    meta = {"format": "qfm-iqm/1", "model": model.config.to_dict(), "score_scale": MOS, "training": {"epochs": 1},
+    meta = {"format": MODEL_FORMAT, "model": model.config.to_dict(), "score_scale": MOS, "training": {"epochs": 1},
             "command": "qfm-iqm train ...", "code_version": "0.1.0", "dataset": "LIVEC", "train_size": 10}
     save_checkpoint(directory, model.state_dict(), meta)
     return directory
@@ -116,10 +117,11 @@ def test_export_release_writes_fp16_copy_that_loads_by_name(
     tensors, info = load_checkpoint(path)
     assert {v.dtype for v in tensors.values() if v.is_floating_point()} == {torch.float16}
     assert tensors["backbone.model.bn1.num_batches_tracked"].dtype == torch.int64
-    for key in ("backbone", "preprocessing", "score_scale", "training_data", "settings", "command", "code_version"):
+    for key in ("model", "score_scale", "training_data", "training", "command", "code_version"):
         assert info[key] is not None, key
-    assert info["backbone"] == "tf_efficientnet_lite0" and info["preprocessing"]["input_size"] == CROP
-    assert info["settings"] == {"epochs": 1} and info["release"]["dtype"] == "float16"
+    assert not {"backbone", "preprocessing", "settings"} & set(info)  # each fact once: inside ``model``
+    assert info["model"]["backbone"] == "tf_efficientnet_lite0" and info["model"]["preprocessing"]["input_size"] == CROP
+    assert info["format"] == MODEL_FORMAT and info["training"] == {"epochs": 1} and info["release"]["dtype"] == "float16"
     assert path.stat().st_mode & 0o777 == path.with_suffix(".json").stat().st_mode & 0o777 == 0o644
 
     monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)

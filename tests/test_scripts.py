@@ -49,6 +49,7 @@ def tiny(tmp_path_factory) -> tuple[Path, Path]:
     import torch
 
     from qfm_iqm.experiments.benchmark.speed import make_jpegs
+    from qfm_iqm.inference.pretrained import MODEL_FORMAT
     from qfm_iqm.models.qfm import ModelConfig, build_model
     from qfm_iqm.utils.checkpoint import save_checkpoint
 
@@ -59,7 +60,7 @@ def tiny(tmp_path_factory) -> tuple[Path, Path]:
                                                                         "std": [0.5] * 3}), pretrained_backbone=False)
     scale = {"name": "MOS", "low": 0, "high": 100, "higher_is_better": True}
     folder = tmp_path_factory.mktemp("model")
-    save_checkpoint(folder, model.state_dict(), {"format": "qfm-iqm/1", "model": model.config.to_dict(),
+    save_checkpoint(folder, model.state_dict(), {"format": MODEL_FORMAT, "model": model.config.to_dict(),
                                                  "score_scale": scale, "training": {"eval_grid": 2}})
     return photos, folder
 

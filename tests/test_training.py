@@ -7,6 +7,8 @@ from conftest import tiny_config
 from qfm_iqm.inference.predict import predict_records
 from qfm_iqm.experiments.protocol import fit_model
 from qfm_iqm.inference.checkpoint import load_trained_model
+from qfm_iqm.inference.pretrained import MODEL_FORMAT
+from qfm_iqm.models.qfm import ModelConfig, build_model
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.trainer import Trainer, lr_factor
 
@@ -106,6 +108,27 @@ def test_dataset_resize_rule_reaches_the_model_preprocessing(tmp_path, blur_reco
     config = config_for_dataset(tiny_config(mode="deiqt", epochs=1), dataset)
     model, _, _ = fit_model(config, blur_records, tmp_path / "run", progress=False)
     assert load_trained_model(tmp_path / "run").config.preprocessing["resize_short_side"] == 96
+
+
+def test_building_a_network_leaves_the_callers_config_as_it_was():
+    config = ModelConfig(dim=64, num_heads=4, preprocessing={"max_short_side": 96})
+    model = build_model(config, pretrained_backbone=False)
+    assert config.preprocessing == {"max_short_side": 96}
+    assert model.config.preprocessing == {"input_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "max_short_side": 96}
+
+
+def test_checkpoint_json_records_each_fact_once_and_nothing_machine_local(tmp_path, blur_records):
+    preprocessing = {"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "max_short_side": 96}
+    config = tiny_config(mode="deiqt", epochs=1, freeze_backbone=True, feature_cache_dir=str(tmp_path / "cache"),
+                         model={"dim": 64, "num_heads": 4, "preprocessing": preprocessing})
+    fit_model(config, blur_records, tmp_path / "run", progress=False)
+    text = (tmp_path / "run" / "model.json").read_text()
+    saved = json.loads(text)
+    assert saved["format"] == MODEL_FORMAT and text.count('"preprocessing"') == 1 and text.count('"backbone"') == 1
+    assert str(tmp_path) not in text and "feature_cache_dir" not in text and "model" not in saved["training"]
+    assert saved["model"]["preprocessing"] == preprocessing
+    restored = TrainConfig.from_checkpoint(saved)
+    assert restored.recorded_options() == config.recorded_options() and restored.feature_cache_dir is None
 
 
 def test_ema_teacher_reaches_its_configured_decay(tmp_path, blur_records):

@@ -310,10 +310,18 @@ def _finished_training(output: Path, config: TrainConfig, metadata: dict, tested
     model_file, result_file = output / "model.json", output / "result.json"
     if not model_file.is_file():
         return None
-    saved = json.loads(model_file.read_text())
-    recorded = {"training": saved.get("training"), **{key: saved.get(key) for key in RUN_KEYS}}
-    current = {"training": config.to_dict(), **{key: metadata.get(key) for key in RUN_KEYS}}
+    from qfm_iqm.inference.pretrained import training_settings
+    from qfm_iqm.models.qfm import ModelConfig
     from qfm_iqm.training.config import changed_options
+
+    saved = json.loads(model_file.read_text())
+    model = config.model.to_dict()
+    saved_model = ModelConfig.from_dict(saved.get("model") or {}).to_dict()
+    # the saved preprocessing has the backbone's input filled in: compare what the options set
+    saved_model["preprocessing"] = {key: saved_model["preprocessing"].get(key) for key in model["preprocessing"]}
+    recorded = {"training": {**(training_settings(saved) or {}), "model": saved_model},
+                **{key: saved.get(key) for key in RUN_KEYS}}
+    current = {"training": {**config.recorded_options(), "model": model}, **{key: metadata.get(key) for key in RUN_KEYS}}
 
     changed = changed_options(recorded, current)
     if changed:
@@ -367,6 +375,7 @@ def _trained_split(path: Path, training: dict, dataset: IQADataset) -> Split | N
     (``train``) or in the folder above (a protocol's ``split_<seed>/``), else remade from its seed."""
     from qfm_iqm.data.splits import load_splits, make_split
     from qfm_iqm.experiments.protocol import validation_part
+    from qfm_iqm.inference.pretrained import training_settings
     from qfm_iqm.training.config import TrainConfig
 
     seed = training.get("split_seed")
@@ -378,7 +387,7 @@ def _trained_split(path: Path, training: dict, dataset: IQADataset) -> Split | N
         if found:
             return found[0]
     split = make_split(dataset, seed)
-    fit_size = len(validation_part(TrainConfig.from_dict(training.get("training", {})), dataset, split)[0])
+    fit_size = len(validation_part(TrainConfig.from_record(training_settings(training) or {}), dataset, split)[0])
     if training.get("train_size") not in (None, len(split.train), fit_size):
         raise ValueError(
             f"{path} trained on {training['train_size']} images of the split with seed {seed}, but that split of "

@@ -22,6 +22,7 @@ from qfm_iqm.data.records import IQADataset
 from qfm_iqm.data.splits import Split
 from qfm_iqm.data.torch_datasets import EvalCrops
 from qfm_iqm.data.transforms import Preprocessing
+from qfm_iqm.inference.speed import use_channels_last
 from qfm_iqm.models.backbones import create_backbone
 from qfm_iqm.models.regressors import (
     KERNEL_RIDGE_CANDIDATES,
@@ -57,7 +58,7 @@ def frozen_features(
 
     With ``every_stage`` the vector holds the global average of every stage's output (CNNs; for
     Lite0 2,064 values, see ``Backbone.stage_channels``)."""
-    backbone = create_backbone(backbone_name).eval()
+    backbone = use_channels_last(create_backbone(backbone_name)).eval()
     if every_stage:
         backbone.use_stages(1)
     cfg = backbone.pretrained_cfg

@@ -62,7 +62,7 @@ def fit_model(
     teacher; ``None`` without one)."""
     teacher = None
     if config.distill and config.teacher == "pretrained":
-        teacher_config = replace(config, mode="deiqt")
+        teacher_config = replace(config, mode="deiqt", teacher="none")
         teacher, _, _ = fit_model(
             teacher_config, records, output_dir / "teacher", None, metadata, progress, resume, val_records
         )
@@ -75,8 +75,9 @@ def fit_model(
 
 def config_for_dataset(config: TrainConfig, dataset: IQADataset) -> TrainConfig:
     """The configuration with the dataset's resize rule and viewing scale recorded in the model's preprocessing."""
-    return replace(config, model=replace(config.model, resize_short_side=dataset.resize_short_side,
-                                         max_short_side=dataset.rated_short_side))
+    rules = {"resize_short_side": dataset.resize_short_side, "max_short_side": dataset.rated_short_side}
+    preprocessing = {**config.model.preprocessing, **{key: value for key, value in rules.items() if value is not None}}
+    return replace(config, model=replace(config.model, preprocessing=preprocessing))
 
 
 def training_metadata(dataset: IQADataset, split_seed: int | None, train_size: int, command: str | None = None) -> dict:
@@ -313,7 +314,7 @@ def check_method(output_dir: Path, method: dict) -> None:
         saved = json.loads(path.read_text())
         if isinstance(saved.get("config"), dict):  # options added since then ran at their defaults
             try:
-                saved["config"] = TrainConfig.from_dict(saved["config"]).to_dict()
+                saved["config"] = TrainConfig.from_record(saved["config"]).to_dict()
             except (TypeError, ValueError):
                 pass  # an option that no longer exists: reported as a difference below
         if saved != json.loads(json.dumps(method)):

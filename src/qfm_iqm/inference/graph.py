@@ -198,10 +198,9 @@ class GraphScorer:
 
         if self._model is None:
             from qfm_iqm.inference.checkpoint import load_checkpoint_model
-            from qfm_iqm.models.backbones import fold_batch_norms
+            from qfm_iqm.inference.speed import for_inference
 
-            self._model = load_checkpoint_model(self.checkpoint)[0]
-            fold_batch_norms(self._model.backbone)
+            self._model = for_inference(load_checkpoint_model(self.checkpoint)[0])
         return quality_map(self._model, image, self.preprocessing, self.grid)
 
 

@@ -1,8 +1,13 @@
 """Released (trained) QFM-IQM models shipped inside the package, and the tool that makes a release copy.
 
 A released model ``<stem>`` is the checkpoint pair ``qfm_iqm/weights/<stem>.safetensors`` +
-``<stem>.json`` (package data). Its JSON records what a user needs to trust a score: backbone,
-preprocessing, score scale, training data, training settings, code version and the training command.
+``<stem>.json`` (package data). Its JSON records what a user needs to trust a score: the model (backbone
+and preprocessing), score scale, training data, training settings, code version and the training command.
+
+The JSON of every model checkpoint (format :data:`MODEL_FORMAT`) holds each fact once: ``model`` (with its
+``preprocessing``), ``training`` (the options, less :data:`UNRECORDED_OPTIONS`), the training data and
+``score_scale``. Checkpoints of format ``qfm-iqm/1`` repeated the model inside ``training`` (``settings`` in
+release copies) and recorded the machine-local ``feature_cache_dir``; they load as they are.
 
 Every checkpoint (release or training run) may also record its test grid (``eval_grid`` of its training
 settings; :func:`scoring_grid`) and a calibrated score interval (``interval``; :func:`recorded_interval`,
@@ -22,8 +27,12 @@ from qfm_iqm.inference.score_map import ConformalInterval
 from qfm_iqm.utils.files import checkpoint_paths
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-MODEL_FORMAT = "qfm-iqm/1"
-RELEASE_KEYS = ("score_scale", "training_data", "settings", "command")
+MODEL_FORMAT = "qfm-iqm/2"
+READABLE_FORMATS = ("qfm-iqm/1", MODEL_FORMAT)
+# training options a checkpoint's ``training`` leaves out: the model has its own section, and the feature
+# cache's folder belongs to the machine that trained
+UNRECORDED_OPTIONS = ("model", "feature_cache_dir")
+RELEASE_KEYS = ("score_scale", "training_data", "training", "command")
 DEFAULT_GRID = 3  # test crops per side of checkpoints that record none
 # The scale of checkpoints that record none (plain training runs): the model's own [0, 1] output.
 NORMALISED_SCALE = LabelScale(low=0.0, high=1.0, higher_is_better=True, name="normalised")
@@ -148,18 +157,15 @@ def export_release(
 
     weights_path, _ = checkpoint_paths(checkpoint_dir)
     tensors, config = load_checkpoint(checkpoint_dir)
-    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{checkpoint_dir} is not a {MODEL_FORMAT} model checkpoint")
-    model = config["model"]
+    if not isinstance(config, dict) or config.get("format") not in READABLE_FORMATS:
+        raise ValueError(f"{checkpoint_dir} is not a model checkpoint of format {' or '.join(READABLE_FORMATS)}")
     training_data = {k: config[k] for k in ("dataset", "split_seed", "train_size") if k in config}
     release = {
         "format": MODEL_FORMAT,
-        "model": model,
-        "backbone": model["backbone"],
-        "preprocessing": model["preprocessing"],
+        "model": config["model"],
         "score_scale": config.get("score_scale"),
         "training_data": training_data or None,
-        "settings": config.get("training"),
+        "training": training_settings(config),
         "command": config.get("command"),
         "code_version": config.get("code_version", __version__),
         "release": {
@@ -199,14 +205,22 @@ def read_checkpoint_json(checkpoint: str | Path) -> dict:
     return info
 
 
+def training_settings(info: dict) -> dict | None:
+    """The training options a checkpoint's JSON ``info`` records (``training``; ``settings`` in release
+    copies of format ``qfm-iqm/1``), less :data:`UNRECORDED_OPTIONS` (which that format also held), or
+    ``None`` where it records none."""
+    settings = info.get("training") or info.get("settings")
+    if not isinstance(settings, dict):
+        return None
+    return {key: value for key, value in settings.items() if key not in UNRECORDED_OPTIONS}
+
+
 def scoring_grid(info: dict, grid: int | None = None) -> int:
     """The test grid (crops per side) to score with: ``grid`` when given, else the ``eval_grid`` that a
-    checkpoint's JSON ``info`` records in its training settings (``training``; ``settings`` in release
-    copies), else :data:`DEFAULT_GRID`."""
+    checkpoint's JSON ``info`` records in its training settings, else :data:`DEFAULT_GRID`."""
     if grid is not None:
         return grid
-    settings = info.get("training") or info.get("settings")
-    return settings.get("eval_grid", DEFAULT_GRID) if isinstance(settings, dict) else DEFAULT_GRID
+    return (training_settings(info) or {}).get("eval_grid", DEFAULT_GRID)
 
 
 def score_scale(info: dict) -> LabelScale:

@@ -87,16 +87,16 @@ class _MemberScores(nn.Module):
 
 
 def _export_copy(model: QFMIQM) -> QFMIQM:
-    """A CPU copy of ``model`` with its weights, built for export: timm's exportable layers and its
-    padded "same" convolutions (whose padding the exporter folds into each convolution)."""
+    """A CPU copy of ``model`` with its weights, built for export: the reference network with timm's
+    exportable layers, whose padded "same" convolutions the exporter folds into each convolution (no
+    :class:`~qfm_iqm.inference.speed.StrideTwoSameConv2d`)."""
     from timm.layers import set_layer_config
 
-    from qfm_iqm.models.backbones import fold_batch_norms, restore_padded_same_convs
+    from qfm_iqm.inference.speed import fold_batch_norms
     from qfm_iqm.models.qfm import ModelConfig, build_model
 
     with set_layer_config(exportable=True):
         network = build_model(ModelConfig.from_dict(model.config.to_dict()), pretrained_backbone=False)
-    restore_padded_same_convs(network)
     if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         fold_batch_norms(network.backbone)  # the layers of a folded model (``load_model`` folds them)
     network.load_state_dict(model.state_dict())

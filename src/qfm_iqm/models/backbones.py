@@ -26,18 +26,15 @@ from typing import Literal
 import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import Conv2dSame
 from torch import Tensor, nn
 
 __all__ = [
     "Backbone",
     "BackboneWeightsError",
-    "StrideTwoSameConv2d",
     "create_backbone",
     "list_backbones",
     "register_backbone",
     "remap_lite_state_dict",
-    "restore_padded_same_convs",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,53 +52,6 @@ DEIT3_WEIGHTS_FILES = (
 class BackboneWeightsError(ValueError):
     """Pretrained weights are unavailable, unreadable or do not fit the architecture (a usage error:
     the command line reports it in one line, exit status 2)."""
-
-
-class StrideTwoSameConv2d(Conv2dSame):
-    """TensorFlow "same" padding for a stride-2 convolution with an odd kernel k >= 3, without
-    copying the input into a padded tensor.
-
-    On an even-sized input "same" pads (k - 3) / 2 before and (k - 1) / 2 after. That is exactly a
-    plain convolution with symmetric padding (k - 1) / 2 whose kernel is grown to k + 1 by a leading
-    row and column of zeros. Used in eval mode only (measured on CPU: 10% faster inference, but no
-    faster training, where the larger kernel's backward costs what the copy saved); training mode and
-    odd-sized inputs take timm's padded path. Parameters and state-dict keys are those of
-    :class:`timm.layers.Conv2dSame`.
-    """
-
-    @staticmethod
-    def fits(conv: nn.Module) -> bool:
-        """Whether ``conv`` is a ``Conv2dSame`` this class computes exactly."""
-        if not isinstance(conv, Conv2dSame):
-            return False
-        k_h, k_w = conv.kernel_size
-        return tuple(conv.stride) == (2, 2) and tuple(conv.dilation) == (1, 1) and k_h == k_w >= 3 and k_h % 2 == 1
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.training or x.shape[-2] % 2 or x.shape[-1] % 2:
-            return super().forward(x)
-        weight = F.pad(self.weight, (1, 0, 1, 0))
-        return F.conv2d(x, weight, self.bias, self.stride, self.kernel_size[0] // 2, 1, self.groups)
-
-
-def _copy_free_same_padding(model: nn.Module) -> int:
-    """Turn every stride-2 ``Conv2dSame`` of ``model`` into a :class:`StrideTwoSameConv2d` (same
-    parameters, same outputs; measured: the padded copies were about 14% of a Lite0 forward pass in
-    eval mode on CPU). Returns the number of converted layers."""
-    convs = [m for m in model.modules() if type(m) is Conv2dSame and StrideTwoSameConv2d.fits(m)]
-    for conv in convs:
-        conv.__class__ = StrideTwoSameConv2d
-    return len(convs)
-
-
-def restore_padded_same_convs(model: nn.Module) -> int:
-    """Undo :func:`_copy_free_same_padding`: every :class:`StrideTwoSameConv2d` of ``model`` becomes timm's
-    ``Conv2dSame`` again (for ONNX export: the exporter folds its padding into the convolution, where the
-    zero-extended kernel would only add work). Returns the number of converted layers."""
-    convs = [m for m in model.modules() if type(m) is StrideTwoSameConv2d]
-    for conv in convs:
-        conv.__class__ = Conv2dSame
-    return len(convs)
 
 
 class Backbone(nn.Module):
@@ -122,9 +72,6 @@ class Backbone(nn.Module):
         std: tuple[float, float, float],
     ) -> None:
         super().__init__()
-        if kind == "cnn":
-            model = model.to(memory_format=torch.channels_last)
-            _copy_free_same_padding(model)
         self.model = model
         self.kind = kind
         self.stage_grid: int | None = None
@@ -170,11 +117,7 @@ class Backbone(nn.Module):
         return maps
 
     def cnn_tokens(self, x: Tensor) -> Tensor:
-        """A CNN's tokens (B, N, C): its last feature map, or every stage pooled to the stage grid, flattened.
-
-        CNNs run in channels-last memory format (about 3x faster on CPU than contiguous NCHW).
-        """
-        x = x.contiguous(memory_format=torch.channels_last)
+        """A CNN's tokens (B, N, C): its last feature map, or every stage pooled to the stage grid, flattened."""
         if self.stage_grid is None:
             grid = self.model.forward_features(x)
         else:
@@ -387,27 +330,3 @@ def _deit3_small_patch16_224(pretrained: bool, weights_path: Path | None) -> Bac
             )
             _load_weights(model, state_dict, str(weights_path))
     return Backbone(model, arch, "vit", IMAGENET_MEAN, IMAGENET_STD)
-
-
-@torch.no_grad()
-def fold_batch_norms(module: nn.Module) -> int:
-    """Fold every eval-mode BatchNorm that directly follows a convolution into that convolution.
-
-    For inference only (the running statistics become part of the weights). A timm ``BatchNormAct2d``
-    keeps its activation. Returns the number of folded layers.
-    """
-    folded = 0
-    for parent in module.modules():
-        children = list(parent.named_children())
-        for (_, conv), (bn_name, bn) in zip(children, children[1:]):
-            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats):
-                continue
-            scale = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
-            shift = (bn.bias if bn.affine else torch.zeros_like(bn.running_mean)) - bn.running_mean * scale
-            conv.weight.mul_(scale.view(-1, 1, 1, 1))
-            bias = shift if conv.bias is None else conv.bias * scale + shift
-            conv.bias = nn.Parameter(bias)
-            tail = [getattr(bn, name) for name in ("drop", "act") if isinstance(getattr(bn, name, None), nn.Module)]
-            setattr(parent, bn_name, nn.Sequential(*tail) if tail else nn.Identity())
-            folded += 1
-    return folded

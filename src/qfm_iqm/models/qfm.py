@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -11,6 +11,9 @@ from torch import Tensor, nn
 
 from qfm_iqm.models.backbones import Backbone, create_backbone
 from qfm_iqm.models.decoder import AttentionPanelDecoder, PanelOutput
+
+
+LEGACY_RESIZE_RULES = ("resize_short_side", "max_short_side")  # model config fields before format qfm-iqm/2
 
 
 @dataclass
@@ -27,8 +30,9 @@ class ModelConfig:
     stage_grid: int = 7  # the common grid the stages are pooled to when ``multi_stage``
     final_norm: bool = True  # a LayerNorm between the decoder and the score head
     head_init: str = "default"  # projection/decoder/head weights: "default" (PyTorch's) or "deiqt" (see HEAD_INITS)
-    resize_short_side: int | None = None  # set from the training dataset (e.g. SPAQ's large photos)
-    max_short_side: int | None = None  # the canonical viewing scale, set from the dataset's rated size
+    # the input the weights expect (``qfm_iqm.data.transforms.Preprocessing``): crop size and normalisation
+    # (the backbone's, filled in when the network is built) and the training dataset's resize rules
+    # (``resize_short_side``, e.g. SPAQ's large photos; ``max_short_side``, the viewing scale it was rated at)
     preprocessing: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -36,8 +40,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
+        """From :meth:`to_dict`'s output; keys it does not know (a newer version's) are left out. The resize
+        rules that configs of format ``qfm-iqm/1`` kept beside ``preprocessing`` are moved into it."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         known.setdefault("multi_stage", False)  # checkpoints from before the option were single-stage
+        rules = {key: data[key] for key in LEGACY_RESIZE_RULES if data.get(key) is not None}
+        if rules:
+            known["preprocessing"] = {**rules, **known.get("preprocessing", {})}
         return cls(**known)
 
 
@@ -91,7 +100,6 @@ class QFMIQM(nn.Module):
         super().__init__()
         if config.head_init not in HEAD_INITS:
             raise ValueError(f"model.head_init must be one of {HEAD_INITS}, got {config.head_init!r}")
-        self.config = config
         self.backbone = backbone.use_stages(config.stage_grid) if config.multi_stage else backbone
         width = backbone.num_features
         if config.multi_stage:
@@ -109,16 +117,10 @@ class QFMIQM(nn.Module):
             for part in (self.proj, self.proj_global, self.gate, self.decoder):
                 if part is not None:
                     deiqt_init(part)
-        if not config.preprocessing:
-            config.preprocessing = {
-                "input_size": backbone.pretrained_cfg["input_size"],
-                "mean": list(backbone.pretrained_cfg["mean"]),
-                "std": list(backbone.pretrained_cfg["std"]),
-            }
-        if config.resize_short_side is not None:
-            config.preprocessing["resize_short_side"] = config.resize_short_side
-        if config.max_short_side is not None:
-            config.preprocessing["max_short_side"] = config.max_short_side
+        cfg = backbone.pretrained_cfg
+        backbone_input = {"input_size": cfg["input_size"], "mean": list(cfg["mean"]), "std": list(cfg["std"])}
+        # a copy with the backbone's input filled in: the caller's config is left as it was given
+        self.config = replace(config, preprocessing={**backbone_input, **config.preprocessing})
 
     def encode(self, images: Tensor) -> Encoded:
         return self.encode_features(*self.backbone(images))

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from qfm_iqm.data.degradations import TRAINED_KINDS, check_kinds
+from qfm_iqm.inference.pretrained import UNRECORDED_OPTIONS, training_settings
 from qfm_iqm.models.qfm import ModelConfig
 
 MODES = ("qfm", "deiqt")
@@ -111,6 +112,9 @@ class TrainConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.teacher not in TEACHERS:
             raise ValueError(f"teacher must be one of {TEACHERS}, got {self.teacher!r}")
+        if self.mode == "deiqt" and self.teacher != "none":
+            raise ValueError(f"teacher {self.teacher!r} has no effect in mode 'deiqt', which trains without "
+                             "distillation: set teacher: none, or mode: qfm to distil")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.amp not in AMP_MODES:
@@ -164,6 +168,29 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def recorded_options(self) -> dict[str, Any]:
+        """The options a model checkpoint's ``training`` records: all but ``UNRECORDED_OPTIONS`` (the model
+        is recorded once, in the checkpoint's ``model``; the feature cache's folder is machine-local)."""
+        return {key: value for key, value in self.to_dict().items() if key not in UNRECORDED_OPTIONS}
+
+    @classmethod
+    def from_checkpoint(cls, info: dict[str, Any]) -> "TrainConfig":
+        """The options of the run that wrote a model checkpoint's JSON ``info`` (its ``model`` and training
+        settings; the unrecorded ``feature_cache_dir`` at its default)."""
+        settings = training_settings(info)
+        if settings is None or not isinstance(info.get("model"), dict):
+            raise ValueError("the checkpoint records no training options (it has no 'training' and 'model' objects)")
+        return cls.from_record({**settings, "model": info["model"]})
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> "TrainConfig":
+        """:meth:`from_dict` of the options an earlier run recorded (a checkpoint, a results folder's
+        ``method.json``): a teacher recorded beside mode ``deiqt``, which that mode never used (earlier
+        versions allowed it), reads as ``none``."""
+        if data.get("mode") == "deiqt" and data.get("teacher", "none") != "none":
+            data = {**data, "teacher": "none"}
+        return cls.from_dict(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from qfm_iqm.data.records import ImageRecord
 from qfm_iqm.data.transforms import Preprocessing
+from qfm_iqm.inference.speed import use_channels_last
 from qfm_iqm.models.backbones import create_backbone
 from qfm_iqm.models.regressors import FittedRegressor, kernel_ridge_stage_candidates, select_by_cv
 from qfm_iqm.training.feature_cache import FrozenBackboneFeatures
@@ -135,7 +136,7 @@ def teacher_feature_sources(
         if student is not None and name == student_backbone:
             sources[name] = student
             continue
-        backbone = create_backbone(name).to(device).eval()
+        backbone = use_channels_last(create_backbone(name)).to(device).eval()
         if backbone.kind == "cnn":
             backbone.use_stages(1)
         cfg = backbone.pretrained_cfg

@@ -32,6 +32,8 @@ from qfm_iqm.data.torch_datasets import DegradationPairs, EpochViews, TrainCrops
 from qfm_iqm.data.transforms import TrainTransform
 from qfm_iqm.evaluation.metrics import compute_metrics
 from qfm_iqm.inference.predict import model_preprocessing, predict_records
+from qfm_iqm.inference.pretrained import MODEL_FORMAT
+from qfm_iqm.inference.speed import use_channels_last
 from qfm_iqm.models.qfm import QFMIQM, Encoded, build_model
 from qfm_iqm.training.config import TrainConfig, changed_options
 from qfm_iqm.utils.distributed import (
@@ -204,6 +206,7 @@ class Trainer:
         self.model = self._synchronised_batch_norms(
             build_model(config.model, pretrained_backbone=True, backbone_weights=config.backbone_weights)
         )
+        use_channels_last(self.model.backbone)
         self.model.to(self.device)
         self.pre = model_preprocessing(self.model)
         self.val_records = val_records or []
@@ -523,9 +526,9 @@ class Trainer:
     def save_model(self) -> Path:
         """Write the final weights and ``history.json`` (rank 0; every process waits for it)."""
         config = {
-            "format": "qfm-iqm/1",
+            "format": MODEL_FORMAT,
             "model": self.model.config.to_dict(),
-            "training": self.config.to_dict(),
+            "training": self.config.recorded_options(),
             "code_version": __version__,
             **self.metadata,
         }
@@ -566,7 +569,8 @@ class Trainer:
 
     def load_state(self) -> None:
         state = load_training_state(self.output_dir / STATE_DIR)
-        changed = changed_options(state["config"], self.config.to_dict())
+        # the feature cache's folder may move between runs (it holds no state of the run)
+        changed = [name for name in changed_options(state["config"], self.config.to_dict()) if name != "feature_cache_dir"]
         if changed:
             raise ValueError(
                 f"{self.output_dir / STATE_DIR}: the saved run used other options (differs in: {', '.join(changed)}); "

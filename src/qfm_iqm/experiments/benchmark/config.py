@@ -159,10 +159,12 @@ class BenchmarkConfig:
             if repeated:
                 raise ValueError(f"benchmark config: {what} name(s) listed twice: {', '.join(repeated)}")
         train = _mapping(data.get("train"), "'train'")
-        TrainConfig.from_dict(_merge(TrainConfig().to_dict(), train))  # unknown options fail here, early
+        unknown = sorted(set(train) - set(TrainConfig().to_dict()))
+        if unknown:
+            raise ValueError(f"benchmark config: unknown training option(s) under 'train': {', '.join(unknown)}")
         for method in methods:
             if method.trained:
-                method.train_config(train)
+                method.train_config(train)  # each method's options are checked here, early
             unknown = sorted(set(method.published) - {d.id for d in datasets})
             if unknown:
                 raise ValueError(f"benchmark config: method {method.name!r} has published numbers for dataset(s) not listed "

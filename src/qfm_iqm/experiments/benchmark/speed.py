@@ -56,14 +56,13 @@ def _scorer(model: str, device: str, runtime: str):
 
     if release_name(model) is not None or Path(model).exists():
         return load_model(model, device, runtime=runtime)
-    from qfm_iqm.models.backbones import fold_batch_norms
+    from qfm_iqm.inference.speed import for_inference
     from qfm_iqm.models.qfm import create_model, list_architectures
 
     if model not in list_architectures():
         return load_model(model, device, runtime=runtime)  # its error names what is available
     torch.manual_seed(0)
-    network = create_model(model, pretrained_backbone=False).eval()
-    fold_batch_norms(network.backbone)  # as load_model does
+    network = for_inference(create_model(model, pretrained_backbone=False))  # as load_model does
     return Scorer(network, device=device, runtime=runtime)
 
 
