@@ -26,9 +26,10 @@ from qfm_iqm.inference.predict import score_crops
 from qfm_iqm.inference.graph import load_graph_scorer
 from qfm_iqm.inference.pretrained import DEFAULT_MODEL, resolve_model
 from qfm_iqm.models.qfm import QFMIQM, ModelConfig, build_model
-from qfm_iqm.inference.runtime import graph_key, resolve_runtime
+from qfm_iqm.inference.runtime import cache_dir, graph_key, resolve_runtime
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+CACHED_MODEL = "qfm-iqm-lite0-livec-v2"  # a release that ships no graph: exported into the cache on first use
 INSTALL_HINT = "pip install onnxruntime onnx onnxscript"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,8 +48,8 @@ def cache(tmp_path_factory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def released(cache: Path) -> tuple[Scorer, Scorer]:
-    """The released model in both runtimes (its graph exported into ``cache``)."""
-    return load_model(runtime="torch"), load_model(runtime="onnx")
+    """A released model that ships no graph in both runtimes (its graph exported into ``cache``)."""
+    return load_model(CACHED_MODEL, runtime="torch"), load_model(CACHED_MODEL, runtime="onnx")
 
 
 def _tiny_model(seed: int) -> QFMIQM:
@@ -112,18 +113,19 @@ def test_crops_run_in_chunks_score_as_in_one_call(tiny: tuple[Scorer, Scorer]) -
 
 
 def test_a_cached_graph_is_reused_and_is_the_default_on_a_cpu(
-    released: tuple[Scorer, Scorer], monkeypatch: pytest.MonkeyPatch
+    released: tuple[Scorer, Scorer], cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(runtime, "export_onnx", _refuse_export)
-    assert load_model(runtime="onnx").network.path == released[1].network.path
-    default = load_model()  # runtime "auto": onnx, as the extra is installed
+    assert released[1].network.path.parent == cache_dir()
+    assert load_model(CACHED_MODEL, runtime="onnx").network.path == released[1].network.path
+    default = load_model(CACHED_MODEL)  # runtime "auto": onnx, as the extra is installed
     assert default.runtime == "onnx" and default.network.path == released[1].network.path
 
 
 def test_a_remembered_checkpoint_scores_without_building_its_model(released: tuple[Scorer, Scorer]) -> None:
     """A fresh process serves the released model from its cached graph: the same score and range, with
     neither timm nor torchvision imported; the eager model is built only when a quality map asks for it."""
-    code = ("import json, sys; from qfm_iqm import load_model; scorer = load_model(runtime='onnx'); "
+    code = (f"import json, sys; from qfm_iqm import load_model; scorer = load_model({CACHED_MODEL!r}, runtime='onnx'); "
             "result = scorer.score(sys.argv[1]); light = [name in sys.modules for name in ('timm', 'torchvision')]; "
             "scorer.quality_map(sys.argv[1]); print(json.dumps([result.score, result.low, result.high, light, "
             "'timm' in sys.modules]))")
@@ -139,7 +141,7 @@ def test_a_remembered_checkpoint_scores_without_building_its_model(released: tup
 def test_a_cached_graph_scores_as_the_onnx_runtime_does_without_torch(released: tuple[Scorer, Scorer]) -> None:
     """``GraphScorer`` (what ``qfm-iqm score`` uses) cuts the same crops and gives the same results, also
     for several images in one call of the graph."""
-    graph = load_graph_scorer(DEFAULT_MODEL, threads=1)
+    graph = load_graph_scorer(CACHED_MODEL, threads=1)
     assert graph.network.path == released[1].network.path and graph.grid == released[1].grid == 3
     images = [to_rgb_image(image)[0] for image in _images()]
     assert np.array_equal(graph.crops(images[0]), released[1].crops(images[0]).numpy())
@@ -156,7 +158,8 @@ def test_the_score_command_scores_a_cached_graph_without_torch(released: tuple[S
             "print(json.dumps([status, sorted({'torch', 'timm', 'torchvision'} & set(sys.modules))]))")
     output = tmp_path / "scores.json"
     for options in ([], ["-o", str(output)]):
-        done = subprocess.run([sys.executable, "-c", code, "--quiet", "score", str(EXAMPLES), *options],
+        done = subprocess.run([sys.executable, "-c", code, "--quiet", "score", str(EXAMPLES), "--model", CACHED_MODEL,
+                               *options],
                               capture_output=True, text=True, env=dict(os.environ), check=True)
         assert json.loads(done.stdout.strip().splitlines()[-1]) == [0, []], done.stderr
     rows = json.loads(output.read_text())
@@ -177,7 +180,7 @@ def test_the_first_export_of_a_model_says_so(cache: Path, capsys: pytest.Capture
 def test_only_the_very_same_checkpoint_files_are_served_from_the_cache(
     released: tuple[Scorer, Scorer], tmp_path: Path
 ) -> None:
-    source = resolve_model(DEFAULT_MODEL)
+    source = resolve_model(CACHED_MODEL)
     copy = tmp_path / "copy.safetensors"
     shutil.copy(source, copy)
     shutil.copy(source.with_suffix(".json"), copy.with_suffix(".json"))
@@ -193,14 +196,14 @@ def test_only_the_very_same_checkpoint_files_are_served_from_the_cache(
 def test_a_damaged_checkpoint_entry_falls_back_to_the_model(
     released: tuple[Scorer, Scorer], damage: str
 ) -> None:
-    index = runtime.cache_dir() / f"checkpoint-{runtime.checkpoint_key(resolve_model(DEFAULT_MODEL))}.json"
+    index = runtime.cache_dir() / f"checkpoint-{runtime.checkpoint_key(resolve_model(CACHED_MODEL))}.json"
     entry = json.loads(index.read_text())
     if damage == "unreadable":
         index.write_text("{not json")
     else:
         index.write_text(json.dumps({**entry, "probe": (np.asarray(entry["probe"]) + 0.01).tolist()}))
     with pytest.warns(UserWarning, match="building the model"):
-        scorer = load_model(runtime="onnx")
+        scorer = load_model(CACHED_MODEL, runtime="onnx")
     assert scorer._model is not None and scorer.network.path == released[1].network.path
     assert json.loads(index.read_text()) == entry  # written again, from the model
     image = _images()[0]
@@ -232,7 +235,7 @@ def test_the_score_command_scores_alike_in_both_runtimes(released: tuple[Scorer,
     rows = {}
     for name in ("torch", "onnx"):
         output = tmp_path / f"{name}.json"
-        assert main(["--quiet", "score", str(EXAMPLES), "--runtime", name, "-o", str(output)]) == 0
+        assert main(["--quiet", "score", str(EXAMPLES), "--model", CACHED_MODEL, "--runtime", name, "-o", str(output)]) == 0
         rows[name] = json.loads(output.read_text())
     assert [row["path"] for row in rows["onnx"]] == [row["path"] for row in rows["torch"]] and len(rows["torch"]) == 5
     for expected, row in zip(rows["torch"], rows["onnx"]):
@@ -261,7 +264,7 @@ def test_runtime_choice() -> None:
 
 
 def test_speed_cells_measure_both_runtimes(released: tuple[Scorer, Scorer]) -> None:
-    spec = SpeedSpec(models=(DEFAULT_MODEL,), score_batch_sizes=(2,), score_runtimes=("torch", "onnx"),
+    spec = SpeedSpec(models=(CACHED_MODEL,), score_batch_sizes=(2,), score_runtimes=("torch", "onnx"),
                      train_batch_sizes=(), score_images=2, image_size=64)
     cells = run_speed(spec)  # in processes of their own, which find the graph ``released`` exported
     assert [(cell["kind"], cell["runtime"]) for cell in cells] == [
@@ -270,5 +273,65 @@ def test_speed_cells_measure_both_runtimes(released: tuple[Scorer, Scorer]) -> N
     assert not cells[1]["exported"] and cells[1]["seconds"] > 0
     assert all(cell["images_per_second"] > 0 and cell["peak_rss_mib"] > 50 for cell in (cells[0], cells[2]))
     table = markdown_tables(BenchmarkConfig("speed", (0,), (), ()), BenchmarkOutcome(speed=cells))
-    assert f"| onnx-export | {DEFAULT_MODEL} | onnx | - | " in table and " s to load the graph |" in table
-    assert f"| scoring | {DEFAULT_MODEL} | onnx | 2 | " in table
+    assert f"| onnx-export | {CACHED_MODEL} | onnx | - | " in table and " s to load the graph |" in table
+    assert f"| scoring | {CACHED_MODEL} | onnx | 2 | " in table
+
+
+def test_the_default_release_ships_its_graph_and_exports_nothing(
+    released: tuple[Scorer, Scorer], cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The default model's graph comes with the package: its first use scores at once, with neither an
+    export nor a file in the cache, and as the eager model does; the score command then imports no torch."""
+    monkeypatch.setattr(runtime, "export_onnx", _refuse_export)
+    weights = resolve_model(DEFAULT_MODEL)
+    before = sorted(cache.iterdir()) if cache.is_dir() else []
+    shipped, eager = load_model(runtime="onnx"), load_model(runtime="torch")
+    assert shipped.network.path == weights.with_suffix(".onnx") and shipped._model is None
+    assert load_graph_scorer(DEFAULT_MODEL).network.path == shipped.network.path
+    for image in _images():
+        assert shipped.score(image).score == pytest.approx(eager.score(image).score, abs=1e-3)
+    code = ("import json, sys; from qfm_iqm.cli.main import main; status = main(sys.argv[1:]); "
+            "print(json.dumps([status, sorted({'torch', 'timm', 'torchvision'} & set(sys.modules))]))")
+    empty = tmp_path / "empty-cache"
+    done = subprocess.run([sys.executable, "-c", code, "--quiet", "score", str(EXAMPLES), "-o", str(tmp_path / "s.csv")],
+                          capture_output=True, text=True, env={**os.environ, "QFM_IQM_CACHE": str(empty)}, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [0, []], done.stderr
+    assert not empty.exists() and (sorted(cache.iterdir()) if cache.is_dir() else []) == before
+
+
+@pytest.mark.parametrize("damage", ["edited graph", "other probe scores", "missing graph"])
+def test_a_shipped_graph_that_is_not_the_recorded_one_is_refused(cache: Path, tmp_path: Path, damage: str) -> None:
+    source = resolve_model(DEFAULT_MODEL)
+    copy = tmp_path / source.name
+    for suffix in (".safetensors", ".json", ".onnx"):
+        shutil.copy(source.with_suffix(suffix), copy.with_suffix(suffix))
+    info = json.loads(copy.with_suffix(".json").read_text())
+    assert runtime.shipped_network(copy, info).path == copy.with_suffix(".onnx")  # intact: served
+    if damage == "edited graph":
+        copy.with_suffix(".onnx").write_bytes(copy.with_suffix(".onnx").read_bytes() + b"\0")
+    elif damage == "missing graph":
+        copy.with_suffix(".onnx").unlink()
+    else:
+        info["graph"]["probe"] = (np.asarray(info["graph"]["probe"]) + 0.01).tolist()
+    with pytest.warns(UserWarning, match="graph .* is unusable"):
+        assert runtime.shipped_network(copy, info) is None
+
+
+def test_ship_graph_records_a_checkpoints_graph_that_then_loads_without_an_export(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qfm_iqm.inference.pretrained import MODEL_FORMAT, ship_graph
+    from qfm_iqm.utils.checkpoint import save_checkpoint
+
+    model = _tiny_model(3)
+    scale = {"name": "MOS", "low": 0, "high": 100, "higher_is_better": True}
+    save_checkpoint(tmp_path, model.state_dict(), {"format": MODEL_FORMAT, "model": model.config.to_dict(),
+                                                   "score_scale": scale})
+    graph = ship_graph(tmp_path / "model.safetensors")
+    assert graph == tmp_path / "model.onnx"
+    assert json.loads((tmp_path / "model.json").read_text())["graph"]["file"] == "model.onnx"
+    monkeypatch.setattr(runtime, "export_onnx", _refuse_export)
+    shipped, eager = load_model(tmp_path, runtime="onnx"), load_model(tmp_path, runtime="torch")  # JSON still checked
+    assert shipped.network.path == graph
+    image = _images()[1]
+    assert shipped.score(image).score == pytest.approx(eager.score(image).score, abs=1e-3)

@@ -13,7 +13,6 @@ checkpoint records (its training's ``eval_grid``; 3x3 for checkpoints that recor
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,13 +29,14 @@ from qfm_iqm.inference.score_map import ConformalInterval
 from qfm_iqm.inference.predict import CropNetwork, model_preprocessing, score_images
 from qfm_iqm.inference.quality_map import quality_map
 from qfm_iqm.inference.pretrained import (
-    DEFAULT_GRID, DEFAULT_MODEL, NORMALISED_SCALE, recorded_interval, resolve_model, score_scale, scoring_grid,
+    DEFAULT_GRID, DEFAULT_MODEL, NORMALISED_SCALE, read_checkpoint_json, recorded_interval, resolve_model, score_scale,
+    scoring_grid,
 )
 from qfm_iqm.inference.runtime import (
     OnnxNetwork, cached_checkpoint_network, checkpoint_key, onnx_network, remember_checkpoint_network, resolve_runtime,
+    shipped_network,
 )
 from qfm_iqm.inference.score_result import ScoreResult, image_result  # noqa: F401 - re-exported
-from qfm_iqm.utils.checkpoint import checkpoint_paths
 from qfm_iqm.utils.device import usable_device
 
 if TYPE_CHECKING:  # the model classes import timm; a cached graph scores without them (load_model)
@@ -217,9 +217,11 @@ def _load_scorer(name_or_path: str | Path, device: torch.device, grid: int | Non
     onnx = resolve_runtime(runtime, device) == "onnx"
     key = checkpoint_key(path) if onnx else None  # hashes the checkpoint's files once
     if onnx:
-        network = cached_checkpoint_network(key, torch.get_num_threads())  # files checked and exported before
+        info = read_checkpoint_json(path)
+        threads = torch.get_num_threads()
+        # the release's own graph, or one exported before for these very files
+        network = shipped_network(path, info, threads) or cached_checkpoint_network(key, threads)
         if network is not None:
-            info = json.loads(checkpoint_paths(path)[1].read_text())
             return Scorer._from_graph(network, lambda: _load_for_inference(path, device)[0], score_scale(info),
                                       scoring_grid(info, grid), info, recorded_interval(info))
     model, info = _load_for_inference(path, device)

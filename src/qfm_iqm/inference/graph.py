@@ -5,7 +5,8 @@ it with torch into :func:`cache_dir` and records which checkpoint files it came 
 model's scores of two fixed probe crops. From then on :func:`load_graph_scorer` serves those very files
 from the cache in a process that imports neither torch nor the model code (timm, torchvision): what
 ``qfm-iqm score`` does, so that its start-up and memory are those of onnxruntime alone
-(docs/scoring.md#runtimes).
+(docs/scoring.md#runtimes). A release copy may ship its graph beside its weights (:func:`shipped_network`),
+so that not even its first use exports one.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from qfm_iqm.models.qfm import QFMIQM
 
 __all__ = ["CHUNK_CROPS", "GRAPH_FORMAT", "GraphScorer", "OnnxNetwork", "cache_dir", "cached_checkpoint_network",
-           "checkpoint_key", "load_graph_scorer", "probe_crops"]
+           "checkpoint_key", "load_graph_scorer", "probe_crops", "shipped_network"]
 
 GRAPH_FORMAT = "qfm-iqm-onnx/2"  # part of every graph's key: change it when the exported graph or the probe changes
 PROBE_TOLERANCE = 1e-4  # largest member-score difference from the eager model (normalised scale: 0.01 MOS)
@@ -135,6 +136,28 @@ def checked_against(network: OnnxNetwork, expected: np.ndarray) -> OnnxNetwork:
     return network
 
 
+def shipped_network(checkpoint: str | Path, info: dict, threads: int | None = None,
+                    chunk: int | None = None) -> OnnxNetwork | None:
+    """The graph a release copy ships beside its weights, as its JSON ``info`` records it (``graph``: the
+    file's name, its SHA-256 and the eager model's scores of the :func:`probe_crops`), checked; ``None``
+    when it ships none, or (with a warning) when the file is missing, edited or scores otherwise: the
+    graph is then exported as for any checkpoint."""
+    record = info.get("graph")
+    if not isinstance(record, dict):
+        return None
+    require("onnxruntime")
+    name = str(record.get("file"))
+    path = checkpoint_paths(checkpoint)[0].parent / Path(name).name
+    try:
+        if hashlib.sha256(path.read_bytes()).hexdigest() != record.get("sha256"):
+            raise ValueError("the file is not the one the release records (SHA-256 differs)")
+        return checked_against(OnnxNetwork(path, threads, chunk), np.asarray(record["probe"], dtype=np.float32))
+    except Exception as error:  # noqa: BLE001 - whatever is wrong, the graph is exported instead
+        warnings.warn(f"the release's ONNX graph {path} is unusable ({str(error).strip()[:200]}); "
+                      "exporting the model's graph instead", stacklevel=2)
+        return None
+
+
 def checkpoint_index(key: str) -> Path:
     """The cache entry that names the graph of the checkpoint files whose :func:`checkpoint_key` is ``key``."""
     return cache_dir() / f"checkpoint-{key}.json"
@@ -207,14 +230,14 @@ class GraphScorer:
 def load_graph_scorer(
     name_or_path: str | Path, grid: int | None = None, threads: int | None = None
 ) -> GraphScorer | None:
-    """A :class:`GraphScorer` of a released model or checkpoint whose very files have a cached graph
-    (``load_model(..., runtime="onnx")`` recorded one), else ``None``: onnxruntime is not installed, or
-    there is no usable graph yet."""
+    """A :class:`GraphScorer` of a released model that ships its graph, or of a released model or
+    checkpoint whose very files have a cached graph (``load_model(..., runtime="onnx")`` recorded one),
+    else ``None``: onnxruntime is not installed, or there is no usable graph yet."""
     if find_spec("onnxruntime") is None:
         return None
     path = resolve_model(name_or_path)
-    network = cached_checkpoint_network(checkpoint_key(path), threads)
+    info = read_checkpoint_json(path)
+    network = shipped_network(path, info, threads) or cached_checkpoint_network(checkpoint_key(path), threads)
     if network is None:
         return None
-    info = read_checkpoint_json(path)
     return GraphScorer(path, network, info, scoring_grid(info, grid))

@@ -36,6 +36,7 @@ from qfm_iqm.inference.graph import (  # re-exported: the runtime's whole interf
     checkpoint_key,
     probe_crops,
     require,
+    shipped_network,
 )
 from qfm_iqm.utils.checkpoint import atomic_write, atomic_write_json
 
@@ -43,7 +44,8 @@ if TYPE_CHECKING:  # the model classes import timm (and torchvision): a cached g
     from qfm_iqm.models.qfm import QFMIQM
 
 __all__ = ["CHUNK_CROPS", "RUNTIMES", "OnnxNetwork", "cache_dir", "cached_checkpoint_network", "checkpoint_key",
-           "export_onnx", "graph_key", "onnx_network", "remember_checkpoint_network", "resolve_runtime"]
+           "export_onnx", "graph_key", "onnx_network", "remember_checkpoint_network", "resolve_runtime",
+           "probe_scores", "shipped_network"]
 
 RUNTIMES = ("torch", "onnx")  # and "auto", which picks one of them
 OPSET = 18
@@ -125,7 +127,7 @@ def export_onnx(model: QFMIQM, path: str | Path) -> Path:
     return path
 
 
-def _probe_scores(model: QFMIQM) -> Tensor:
+def probe_scores(model: QFMIQM) -> Tensor:
     """``model``'s member scores of the :func:`~qfm_iqm.inference.graph.probe_crops`."""
     with torch.inference_mode():
         return model(torch.from_numpy(probe_crops(int(model.config.preprocessing["input_size"])))).member_scores
@@ -133,7 +135,7 @@ def _probe_scores(model: QFMIQM) -> Tensor:
 
 def _checked(network: OnnxNetwork, model: QFMIQM) -> OnnxNetwork:
     """``network``, after checking that it scores two fixed random crops as ``model`` does."""
-    return checked_against(network, _probe_scores(model).numpy())
+    return checked_against(network, probe_scores(model).numpy())
 
 
 def onnx_network(model: QFMIQM, threads: int | None = None, chunk: int | None = None) -> OnnxNetwork:
@@ -159,5 +161,5 @@ def remember_checkpoint_network(key: str, network: OnnxNetwork, model: QFMIQM) -
     """Record in :func:`cache_dir` that ``network`` (a checked graph of ``model``) is the graph of the
     checkpoint files whose :func:`checkpoint_key` is ``key``, with ``model``'s scores of the probe crops,
     so that :func:`cached_checkpoint_network` can serve them without building ``model``."""
-    probe = _probe_scores(model).tolist()
+    probe = probe_scores(model).tolist()
     atomic_write_json(checkpoint_index(key), {"format": GRAPH_FORMAT, "graph": network.path.name, "probe": probe})
