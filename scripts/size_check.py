@@ -28,7 +28,8 @@ from qfm_iqm.utils.checkpoint import atomic_write_json
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sharp.jpg"
 
 
-def enlarged(image: Image.Image, side: int) -> Image.Image:
+def copy_at(image: Image.Image, side: int) -> Image.Image:
+    """A copy of ``image`` resized with Lanczos (aspect kept) so that its shorter side is ``side`` px."""
     scale = side / min(image.size)
     return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     original = scores(viewing, photos)
     sizes = {}
     for side in args.sides:
-        copies = [enlarged(photo, side) for photo in photos]
+        copies = [copy_at(photo, side) for photo in photos]
         sizes[str(side)] = {"viewing_scale": changes(original, scores(viewing, copies)),
                             "native": changes(original, scores(native, copies))}
         print(side, sizes[str(side)], flush=True)

@@ -74,7 +74,7 @@ class IQADataset:
     to be resized (aspect kept) so their shorter side has this many pixels before cropping; ``None``
     means images are used at their stored size. ``rated_short_side`` is the shorter side at which the
     images were shown to the raters (where it is one size): a model trained on them scores every photo
-    at that scale (``Preprocessing.max_short_side``).
+    at that scale (``Preprocessing.max_short_side`` and ``min_short_side``).
     """
 
     name: str

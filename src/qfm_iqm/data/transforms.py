@@ -3,10 +3,11 @@
 Resize rules (train, test and scoring alike, applied before cropping, in this order):
 * datasets of very large photos (SPAQ) set ``resize_short_side``: every image is first resized
   (aspect kept) so that its shorter side equals it;
-* the canonical viewing scale ``max_short_side``: the scale the training data was rated at (500 px
-  for LIVE Challenge). An image whose shorter side is larger is downscaled (aspect kept) so that its
-  shorter side equals it, so a photo scores the same at any pixel count;
-  smaller images are left as they are;
+* the canonical viewing scale: the scale the training data was rated at (500 px for LIVE Challenge).
+  An image whose shorter side is larger than ``max_short_side`` is downscaled (aspect kept) so that its
+  shorter side equals it; one whose shorter side is smaller than ``min_short_side`` is enlarged to it.
+  With both at the rated scale every photo is seen at that one scale, so that a photo and any enlarged
+  copy of it score alike; without ``min_short_side`` smaller images are left as they are;
 * small-image rule: an image whose shorter side is below the crop size ``S`` is then upscaled,
   keeping its aspect ratio, so that its shorter side equals ``S``.
 Otherwise images are never resized; crops are taken at native resolution. Every resize is bicubic
@@ -41,6 +42,7 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     resize_short_side: int | None = None
     max_short_side: int | None = None
+    min_short_side: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> "Preprocessing":
@@ -51,6 +53,7 @@ class Preprocessing:
             std=tuple(data["std"]),
             resize_short_side=data.get("resize_short_side"),
             max_short_side=data.get("max_short_side"),
+            min_short_side=data.get("min_short_side"),
         )
 
     def resize_steps(self, short_side: int) -> list[int]:
@@ -62,13 +65,15 @@ class Preprocessing:
             steps.append(short_side := self.resize_short_side)
         if self.max_short_side and short_side > self.max_short_side:
             steps.append(short_side := self.max_short_side)
+        if self.min_short_side and short_side < self.min_short_side:
+            steps.append(short_side := self.min_short_side)
         if short_side < self.input_size:
             steps.append(self.input_size)
         return steps
 
     def without_viewing_scale(self) -> "Preprocessing":
-        """The same preprocessing at native resolution (no ``max_short_side``): ``--native`` scoring."""
-        return replace(self, max_short_side=None)
+        """The same preprocessing at native resolution (no viewing scale either way): ``--native`` scoring."""
+        return replace(self, max_short_side=None, min_short_side=None)
 
     def __post_init__(self) -> None:
         if self.input_size <= 0:

@@ -75,7 +75,9 @@ def fit_model(
 
 def config_for_dataset(config: TrainConfig, dataset: IQADataset) -> TrainConfig:
     """The configuration with the dataset's resize rule and viewing scale recorded in the model's preprocessing."""
-    rules = {"resize_short_side": dataset.resize_short_side, "max_short_side": dataset.rated_short_side}
+    # the viewing scale both ways: chosen on v2.1's validation part (scripts/viewing_scale_choice.py)
+    rules = {"resize_short_side": dataset.resize_short_side, "max_short_side": dataset.rated_short_side,
+             "min_short_side": dataset.rated_short_side}
     preprocessing = {**config.model.preprocessing, **{key: value for key, value in rules.items() if value is not None}}
     return replace(config, model=replace(config.model, preprocessing=preprocessing))
 

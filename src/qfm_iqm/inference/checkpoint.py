@@ -56,6 +56,7 @@ BOUNDS: dict[type, dict[str, tuple[float, float]]] = {
         "std": (0.01, 1.0),
         "resize_short_side": (16, MAX_SHORT_SIDE),
         "max_short_side": (16, MAX_SHORT_SIDE),
+        "min_short_side": (16, MAX_SHORT_SIDE),
     },
     LabelScale: {"low": (-1e9, 1e9), "high": (-1e9, 1e9)},
     # the half-width is in raw network units (before the score map), which can exceed the [0, 1] scale
