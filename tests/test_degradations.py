@@ -61,7 +61,7 @@ def test_pairs_are_one_kind_milder_first_and_the_same_crop(tmp_path, photo):
     photo.save(path)
     record = SimpleNamespace(path=path, label=0.5)
     pre = Preprocessing(input_size=64, mean=(0.5,) * 3, std=(0.5,) * 3)
-    kinds = ("noise", "blur", "jpeg", "contrast")
+    kinds = ("gaussian_noise", "blur", "jpeg", "contrast")
     pairs = DegradationPairs([record], TrainTransform(pre), seed=0, views=40, kinds=kinds)
     seen = set()
     for index in range(40):
@@ -80,8 +80,20 @@ def test_stack_positions_cover_every_version_once():
     stack = degraded_stack(TRAINED_KINDS)
     positions = [stack_position(TRAINED_KINDS, kind, level) for kind in TRAINED_KINDS for level in range(1, levels(kind) + 1)]
     assert sorted(positions) == list(range(1, len(stack)))
-    assert stack_position(TRAINED_KINDS, "noise", 0) == 0
+    assert stack_position(TRAINED_KINDS, "gaussian_noise", 0) == 0
     assert len(stack) == 1 + sum(len(STRENGTHS[kind]) for kind in TRAINED_KINDS)
+
+
+def test_additive_noise_is_gaussian_noise_and_its_old_name_still_reads():
+    from qfm_iqm.data.degradations import check_kinds
+    from qfm_iqm.training.config import TrainConfig
+
+    assert "noise" not in STRENGTHS and TRAINED_KINDS[0] == "gaussian_noise"
+    assert check_kinds(["noise", "blur"]) == ("gaussian_noise", "blur")  # as records of earlier versions name it
+    recorded = {**TrainConfig().to_dict(), "rank_kinds": ["noise", "jpeg"]}
+    assert TrainConfig.from_record(recorded).rank_kinds == ["gaussian_noise", "jpeg"]
+    with pytest.raises(ValueError, match="named twice"):
+        check_kinds(["noise", "gaussian_noise"])
 
 
 def test_ordered_fraction_counts_pairs_with_the_milder_higher():
@@ -169,6 +181,6 @@ def test_the_check_from_cached_backbone_outputs_equals_the_full_forward_pass(tmp
     trainer = Trainer(config, blur_records[:8], tmp_path, progress=False)
     features = frozen_backbone_features(config, trainer.model, torch.device("cpu"))
     photos = blur_records[8:10]
-    full = degradation_check(trainer.model, photos, grid=2, kinds=("noise", "blur"))
-    cached = degradation_check(trainer.model, photos, grid=2, kinds=("noise", "blur"), features=features)
+    full = degradation_check(trainer.model, photos, grid=2, kinds=("gaussian_noise", "blur"))
+    cached = degradation_check(trainer.model, photos, grid=2, kinds=("gaussian_noise", "blur"), features=features)
     assert cached == full
