@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             check = degradation_check(model, photos, config.eval_grid, device, features=features,
                                        trained_kinds=config.ranked_kinds) if photos else {}
             for epoch in history:
-                rows.append({"variant": variant["name"], "seed": seed, "seconds": round(seconds, 1),
+                rows.append({"variant": variant["name"], "seed": seed, "run_seconds": round(seconds, 1),
                              **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in epoch.items()}})
             rows[-1].update({f"ordered_{kind}": result["ordered"] for kind, result in check.items()})
             rows[-1].update({f"steps_{kind}": "/".join(f"{step:.2f}" for step in result["steps"]) for kind, result in check.items()})
