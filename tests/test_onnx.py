@@ -335,3 +335,23 @@ def test_ship_graph_records_a_checkpoints_graph_that_then_loads_without_an_expor
     assert shipped.network.path == graph
     image = _images()[1]
     assert shipped.score(image).score == pytest.approx(eager.score(image).score, abs=1e-3)
+
+
+def test_network_calls_at_once_give_the_same_rows_in_input_order(cache: Path, tmp_path: Path) -> None:
+    """``qfm-iqm score`` runs several single-threaded graph calls at once: the rows are those of one call
+    at a time, to the last bit, in input order, a broken file included."""
+    from qfm_iqm.scoring import score_files
+
+    files = []
+    for index, image in enumerate(_images() * 2):
+        files.append(str(tmp_path / f"{index}.png"))
+        Image.fromarray(image).save(files[-1])
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    files.insert(3, str(tmp_path / "broken.jpg"))
+    one, three = (load_graph_scorer(DEFAULT_MODEL, threads=1, calls=calls) for calls in (1, 3))
+    assert (one.calls, three.calls) == (1, 3)
+    rows = [score_files(scorer, files, batch_size=2, workers=1) for scorer in (one, three)]
+    assert [row.path for row in rows[1]] == files and rows[1][3].error is not None
+    assert [(row.score, row.low, row.error) for row in rows[0]] == [(row.score, row.low, row.error) for row in rows[1]]
+    with pytest.raises(ValueError, match="calls must be >= 1"):
+        load_graph_scorer(DEFAULT_MODEL, calls=0)

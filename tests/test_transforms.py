@@ -144,3 +144,14 @@ def test_resize_short_side_rule_applies_before_cropping():
     tiny = Image.new("L", (30, 20))
     assert prepare_image(tiny, pre).size[1] == 128  # shorter side to the dataset's rule, then >= crop
     assert Preprocessing.from_dict({"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}).resize_short_side is None
+
+
+@pytest.mark.parametrize("mean,std", [((0.5,) * 3, (0.5,) * 3), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+def test_normalised_pixels_are_the_float32_arithmetic_on_each_pixel(mean, std):
+    """The lookup of every 8-bit value gives exactly what scaling and normalising each pixel gives."""
+    pixels = np.random.default_rng(0).integers(0, 256, (37, 256, 3), dtype=np.uint8)
+    pixels[0, :, :] = np.arange(256, dtype=np.uint8)[:, None]  # every value in every channel
+    expected = pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+    expected = (expected - np.asarray(mean, np.float32).reshape(3, 1, 1)) / np.asarray(std, np.float32).reshape(3, 1, 1)
+    got = Preprocessing(64, mean, std).normalized_array(Image.fromarray(pixels))
+    assert got.dtype == np.float32 and got.shape == (3, 37, 256) and np.array_equal(got, expected)

@@ -254,23 +254,46 @@ def _scores(
 
     if map_dir is not None:
         from qfm_iqm.inference.quality_map import overlay_quality_map
-    items = _decoded(scorer, entries, workers, 2 * batch_size + workers, keep_image=map_dir is not None)
+    calls = getattr(scorer, "calls", 1)  # network calls at once (a graph scorer's; eager models: one)
+    items = _decoded(scorer, entries, workers, (calls + 1) * batch_size + workers, keep_image=map_dir is not None)
+    network = ThreadPoolExecutor(calls, thread_name_prefix="qfm-iqm-network") if calls > 1 else None
+
+    def score(batch: list[_Item]) -> list[ScoreResult]:
+        decoded = [item for item in batch if item.error is None]
+        return scorer.score_crop_stacks([item.crops for item in decoded], [item.path for item in decoded]) if decoded else []
+
+    def results(batch: list[_Item], scored: list[ScoreResult]) -> Iterator[ScoreResult]:
+        scored = iter(scored)
+        for item in batch:
+            if item.error is not None:
+                result = ScoreResult(None, None, item.path, item.error)
+            else:
+                result = next(scored)
+                if map_dir is not None:
+                    image = Image.fromarray(item.image)
+                    overlay_quality_map(image, scorer.quality_map(image)).save(map_dir / map_names[item.index])
+            bar.update()  # before the yield: the consumer stops pulling after the last result
+            yield result
+
     with tqdm(total=len(entries), desc="scoring", unit="img", disable=not progress) as bar, closing(items):
-        while batch := list(islice(items, batch_size)):
-            decoded = [item for item in batch if item.error is None]
-            if decoded:
-                stacks, paths = [item.crops for item in decoded], [item.path for item in decoded]
-                scored = iter(scorer.score_crop_stacks(stacks, paths))
-            for item in batch:
-                if item.error is not None:
-                    result = ScoreResult(None, None, item.path, item.error)
-                else:
-                    result = next(scored)
-                    if map_dir is not None:
-                        image = Image.fromarray(item.image)
-                        overlay_quality_map(image, scorer.quality_map(image)).save(map_dir / map_names[item.index])
-                bar.update()  # before the yield: the consumer stops pulling after the last result
-                yield result
+        if network is None:
+            while batch := list(islice(items, batch_size)):
+                yield from results(batch, score(batch))
+            return
+        in_flight: deque = deque()  # (batch, its network call), in input order
+        try:
+            while batch := list(islice(items, batch_size)):
+                in_flight.append((batch, network.submit(score, batch)))
+                if len(in_flight) >= calls:
+                    batch, call = in_flight.popleft()
+                    yield from results(batch, call.result())
+            while in_flight:
+                batch, call = in_flight.popleft()
+                yield from results(batch, call.result())
+        finally:  # the consumer stopped early: queued calls are dropped, running ones finish
+            for _, call in in_flight:
+                call.cancel()
+            network.shutdown(wait=True)
 
 
 def score_files(

@@ -90,9 +90,11 @@ def _graph_scorer(args: argparse.Namespace) -> GraphScorer | None:
     ``--runtime torch``; ``None`` when there is no usable one yet."""
     if args.runtime == "torch" or args.device != "cpu" or "WORLD_SIZE" in os.environ:
         return None
-    from qfm_iqm.inference.graph import load_graph_scorer
+    from qfm_iqm.inference.graph import load_graph_scorer, usable_cpus
 
-    scorer = load_graph_scorer(args.model, args.grid, args.threads)
+    # as many single-threaded network calls at once as there are threads: faster than one call on all of
+    # them, which waits at every operator for the thread the decoding delays (docs/scoring.md, Runtimes)
+    scorer = load_graph_scorer(args.model, args.grid, threads=1, calls=args.threads or usable_cpus())
     if scorer is not None and args.native:
         scorer.preprocessing = scorer.preprocessing.without_viewing_scale()
     return scorer
@@ -586,7 +588,8 @@ def _add_global_options(parser: argparse.ArgumentParser, in_command: bool) -> No
     unset = {"default": argparse.SUPPRESS} if in_command else {}
     parser.add_argument("--quiet", action="store_true", help="no progress bars", **unset)
     parser.add_argument("--threads", type=int, metavar="N", **unset,
-                        help="CPU threads of PyTorch (default: PyTorch's, one per core); on a busy machine fewer "
+                        help="CPU threads of the network (default: one per core): PyTorch's, or with the model's "
+                        "ONNX graph that many single-threaded onnxruntime calls at once; on a busy machine fewer "
                         "can be faster, with the same scores")
 
 

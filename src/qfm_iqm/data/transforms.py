@@ -17,6 +17,7 @@ with antialiasing: Pillow's for files, torch's for the metric's tensors (:func:`
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -81,13 +82,19 @@ class Preprocessing:
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"need 3 means and 3 positive stds, got mean={self.mean}, std={self.std}")
 
+    @cached_property
+    def _levels(self) -> np.ndarray:
+        """(3, 256) float32: each channel's 256 8-bit values scaled to [0, 1] then normalised with
+        mean/std, in float32 step by step (so a pixel's value is the one the arithmetic on it gives)."""
+        levels = np.arange(256, dtype=np.float32) / np.float32(255.0)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1)
+        return (levels[None, :] - mean) / np.asarray(self.std, dtype=np.float32).reshape(3, 1)
+
     def normalized_array(self, img: Image.Image) -> np.ndarray:
-        """PIL image -> float32 array (3, H, W), scaled to [0, 1] then normalised with mean/std."""
-        x = np.asarray(to_rgb(img), dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
-        x /= np.float32(255.0)
-        x -= np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
-        x /= np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
-        return x
+        """PIL image -> float32 array (3, H, W), scaled to [0, 1] then normalised with mean/std (looked up
+        per 8-bit value: half the time of the arithmetic on every pixel, the same numbers)."""
+        pixels = np.asarray(to_rgb(img), dtype=np.uint8)
+        return np.stack([self._levels[channel][pixels[..., channel]] for channel in range(3)])
 
     def to_tensor_normalized(self, img: Image.Image) -> torch.Tensor:
         """PIL image -> float32 tensor (3, H, W): :meth:`normalized_array` as a tensor."""

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from qfm_iqm.models.qfm import QFMIQM
 
 __all__ = ["CHUNK_CROPS", "GRAPH_FORMAT", "GraphScorer", "OnnxNetwork", "cache_dir", "cached_checkpoint_network",
-           "checkpoint_key", "load_graph_scorer", "probe_crops", "shipped_network"]
+           "checkpoint_key", "load_graph_scorer", "probe_crops", "shipped_network", "usable_cpus"]
 
 GRAPH_FORMAT = "qfm-iqm-onnx/2"  # part of every graph's key: change it when the exported graph or the probe changes
 PROBE_TOLERANCE = 1e-4  # largest member-score difference from the eager model (normalised scale: 0.01 MOS)
@@ -188,13 +188,18 @@ class GraphScorer:
     It scores as :class:`qfm_iqm.api.Scorer` does with the onnx runtime: the same crops, the same graph
     and the same arithmetic after it (:mod:`qfm_iqm.inference.score_result`), so the same numbers, without torch.
     Quality maps need the attention maps of the eager model, which is loaded (with torch) on first use.
+    ``calls``: how many network calls :func:`qfm_iqm.scoring.score_files` runs at once (each on the
+    network's own intra-op threads).
     """
 
     runtime = "onnx"
 
-    def __init__(self, checkpoint: Path, network: OnnxNetwork, info: dict, grid: int) -> None:
+    def __init__(self, checkpoint: Path, network: OnnxNetwork, info: dict, grid: int, calls: int = 1) -> None:
+        if calls < 1:
+            raise ValueError(f"calls must be >= 1, got {calls}")
         self.checkpoint = checkpoint
         self.network = network
+        self.calls = calls
         self.info = info
         self.preprocessing = Preprocessing.from_dict(info["model"]["preprocessing"])
         self.scale = score_scale(info)
@@ -227,12 +232,19 @@ class GraphScorer:
         return quality_map(self._model, image, self.preprocessing, self.grid)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system tells it, else all of them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def load_graph_scorer(
-    name_or_path: str | Path, grid: int | None = None, threads: int | None = None
+    name_or_path: str | Path, grid: int | None = None, threads: int | None = None, calls: int = 1
 ) -> GraphScorer | None:
     """A :class:`GraphScorer` of a released model that ships its graph, or of a released model or
     checkpoint whose very files have a cached graph (``load_model(..., runtime="onnx")`` recorded one),
-    else ``None``: onnxruntime is not installed, or there is no usable graph yet."""
+    else ``None``: onnxruntime is not installed, or there is no usable graph yet. ``threads``: the
+    intra-op threads of each network call (default: onnxruntime's, one per core); ``calls``: network
+    calls run at once when scoring many files (:class:`GraphScorer`)."""
     if find_spec("onnxruntime") is None:
         return None
     path = resolve_model(name_or_path)
@@ -240,4 +252,4 @@ def load_graph_scorer(
     network = shipped_network(path, info, threads) or cached_checkpoint_network(checkpoint_key(path), threads)
     if network is None:
         return None
-    return GraphScorer(path, network, info, scoring_grid(info, grid))
+    return GraphScorer(path, network, info, scoring_grid(info, grid), calls)

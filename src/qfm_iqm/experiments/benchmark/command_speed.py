@@ -23,6 +23,7 @@ from qfm_iqm.scoring import find_images
 __all__ = ["WHOLE", "command_speed", "flop_ceiling", "machine", "network_speed", "photos", "run_cell"]
 
 WHOLE = "whole"  # the grid of a whole-image pass: the prepared image through the network in one piece
+TIMED_TOGETHER = 32  # network calls decoded ahead, untimed, then timed together (about 350 MB of 3x3 crops)
 # The command as its console script runs it, which also writes its peak resident memory (MiB) to a file
 # when it exits (``peak_rss_mib``: the process's own, not that of the process it was started from).
 CLI = [sys.executable, "-c", "import atexit, sys; from qfm_iqm.utils.memory import peak_rss_mib; "
@@ -40,42 +41,52 @@ def run_cell(kind: str, **options) -> dict:
 
 
 def network_speed(model: str, runtime: str, files: list[str], batch_size: int, grid: int | str | None = None) -> dict:
-    """Images/s of the network alone as ``qfm-iqm score`` loads it (the cached graph for ``onnx``, the eager
-    model for ``torch``), ``batch_size`` images' crops per call, timing only the calls; decoding and
-    cropping are not timed, and neither is the first call (it sets up buffers). ``grid``: crops per side
-    (default: the model's), or :data:`WHOLE` (eager only, one image per call)."""
+    """Images/s of the network alone as ``qfm-iqm score`` runs it (the cached graph for ``onnx``, as many
+    single-threaded calls at once as the command makes; the eager model for ``torch``), ``batch_size``
+    images' crops per call, timing only the calls: the photos are decoded and cropped
+    :data:`TIMED_TOGETHER` calls at a time, untimed, and those calls then timed together. The first call
+    is not timed (it sets up buffers). ``grid``: crops per side (default: the model's), or :data:`WHOLE`
+    (eager only, one image per call)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from qfm_iqm.data.images import load_image
     from qfm_iqm.utils.allocator import reuse_freed_memory
 
     reuse_freed_memory()  # as the command does
-    crops_of, run, join, crops_per_image = _network(model, runtime, grid)
+    crops_of, run, join, crops_per_image, calls = _network(model, runtime, grid)
     if grid == WHOLE:
         batch_size = 1  # sizes differ from image to image
+    starts = list(range(0, len(files), batch_size))
+    run(join([crops_of(load_image(path)) for path in files[:batch_size]]))  # the untimed first call
     seconds = 0.0
-    for number, start in enumerate(range(0, len(files), batch_size)):
-        crops = join([crops_of(load_image(path)) for path in files[start : start + batch_size]])
-        if number == 0:
-            run(crops)
+    pool = ThreadPoolExecutor(calls) if calls > 1 else None  # one call at a time: in this thread, as the command
+    for group in range(0, len(starts), TIMED_TOGETHER):
+        batches = [join([crops_of(load_image(path)) for path in files[start : start + batch_size]])
+                   for start in starts[group : group + TIMED_TOGETHER]]
         began = time.perf_counter()
-        run(crops)
+        list(pool.map(run, batches) if pool is not None else map(run, batches))
         seconds += time.perf_counter() - began
+    if pool is not None:
+        pool.shutdown()
     return {"runtime": runtime, "grid": grid, "crops_per_image": crops_per_image, "batch_size": batch_size,
-            "images": len(files), "seconds": round(seconds, 3), "images_per_second": round(len(files) / seconds, 3)}
+            "calls_at_once": calls, "images": len(files), "seconds": round(seconds, 3),
+            "images_per_second": round(len(files) / seconds, 3)}
 
 
 def _network(model: str, runtime: str, grid: int | str | None):
-    """(image -> crops, crops -> member scores, join crops, crops per image) of ``model`` in ``runtime``."""
+    """(image -> crops, crops -> member scores, join crops, crops per image, calls at once) of ``model`` in
+    ``runtime``, as ``qfm-iqm score`` makes them."""
     if runtime == "onnx":
         import numpy as np
 
-        from qfm_iqm.inference.graph import load_graph_scorer
+        from qfm_iqm.inference.graph import load_graph_scorer, usable_cpus
 
         if grid == WHOLE:
             raise ValueError("a whole-image pass runs in the torch runtime only (the graph takes fixed-size crops)")
-        scorer = load_graph_scorer(model, grid)
+        scorer = load_graph_scorer(model, grid, threads=1, calls=usable_cpus())
         if scorer is None:
             raise RuntimeError(f"no cached graph of {model}: score one image with it first")
-        return scorer.crops, scorer.network.member_scores, np.concatenate, scorer.grid ** 2
+        return scorer.crops, scorer.network.member_scores, np.concatenate, scorer.grid ** 2, scorer.calls
     import torch
 
     from qfm_iqm.api import load_model
@@ -88,8 +99,8 @@ def _network(model: str, runtime: str, grid: int | str | None):
             return scorer.network(crops).member_scores
 
     if grid == WHOLE:
-        return lambda image: whole_image(image, scorer.preprocessing), run, torch.cat, 1
-    return scorer.crops, run, torch.cat, scorer.grid ** 2
+        return lambda image: whole_image(image, scorer.preprocessing), run, torch.cat, 1, 1
+    return scorer.crops, run, torch.cat, scorer.grid ** 2, 1
 
 
 def flop_ceiling(model: str, matmul_size: int) -> dict:
