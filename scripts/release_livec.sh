@@ -18,7 +18,8 @@ out=runs/release-$stem
 qfm-iqm train --dataset livec --data-root "${QFM_IQM_LIVEC_ROOT:-../shared/datasets/livec}" --all --output "$out" "$@"
 python - "$out" "$stem" "$interval" <<'PY'
 import json, sys
-from qfm_iqm.inference.pretrained import export_release, ship_graph
+from qfm_iqm.inference.pretrained import export_release
+from qfm_iqm.inference.runtime import ship_graph
 out, stem, interval = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 extra = {"interval": interval} if interval else {}
 # float32: an fp16 copy moved scores by up to 0.075 MOS

@@ -79,7 +79,7 @@ def write_benchmark_config(records: list[ImageRecord], out: Path) -> Path:
     (root / "labels.csv").write_text("image,mos\n" + "".join(f"{r.path.name},{r.raw_label}\n" for r in records))
     dataset = {"name": "csv", "root": str(root), "options": {"file": "labels.csv", "low": 0, "high": 100}}
     config = {"name": "ddp", "seeds": [3], "train": {**asdict(vit_config()), "epochs": 1},
-              "datasets": [{**dataset, "id": "blur"}, {**dataset, "id": "again"}], "methods": [{"name": "deiqt", "train": {"mode": "deiqt"}}],
+              "datasets": [{**dataset, "id": "blur"}, {**dataset, "id": "again"}], "methods": [{"name": "deiqt", "train": {"mode": "deiqt", "teacher": "none"}}],
               "cross": [{"train": "blur", "test": "again"}]}
     path = out / "benchmark.json"
     path.write_text(json.dumps(config))

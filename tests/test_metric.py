@@ -33,15 +33,22 @@ def _batch(images: np.ndarray) -> torch.Tensor:
 
 
 def test_batch_scores_equal_scorer_scores(images: np.ndarray) -> None:
-    metric = qfm_iqm.create_metric(device="cpu")
+    """At their own size (``native``: no resize) the metric and ``score`` give the same numbers. By default
+    both first enlarge these 240x264 photos to the 500-px viewing scale, and ``score`` rounds the enlarged
+    photo to 8 bits as a stored photo is, which the model notices: up to 2 MOS apart."""
+    metric = qfm_iqm.create_metric(device="cpu", native=True)
     assert isinstance(metric, torch.nn.Module) and DEFAULT_MODEL in qfm_iqm.list_models()
     assert metric.lower_better is False and metric.score_range == (0.0, 100.0)
     x = _batch(images).requires_grad_()
     scores = metric(x)
     assert scores.shape == (4,) and not scores.requires_grad  # as_loss=False records no graph
-    expected = [r.score for r in qfm_iqm.load_model(runtime="torch").score(list(images))]
+    expected = [r.score for r in qfm_iqm.load_model(runtime="torch", native=True).score(list(images))]
     np.testing.assert_allclose(scores.numpy(), expected, atol=1e-3)
     assert len(set(np.round(expected, 2))) == 4  # the images are told apart
+    viewed = qfm_iqm.create_metric(device="cpu")(x).detach().numpy()
+    expected = [r.score for r in qfm_iqm.load_model(runtime="torch").score(list(images))]
+    np.testing.assert_allclose(viewed, expected, atol=2.0)
+    assert np.abs(viewed - scores.detach().numpy()).max() > 2.0  # the viewing scale was applied
 
 
 def test_underscore_name_and_eval_mode_kept(images: np.ndarray) -> None:
@@ -77,9 +84,10 @@ def test_scores_stay_on_the_scale_whatever_the_network_outputs(images: np.ndarra
     """A head scaled 50x drives the raw output far outside [0, 1]: ``score``, the metric and the loss
     all map it into the model's range by the same strictly increasing map, so scores stay distinct and
     in order, and the loss's gradient does not vanish."""
-    metric = qfm_iqm.create_metric(DEFAULT_MODEL, device="cpu", grid=1)
-    loss = qfm_iqm.create_metric(DEFAULT_MODEL, device="cpu", grid=1, as_loss=True)
-    scorer = qfm_iqm.load_model(DEFAULT_MODEL, "cpu", grid=1, runtime="torch")
+    # at the photos' own size, so that ``raw`` below is what the network sees
+    metric = qfm_iqm.create_metric(DEFAULT_MODEL, device="cpu", grid=1, native=True)
+    loss = qfm_iqm.create_metric(DEFAULT_MODEL, device="cpu", grid=1, as_loss=True, native=True)
+    scorer = qfm_iqm.load_model(DEFAULT_MODEL, "cpu", grid=1, runtime="torch", native=True)
     for net in (metric.net, loss.net, scorer.model):
         with torch.no_grad():
             net.decoder.head.weight.mul_(50.0)

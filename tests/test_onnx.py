@@ -320,7 +320,8 @@ def test_a_shipped_graph_that_is_not_the_recorded_one_is_refused(cache: Path, tm
 def test_ship_graph_records_a_checkpoints_graph_that_then_loads_without_an_export(
     cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from qfm_iqm.inference.pretrained import MODEL_FORMAT, ship_graph
+    from qfm_iqm.inference.pretrained import MODEL_FORMAT
+    from qfm_iqm.inference.runtime import ship_graph
     from qfm_iqm.utils.checkpoint import save_checkpoint
 
     model = _tiny_model(3)

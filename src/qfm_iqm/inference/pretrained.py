@@ -190,28 +190,6 @@ def export_release(
     return save_checkpoint(out_dir, tensors, release, name=stem)
 
 
-def ship_graph(release: str | Path) -> Path:
-    """Export the ONNX graph of a release copy beside its weights (``<stem>.onnx``) and record it in the
-    copy's JSON (``graph``: the file's name, its SHA-256 and the eager model's scores of the probe crops),
-    so that the release's first use exports nothing (:func:`qfm_iqm.inference.graph.shipped_network`).
-    The weights are written again unchanged (their metadata holds the JSON's hash). Returns the graph's path."""
-    from qfm_iqm.inference.checkpoint import load_checkpoint_model  # torch: only here
-    from qfm_iqm.inference.graph import OnnxNetwork, checked_against
-    from qfm_iqm.inference.runtime import export_onnx, probe_scores
-    from qfm_iqm.inference.speed import for_inference
-    from qfm_iqm.utils.checkpoint import load_tensors, save_checkpoint
-
-    weights_path, _ = checkpoint_paths(release)
-    model, info = load_checkpoint_model(release)
-    model = for_inference(model)  # as load_model scores with it
-    probe = probe_scores(model).numpy()
-    graph = export_onnx(model, weights_path.with_suffix(".onnx"))
-    checked_against(OnnxNetwork(graph), probe)
-    record = {"file": graph.name, "sha256": hashlib.sha256(graph.read_bytes()).hexdigest(), "probe": probe.tolist()}
-    save_checkpoint(weights_path.parent, load_tensors(release), {**info, "graph": record}, name=weights_path.stem)
-    return graph
-
-
 def read_checkpoint_json(checkpoint: str | Path) -> dict:
     """A checkpoint's JSON, read without torch and not checked (loading the model checks it): what the
     command line needs to check a ``score -o`` file before it loads the model."""

@@ -38,14 +38,14 @@ from qfm_iqm.inference.graph import (  # re-exported: the runtime's whole interf
     require,
     shipped_network,
 )
-from qfm_iqm.utils.checkpoint import atomic_write, atomic_write_json
+from qfm_iqm.utils.checkpoint import atomic_write, atomic_write_json, checkpoint_paths
 
 if TYPE_CHECKING:  # the model classes import timm (and torchvision): a cached graph is scored without them
     from qfm_iqm.models.qfm import QFMIQM
 
 __all__ = ["CHUNK_CROPS", "RUNTIMES", "OnnxNetwork", "cache_dir", "cached_checkpoint_network", "checkpoint_key",
            "export_onnx", "graph_key", "onnx_network", "remember_checkpoint_network", "resolve_runtime",
-           "probe_scores", "shipped_network"]
+           "probe_scores", "ship_graph", "shipped_network"]
 
 RUNTIMES = ("torch", "onnx")  # and "auto", which picks one of them
 OPSET = 18
@@ -163,3 +163,23 @@ def remember_checkpoint_network(key: str, network: OnnxNetwork, model: QFMIQM) -
     so that :func:`cached_checkpoint_network` can serve them without building ``model``."""
     probe = probe_scores(model).tolist()
     atomic_write_json(checkpoint_index(key), {"format": GRAPH_FORMAT, "graph": network.path.name, "probe": probe})
+
+
+def ship_graph(release: str | Path) -> Path:
+    """Export the ONNX graph of a release copy beside its weights (``<stem>.onnx``) and record it in the
+    copy's JSON (``graph``: the file's name, its SHA-256 and the eager model's scores of the probe crops),
+    so that the release's first use exports nothing (:func:`shipped_network`).
+    The weights are written again unchanged (their metadata holds the JSON's hash). Returns the graph's path."""
+    from qfm_iqm.inference.checkpoint import load_checkpoint_model
+    from qfm_iqm.inference.speed import for_inference
+    from qfm_iqm.utils.checkpoint import load_tensors, save_checkpoint
+
+    weights_path, _ = checkpoint_paths(release)
+    model, info = load_checkpoint_model(release)
+    model = for_inference(model)  # as load_model scores with it
+    probe = probe_scores(model).numpy()
+    graph = export_onnx(model, weights_path.with_suffix(".onnx"))
+    checked_against(OnnxNetwork(graph), probe)
+    record = {"file": graph.name, "sha256": hashlib.sha256(graph.read_bytes()).hexdigest(), "probe": probe.tolist()}
+    save_checkpoint(weights_path.parent, load_tensors(release), {**info, "graph": record}, name=weights_path.stem)
+    return graph
