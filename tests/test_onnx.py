@@ -299,7 +299,7 @@ def test_the_default_release_ships_its_graph_and_exports_nothing(
     assert not empty.exists() and (sorted(cache.iterdir()) if cache.is_dir() else []) == before
 
 
-@pytest.mark.parametrize("damage", ["edited graph", "other probe scores", "missing graph"])
+@pytest.mark.parametrize("damage", ["edited graph", "other probe scores", "missing graph", "edited JSON"])
 def test_a_shipped_graph_that_is_not_the_recorded_one_is_refused(cache: Path, tmp_path: Path, damage: str) -> None:
     source = resolve_model(DEFAULT_MODEL)
     copy = tmp_path / source.name
@@ -311,6 +311,9 @@ def test_a_shipped_graph_that_is_not_the_recorded_one_is_refused(cache: Path, tm
         copy.with_suffix(".onnx").write_bytes(copy.with_suffix(".onnx").read_bytes() + b"\0")
     elif damage == "missing graph":
         copy.with_suffix(".onnx").unlink()
+    elif damage == "edited JSON":  # its graph record intact, but the JSON is no longer the weights' own
+        info["command"] = "edited"
+        copy.with_suffix(".json").write_text(json.dumps(info))
     else:
         info["graph"]["probe"] = (np.asarray(info["graph"]["probe"]) + 0.01).tolist()
     with pytest.warns(UserWarning, match="graph .* is unusable"):

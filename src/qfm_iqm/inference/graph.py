@@ -28,7 +28,7 @@ from qfm_iqm.version import __version__
 from qfm_iqm.data.transforms import Preprocessing, grid_crop_array
 from qfm_iqm.inference.pretrained import read_checkpoint_json, recorded_interval, resolve_model, score_scale, scoring_grid
 from qfm_iqm.inference.score_result import ScoreResult, image_result, panel_scores
-from qfm_iqm.utils.files import checkpoint_paths
+from qfm_iqm.utils.files import checkpoint_paths, written_together
 
 if TYPE_CHECKING:
     import torch
@@ -149,6 +149,8 @@ def shipped_network(checkpoint: str | Path, info: dict, threads: int | None = No
     name = str(record.get("file"))
     path = checkpoint_paths(checkpoint)[0].parent / Path(name).name
     try:
+        if not written_together(checkpoint):  # an edited JSON is checked in full by loading the model
+            raise ValueError("the release's JSON is not the one saved with its weights")
         if hashlib.sha256(path.read_bytes()).hexdigest() != record.get("sha256"):
             raise ValueError("the file is not the one the release records (SHA-256 differs)")
         return checked_against(OnnxNetwork(path, threads, chunk), np.asarray(record["probe"], dtype=np.float32))

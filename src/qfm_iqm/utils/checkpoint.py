@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from qfm_iqm.utils.files import (  # re-exported: written without torch, for the command line's checks
+    CONFIG_HASH_KEY,
     atomic_write,
     atomic_write_csv,
     atomic_write_json,
@@ -53,7 +54,6 @@ __all__ = [
 
 TRAINING_STATE_NAME = "training_state"
 TRAINING_STATE_FORMAT = "qfm-iqm-training-state/1"
-_CONFIG_HASH_KEY = "config_sha256"
 _TENSOR, _NDARRAY, _TUPLE, _DICT = "__tensor__", "__ndarray__", "__tuple__", "__dict__"
 _MARKERS = frozenset({_TENSOR, _NDARRAY, _TUPLE, _DICT})
 
@@ -96,7 +96,7 @@ def save_checkpoint(
     """
     directory = Path(directory)
     config_text = json.dumps(config, indent=2, sort_keys=False) + "\n"
-    metadata = {_CONFIG_HASH_KEY: hashlib.sha256(config_text.encode("utf-8")).hexdigest()}
+    metadata = {CONFIG_HASH_KEY: hashlib.sha256(config_text.encode("utf-8")).hexdigest()}
     prepared = _prepare_tensors(tensors)
     weights_path = directory / f"{name}.safetensors"
     atomic_write(weights_path, lambda tmp: save_file(prepared, str(tmp), metadata=metadata))
@@ -127,7 +127,7 @@ def inspect_checkpoint(directory_or_file: str | Path, name: str = "model") -> tu
         raise CheckpointError(f"corrupt checkpoint file {weights_path}: {exc}") from exc
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint file {exc.filename or weights_path}: {exc.strerror}") from exc
-    expected = metadata.get(_CONFIG_HASH_KEY)
+    expected = metadata.get(CONFIG_HASH_KEY)
     if expected is not None and hashlib.sha256(config_bytes).hexdigest() != expected:
         raise CheckpointError(
             f"checkpoint file {config_path} does not belong to {weights_path} "

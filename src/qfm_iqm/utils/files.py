@@ -76,9 +76,28 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+CONFIG_HASH_KEY = "config_sha256"  # the weights' metadata entry that holds the SHA-256 of the JSON's text
+
+
 def checkpoint_paths(directory_or_file: str | Path, name: str = "model") -> tuple[Path, Path]:
     """The ``(.safetensors, .json)`` pair of a checkpoint given its directory (and name) or either file."""
     path = Path(directory_or_file)
     if path.suffix in (".safetensors", ".json"):
         return path.with_suffix(".safetensors"), path.with_suffix(".json")
     return path / f"{name}.safetensors", path / f"{name}.json"
+
+
+def written_together(directory_or_file: str | Path) -> bool:
+    """Whether a checkpoint's JSON is the one saved with its weights (their metadata holds its SHA-256),
+    read without torch: an edited JSON is not."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    weights_path, config_path = checkpoint_paths(directory_or_file)
+    try:
+        with safe_open(str(weights_path), framework="numpy") as handle:
+            expected = (handle.metadata() or {}).get(CONFIG_HASH_KEY)
+        return expected == hashlib.sha256(config_path.read_bytes()).hexdigest()
+    except Exception:  # noqa: BLE001 - unreadable or corrupt: not a pair to trust
+        return False
