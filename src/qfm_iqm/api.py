@@ -215,12 +215,14 @@ def _load_scorer(name_or_path: str | Path, device: torch.device, grid: int | Non
     """:func:`load_model` at the checkpoint's own preprocessing, on a device known to be usable."""
     path = resolve_model(name_or_path)
     onnx = resolve_runtime(runtime, device) == "onnx"
-    key = checkpoint_key(path) if onnx else None  # hashes the checkpoint's files once
+    key = None
     if onnx:
         info = read_checkpoint_json(path)
         threads = torch.get_num_threads()
-        # the release's own graph, or one exported before for these very files
-        network = shipped_network(path, info, threads) or cached_checkpoint_network(key, threads)
+        network = shipped_network(path, info, threads)  # the release's own graph
+        if network is None:  # else one exported before for these very files (hashed once, before loading)
+            key = checkpoint_key(path)
+            network = cached_checkpoint_network(key, threads)
         if network is not None:
             return Scorer._from_graph(network, lambda: _load_for_inference(path, device)[0], score_scale(info),
                                       scoring_grid(info, grid), info, recorded_interval(info))
