@@ -48,6 +48,11 @@ STRENGTHS: dict[str, tuple[float, ...]] = {
     "contrast": (0.6, 0.35, 0.15),  # contrast factor (towards the mean grey)
     "quantisation": (4.0, 3.0, 2.0),  # bits per channel
     "jitter": (1.0, 2.0, 4.0),  # every pixel taken from a random neighbour at most this many pixels away
+    # added for issue [1/6] with their strengths fixed before any model was checked on them:
+    "webp": (30.0, 10.0, 2.0),  # WebP quality
+    "median": (3.0, 5.0, 9.0),  # median filter (a denoiser's smearing): window size in pixels
+    "chromatic_aberration": (2.0, 4.0, 8.0),  # red and blue shifted apart: pixels each way, horizontally
+    "haze": (0.25, 0.45, 0.65),  # blend towards a light grey (220): its weight
 }
 KINDS = tuple(STRENGTHS)
 TRAINED_KINDS = ("gaussian_noise", "blur", "jpeg", "underexposure", "overexposure")
@@ -130,6 +135,25 @@ def _quantisation(image: Image.Image, bits: float, seed: int) -> Image.Image:
     return ImageOps.posterize(image, int(bits))
 
 
+def _webp(image: Image.Image, quality: float, seed: int) -> Image.Image:
+    return _encoded(image, format="WEBP", quality=int(quality))
+
+
+def _median(image: Image.Image, size: float, seed: int) -> Image.Image:
+    return image.filter(ImageFilter.MedianFilter(int(size)))
+
+
+def _chromatic_aberration(image: Image.Image, shift: float, seed: int) -> Image.Image:
+    pixels = np.array(image)
+    pixels[..., 0] = np.pad(pixels[..., 0], ((0, 0), (int(shift), 0)), mode="edge")[:, : image.width]
+    pixels[..., 2] = np.pad(pixels[..., 2], ((0, 0), (0, int(shift))), mode="edge")[:, int(shift) :]
+    return Image.fromarray(pixels)
+
+
+def _haze(image: Image.Image, weight: float, seed: int) -> Image.Image:
+    return _image(_pixels(image) * (1.0 - weight) + 220.0 * weight)
+
+
 def _jitter(image: Image.Image, reach: float, seed: int) -> Image.Image:
     pixels = np.asarray(image)
     height, width = pixels.shape[:2]
@@ -154,6 +178,10 @@ _APPLY: dict[str, Callable[[Image.Image, float, int], Image.Image]] = {
     "contrast": _contrast,
     "quantisation": _quantisation,
     "jitter": _jitter,
+    "webp": _webp,
+    "median": _median,
+    "chromatic_aberration": _chromatic_aberration,
+    "haze": _haze,
 }
 
 
