@@ -96,6 +96,22 @@ def test_additive_noise_is_gaussian_noise_and_its_old_name_still_reads():
         check_kinds(["noise", "gaussian_noise"])
 
 
+def test_the_kinds_added_for_the_held_out_check_do_what_their_names_say(photo):
+    original = np.asarray(photo, dtype=np.int16)
+    shifted = np.asarray(degrade(photo, "chromatic_aberration", 1), dtype=np.int16)  # 2 px each way
+    assert np.array_equal(shifted[:, 2:, 0], original[:, :-2, 0])  # red moved right
+    assert np.array_equal(shifted[:, :-2, 2], original[:, 2:, 2])  # blue moved left
+    assert np.array_equal(shifted[..., 1], original[..., 1])  # green kept
+    hazy = np.asarray(degrade(photo, "haze", 3), dtype=np.float64)
+    assert np.abs(hazy - (0.35 * original + 0.65 * 220)).max() <= 0.5
+    assert np.ptp(hazy) < 0.4 * np.ptp(original)
+    smeared = degrade(photo, "median", 2)  # a 5x5 median: the value at a pixel is its window's median
+    window = original[100 - 2 : 100 + 3, 60 - 2 : 60 + 3, 0]
+    assert np.asarray(smeared)[100, 60, 0] == int(np.median(window))
+    encoded = degrade(photo, "webp", 3)
+    assert encoded.size == photo.size and encoded.mode == "RGB"
+
+
 def test_ordered_fraction_counts_pairs_with_the_milder_higher():
     scores = np.array([[3.0, 2.0, 1.0], [1.0, 2.0, 2.0]])  # photo 1: all 3 right; photo 2: none right (a tie is wrong)
     assert ordered_fraction(scores) == pytest.approx(0.5)
