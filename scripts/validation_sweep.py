@@ -11,6 +11,7 @@ The config names a dataset, split seeds (the protocol's splits), shared training
     variants:
       - {name: base}
       - {name: rho-0.6, train: {mode: qfm, noise_strength: 0.6}}
+      - {name: rho-0.9, seeds: [0], train: {mode: qfm, noise_strength: 0.9}}  # its own split seeds
 
 Writes ``curves.csv`` (one row per variant, seed and epoch: train/validation SRCC, PLCC, RMSE and
 the losses; the last epoch's row also the degradation check on ``degradation_photos`` validation
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     done = {(r["variant"], int(r["seed"])) for r in rows}
     for variant in spec["variants"]:
         config = config_for_dataset(TrainConfig.from_dict(_merge(spec.get("train", {}), variant.get("train", {}))), dataset)
-        for seed in spec["seeds"]:
+        for seed in variant.get("seeds", spec["seeds"]):
             if (variant["name"], seed) in done:
                 continue
             split = make_split(dataset, seed)

@@ -110,3 +110,40 @@ def test_grid_presets_put_validation_srcc_and_speed_side_by_side(tiny, tmp_path:
         assert set(preset["network"]) == {"onnx", "torch"}
     assert presets[2]["command"] is None and list(presets[2]["network"]) == ["torch"]
     assert all(cell["images_per_second"] > 0 for p in presets for cell in p["network"].values())
+
+
+def test_validation_sweep_runs_a_variant_on_its_own_split_seeds(tmp_path: Path, monkeypatch) -> None:
+    """A variant's ``seeds`` replace the config's for it alone; finished (variant, seed) runs are not redone."""
+    from types import SimpleNamespace
+
+    sweep = _script("validation_sweep")
+    trained: list[tuple[float, int]] = []
+    dataset = SimpleNamespace(records=[SimpleNamespace(label=float(k)) for k in range(4)])
+
+    def fit_model(config, fit, run_dir, extra, **kwargs):
+        trained.append((config.rank_weight, current_seed[0]))
+        return None, [{"epoch": 1, "val_srcc": 0.5, "val_plcc": 0.5, "train_srcc": 0.9}], None
+
+    current_seed = [None]
+
+    def make_split(dataset, seed):
+        current_seed[0] = seed
+        return SimpleNamespace(seed=seed, test=[3])
+
+    monkeypatch.setattr(sweep, "load_dataset", lambda name, root: dataset)
+    monkeypatch.setattr(sweep, "config_for_dataset", lambda config, dataset: config)
+    monkeypatch.setattr(sweep, "make_split", make_split)
+    monkeypatch.setattr(sweep, "validation_part", lambda config, dataset, split: ([0, 1], [2]))
+    monkeypatch.setattr(sweep, "fit_model", fit_model)
+    monkeypatch.setattr(sweep, "frozen_backbone_features", lambda config, model, device: None)
+    monkeypatch.setattr(sweep, "plot_curves", lambda path, rows: None)
+    config = tmp_path / "sweep.yaml"
+    config.write_text("dataset: livec\nseeds: [0, 1]\ntrain: {degradation_photos: 0}\nvariants:\n"
+                      "  - {name: a, train: {rank_weight: 0.5}}\n"
+                      "  - {name: b, seeds: [0], train: {rank_weight: 1.0}}\n")
+    argv = ["--config", str(config), "--output", str(tmp_path / "out")]
+    assert sweep.main(argv) == 0
+    assert trained == [(0.5, 0), (0.5, 1), (1.0, 0)]
+    summary = (tmp_path / "out" / "summary.csv").read_text().splitlines()
+    assert [line.split(",")[:2] for line in summary[1:]] == [["a", "0 1"], ["b", "0"]]
+    assert sweep.main(argv) == 0 and len(trained) == 3  # resumed: nothing left to run
