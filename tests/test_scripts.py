@@ -118,13 +118,12 @@ def test_validation_sweep_runs_a_variant_on_its_own_split_seeds(tmp_path: Path, 
 
     sweep = _script("validation_sweep")
     trained: list[tuple[float, int]] = []
+    current_seed = [None]
     dataset = SimpleNamespace(records=[SimpleNamespace(label=float(k)) for k in range(4)])
 
     def fit_model(config, fit, run_dir, extra, **kwargs):
         trained.append((config.rank_weight, current_seed[0]))
         return None, [{"epoch": 1, "val_srcc": 0.5, "val_plcc": 0.5, "train_srcc": 0.9}], None
-
-    current_seed = [None]
 
     def make_split(dataset, seed):
         current_seed[0] = seed
