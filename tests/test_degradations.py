@@ -200,3 +200,56 @@ def test_the_check_from_cached_backbone_outputs_equals_the_full_forward_pass(tmp
     full = degradation_check(trainer.model, photos, grid=2, kinds=("gaussian_noise", "blur"))
     cached = degradation_check(trainer.model, photos, grid=2, kinds=("gaussian_noise", "blur"), features=features)
     assert cached == full
+
+
+def test_the_damage_head_lowers_every_member_alike_and_reads_its_own_projection():
+    from qfm_iqm.models.qfm import create_model
+
+    torch.manual_seed(0)
+    model = create_model("qfm_iqm_lite0", pretrained_backbone=False, dim=64, num_heads=4, multi_stage=True,
+                         stage_grid=2, damage_head=True).eval()
+    crops = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        output = model(crops)
+        encoded = model.encode(crops)
+        panel = model.decoder(encoded.c, encoded.tokens)
+    assert output.damage.shape == (3,) and (output.damage >= 0).all()
+    torch.testing.assert_close(output.member_scores, panel.member_scores - output.damage[:, None])
+    torch.testing.assert_close(output.spread, panel.spread)
+    shared = {id(p) for p in model.damage_head.parameters()} & {id(p) for p in model.proj.parameters()}
+    assert not shared
+
+
+def test_damage_pairs_train_the_damage_head_alone():
+    from qfm_iqm.models.qfm import create_model
+    from qfm_iqm.training.trainer import ranking_loss
+
+    torch.manual_seed(0)
+    model = create_model("qfm_iqm_lite0", pretrained_backbone=False, dim=64, num_heads=4, damage_head=True)
+    pairs = torch.rand(8, 3, 64, 64)  # 2 whole-score pairs, then 2 damage-head pairs
+    loss = ranking_loss(model(pairs), whole_pairs=2, margin=10.0)
+    head = {name for name, _ in model.damage_head.named_parameters(prefix="damage_head")}
+    grads = torch.autograd.grad(loss, [p for _, p in model.named_parameters()], allow_unused=True)
+    reached = {name for (name, _), g in zip(model.named_parameters(), grads) if g is not None and g.abs().sum() > 0}
+    assert head <= reached and "decoder.head.weight" in reached  # the whole-score pairs reach the panel
+    damage_only = ranking_loss(model(pairs[4:]), whole_pairs=0, margin=10.0)
+    grads = torch.autograd.grad(damage_only, [p for _, p in model.named_parameters()], allow_unused=True)
+    reached = {name for (name, _), g in zip(model.named_parameters(), grads) if g is not None and g.abs().sum() > 0}
+    assert reached and reached <= head | {n for n, _ in model.backbone.named_parameters(prefix="backbone")}
+
+
+def test_damage_kinds_need_the_damage_head_and_train_with_their_own_pairs(tmp_path, blur_records):
+    with pytest.raises(ValueError, match="damage_head"):
+        tiny_config(rank_weight=1.0, damage_kinds=["jitter"])
+    with pytest.raises(ValueError, match="unknown"):
+        tiny_config(rank_weight=1.0, damage_kinds=["smudge"], model={"damage_head": True})
+    model = {"preprocessing": {"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}, "dim": 64, "num_heads": 4,
+             "damage_head": True}
+    config = tiny_config(mode="deiqt", rank_weight=1.0, rank_pairs=2, damage_kinds=["jitter", "pixelation"], epochs=1,
+                         model=model)
+    assert config.ranked_kinds == (*TRAINED_KINDS, "jitter", "pixelation")
+    trainer = Trainer(config, blur_records[:8], tmp_path, progress=False)
+    assert trainer.damage_loader.dataset.kinds == ("jitter", "pixelation")
+    before = {n: p.detach().clone() for n, p in trainer.model.damage_head.named_parameters()}
+    assert trainer.fit().epochs[-1]["rank"] > 0
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.damage_head.named_parameters())

@@ -55,7 +55,7 @@ def test_cached_and_eager_paths_give_the_decoder_the_same_c(tmp_path: Path, blur
     @torch.no_grad()
     def score_with_mean_c(outputs: torch.Tensor) -> float:  # what the cached path fed the decoder before
         encoded = model.encode_features(outputs[:, 1:].mean(dim=1), outputs[:, 1:])
-        return model.decode(encoded.c, encoded.tokens).score.mean().item()
+        return model.decode(encoded).score.mean().item()
 
     mean_c = [score_with_mean_c(trainer.features.grid(r, 2).float()) for r in records]
     assert np.abs(np.array(mean_c) - eager.scores).max() > 1e-2

@@ -83,9 +83,9 @@ class _Recorder(torch.nn.Module):
     def encode_features(self, c, tokens):
         return self.model.encode_features(c, tokens)
 
-    def decode(self, c, tokens):
-        self.calls.append((c.detach().clone(), tokens.detach().clone()))
-        return self.model.decode(c, tokens)
+    def decode(self, encoded):
+        self.calls.append((encoded.c.detach().clone(), encoded.tokens.detach().clone()))
+        return self.model.decode(encoded)
 
 
 @pytest.mark.parametrize("target,perturbs_tokens,perturbs_global", [

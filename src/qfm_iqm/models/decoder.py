@@ -14,6 +14,7 @@ class PanelOutput:
 
     member_scores: Tensor  # (B, L)
     cross_attention: Tensor | None = None  # (B, L, N), averaged over heads
+    damage: Tensor | None = None  # (B,) the damage head's penalty, already subtracted from member_scores
 
     @property
     def score(self) -> Tensor:

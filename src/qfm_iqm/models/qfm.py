@@ -30,6 +30,7 @@ class ModelConfig:
     stage_grid: int = 7  # the common grid the stages are pooled to when ``multi_stage``
     final_norm: bool = True  # a LayerNorm between the decoder and the score head
     head_init: str = "default"  # projection/decoder/head weights: "default" (PyTorch's) or "deiqt" (see HEAD_INITS)
+    damage_head: bool = False  # a penalty for synthetic damage read from the raw tokens, see DamageHead
     # the input the weights expect (``qfm_iqm.data.transforms.Preprocessing``): crop size and normalisation
     # (the backbone's, filled in when the network is built) and the training dataset's resize rules
     # (``resize_short_side``, e.g. SPAQ's large photos; ``max_short_side``, the viewing scale it was rated at)
@@ -57,6 +58,7 @@ class Encoded:
     semantic: Tensor  # (B, C) L2-normalised backbone global vector, detached
     c: Tensor  # (B, d)
     tokens: Tensor  # (B, N, d)
+    damage: Tensor | None = None  # (B,) the damage head's penalty, with ``ModelConfig.damage_head``
 
 
 class StageProjection(nn.Module):
@@ -75,6 +77,25 @@ class StageProjection(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         stages = x.split(self.stage_channels, dim=-1)
         return self.linear(torch.cat([norm(stage) for norm, stage in zip(self.norms, stages)], dim=-1))
+
+
+class DamageHead(nn.Module):
+    """A penalty (>= 0) for damage, read from the backbone's raw tokens and subtracted from every panel
+    member's score (so the panel's spread is unchanged).
+
+    It has a projection of its own: a loss that trains the head alone (``TrainConfig.damage_kinds``)
+    leaves the panel's inputs as they were. Tokens are projected (each stage normalised first), passed
+    through a GELU, averaged over positions and mapped to a softplus.
+    """
+
+    def __init__(self, stage_channels: list[int] | None, width: int, hidden: int) -> None:
+        super().__init__()
+        self.proj = (StageProjection(stage_channels, hidden) if stage_channels
+                     else nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden)))
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return F.softplus(self.out(F.gelu(self.proj(tokens)).mean(dim=1))).squeeze(-1)
 
 
 HEAD_INITS = ("default", "deiqt")
@@ -110,11 +131,13 @@ class QFMIQM(nn.Module):
             self.proj = nn.Identity() if width == config.dim else nn.Linear(width, config.dim)
             self.proj_global = None
         self.gate = nn.Linear(config.dim, config.dim) if config.token_gate else None
+        stages = backbone.stage_channels if config.multi_stage else None
+        self.damage_head = DamageHead(stages, width, config.dim) if config.damage_head else None
         self.decoder = AttentionPanelDecoder(
             config.dim, config.panel_size, config.num_heads, config.mlp_ratio, config.final_norm
         )
         if config.head_init == "deiqt":
-            for part in (self.proj, self.proj_global, self.gate, self.decoder):
+            for part in (self.proj, self.proj_global, self.gate, self.decoder, self.damage_head):
                 if part is not None:
                     deiqt_init(part)
         cfg = backbone.pretrained_cfg
@@ -129,7 +152,8 @@ class QFMIQM(nn.Module):
         """Decoder inputs from the backbone's output ``(c, tokens)`` (lets a frozen backbone be cached)."""
         semantic = F.normalize(c.detach().float(), dim=-1)
         proj_global = self.proj_global if self.proj_global is not None else self.proj
-        return Encoded(semantic, proj_global(c), self.proj(tokens))
+        damage = self.damage_head(tokens) if self.damage_head is not None else None
+        return Encoded(semantic, proj_global(c), self.proj(tokens), damage)
 
     def encode_cached(self, outputs: Tensor) -> Encoded:
         """Decoder inputs from a frozen backbone's stored outputs (B, 1 + N, C): ``c`` first, then the
@@ -139,18 +163,21 @@ class QFMIQM(nn.Module):
     def forward_cached(self, outputs: Tensor) -> PanelOutput:
         """Score a frozen backbone's stored outputs (B, 1 + N, C) (:meth:`encode_cached`), as :meth:`forward`
         scores the images they came from."""
-        encoded = self.encode_cached(outputs)
-        return self.decode(encoded.c, encoded.tokens)
+        return self.decode(self.encode_cached(outputs))
 
-    def decode(self, c: Tensor, tokens: Tensor, need_attention: bool = False) -> PanelOutput:
-        """Score decoder inputs; ``tokens`` may carry semantic noise during training."""
+    def decode(self, encoded: Encoded, need_attention: bool = False) -> PanelOutput:
+        """Score decoder inputs; their tokens or ``c`` may carry semantic noise during training. The damage
+        head's penalty, when there is one, is subtracted from every member's score."""
+        c, tokens = encoded.c, encoded.tokens
         if self.gate is not None:
             tokens = tokens * torch.sigmoid(self.gate(c)).unsqueeze(1)
-        return self.decoder(c, tokens, need_attention)
+        output = self.decoder(c, tokens, need_attention)
+        if encoded.damage is None:
+            return output
+        return PanelOutput(output.member_scores - encoded.damage.unsqueeze(1), output.cross_attention, encoded.damage)
 
     def forward(self, images: Tensor, need_attention: bool = False) -> PanelOutput:
-        encoded = self.encode(images)
-        return self.decode(encoded.c, encoded.tokens, need_attention)
+        return self.decode(self.encode(images), need_attention)
 
 
 _ARCHITECTURES: dict[str, dict] = {}

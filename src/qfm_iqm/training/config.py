@@ -94,6 +94,9 @@ class TrainConfig:
     rank_pairs: int = 8  # degradation pairs per step, from the training (and unlabelled) images
     rank_margin: float = 0.02  # hinge margin on the normalised scale
     rank_kinds: list[str] = field(default_factory=lambda: list(TRAINED_KINDS))  # the kinds pairs are drawn from
+    # kinds whose pairs train the damage head alone (the panel's share of their scores held fixed; needs
+    # model.damage_head): as many pairs per step as rank_pairs, at the same margin and weight
+    damage_kinds: list[str] = field(default_factory=list)
     # data and evaluation
     eval_grid: int = 4  # test crops per side; 4 beat 3 on 25 of 25 LIVEC split models (docs/method.md)
     degradation_photos: int = 20  # test photos per split in the degradation check (0: no check)
@@ -130,6 +133,12 @@ class TrainConfig:
         if not isinstance(self.rank_kinds, (list, tuple)) or not self.rank_kinds:
             raise ValueError(f"rank_kinds must be a non-empty list of degradation kinds, got {self.rank_kinds!r}")
         self.rank_kinds = list(check_kinds(self.rank_kinds))
+        if not isinstance(self.damage_kinds, (list, tuple)):
+            raise ValueError(f"damage_kinds must be a list of degradation kinds, got {self.damage_kinds!r}")
+        self.damage_kinds = list(check_kinds(self.damage_kinds)) if self.damage_kinds else []
+        if self.damage_kinds and not (self.model.damage_head and self.rank_weight > 0):
+            raise ValueError("damage_kinds train the damage head: set model.damage_head: true and rank_weight > 0, "
+                             "or leave damage_kinds empty")
         if not isinstance(self.teacher_backbones, (list, tuple)) or not self.teacher_backbones:
             raise ValueError(f"teacher_backbones must be a non-empty list of backbone names, got {self.teacher_backbones!r}")
         self.teacher_backbones = list(self.teacher_backbones)
@@ -147,8 +156,8 @@ class TrainConfig:
 
     @property
     def ranked_kinds(self) -> tuple[str, ...]:
-        """The degradation kinds the ranking loss trains on (none when it is off)."""
-        return tuple(self.rank_kinds) if self.rank_weight > 0 else ()
+        """The degradation kinds the ranking loss trains on, the damage head's included (none when it is off)."""
+        return tuple(dict.fromkeys(self.rank_kinds + self.damage_kinds)) if self.rank_weight > 0 else ()
 
     @property
     def distill(self) -> bool:

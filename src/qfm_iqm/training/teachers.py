@@ -59,8 +59,7 @@ class Teacher(nn.Module):
         """Scores of images, or of cached backbone outputs (B, 1 + N, C) when ``cached``."""
         if not cached:
             return self.network(inputs).score.float()
-        encoded = self.network.encode_cached(inputs)
-        return self.network.decode(encoded.c, encoded.tokens).score.float()
+        return self.network.forward_cached(inputs).score.float()
 
 
 class KernelRidgeTeacher:

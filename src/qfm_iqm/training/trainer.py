@@ -34,6 +34,7 @@ from qfm_iqm.evaluation.metrics import compute_metrics
 from qfm_iqm.inference.predict import model_preprocessing, predict_records
 from qfm_iqm.inference.pretrained import MODEL_FORMAT
 from qfm_iqm.inference.speed import use_channels_last
+from qfm_iqm.models.decoder import PanelOutput
 from qfm_iqm.models.qfm import QFMIQM, Encoded, build_model
 from qfm_iqm.training.config import TrainConfig, changed_options
 from qfm_iqm.utils.distributed import (
@@ -113,7 +114,7 @@ class TrainingForward(nn.Module):
 
     Returns the clean scores of a batch and, with a feature memory, the scores of the semantically
     perturbed decoder inputs of the samples that found a noise partner (``None`` if none did) and the
-    mask of those samples; then the scores of ``ranked`` (degradation pairs; ``None`` without them). The noise perturbs the tokens, the global vector ``c`` (which every panel
+    mask of those samples; then the output for ``ranked`` (degradation pairs; ``None`` without them). The noise perturbs the tokens, the global vector ``c`` (which every panel
     query carries) or both (``config.noise_target``). The memory is fed the global batch (every
     process's part, see :func:`all_gather_batch`); ``labelled`` is the number of leading labelled rows
     of the batch. With ``config.freeze_backbone`` the inputs are the cached backbone outputs, not images.
@@ -148,26 +149,44 @@ class TrainingForward(nn.Module):
 
     def forward(
         self, inputs: Tensor, targets: Tensor, ids: Tensor, labelled: int, ranked: Tensor | None = None
-    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, PanelOutput | None]:
         model, memory = self.model, self.memory
         encoded = self._encode(inputs)
-        clean = model.decode(encoded.c, encoded.tokens).score.float()
-        ranked_scores = None
-        if ranked is not None:
-            encoded_ranked = self._encode(ranked)
-            ranked_scores = model.decode(encoded_ranked.c, encoded_ranked.tokens).score.float()
+        clean = model.decode(encoded).score.float()
+        ranked_output = model.decode(self._encode(ranked)) if ranked is not None else None
         if memory is None:
-            return clean, None, None, ranked_scores
+            return clean, None, None, ranked_output
         memory.push(*all_gather_batch((encoded.semantic, encoded.c, encoded.tokens, targets, ids), labelled))
         slots, found = match_semantic_noise(encoded.semantic, targets, ids, memory, self.quality_tolerance)
         if not found.any():
-            return clean, None, found, ranked_scores
+            return clean, None, found, ranked_output
         c, tokens, partners = encoded.c[found], encoded.tokens[found], slots[found]
         if self.noise_target in ("tokens", "both"):
             tokens = tokens + norm_matched_noise(tokens, memory.tokens[partners], self.noise_strength)
         if self.noise_target in ("global", "both"):
             c = c + norm_matched_noise(c, memory.globals[partners], self.noise_strength)
-        return clean, model.decode(c, tokens).score.float(), found, ranked_scores
+        damage = encoded.damage[found] if encoded.damage is not None else None
+        noisy = model.decode(replace(encoded, c=c, tokens=tokens, damage=damage)).score.float()
+        return clean, noisy, found, ranked_output
+
+
+def ranking_hinge(scores: Tensor, margin: float) -> Tensor:
+    """Per-pair hinge of scores laid out as every milder version, then every stronger one: the milder
+    must score at least ``margin`` higher."""
+    milder, stronger = scores.chunk(2)
+    return F.relu(margin - (milder - stronger))
+
+
+def ranking_loss(output: PanelOutput, whole_pairs: int, margin: float) -> Tensor:
+    """Mean hinge over degradation pairs: the first ``whole_pairs`` rank the whole score (``rank_kinds``),
+    the rest (``damage_kinds``) the damage head alone, the panel's share of their scores held fixed. Each
+    set is laid out as :func:`ranking_hinge` takes it."""
+    scores = output.score.float()
+    hinges = [ranking_hinge(scores[: 2 * whole_pairs], margin)] if whole_pairs else []
+    if scores.shape[0] > 2 * whole_pairs:
+        damage = output.damage[2 * whole_pairs:].float()
+        hinges.append(ranking_hinge((scores[2 * whole_pairs:] + damage).detach() - damage, margin))
+    return torch.cat(hinges).mean()
 
 
 class Trainer:
@@ -233,6 +252,11 @@ class Trainer:
             stacks = self.features.degraded_stacks(side, config.rank_kinds) if self.features is not None else None
             pairs = DegradationPairs(side, TrainTransform(self.pre), config.seed + 2, 1, config.rank_kinds, stacks)
             self.rank_loader = self._loader(pairs, config.rank_pairs, config.seed + 2)
+        self.damage_loader = None
+        if config.rank_weight > 0 and config.damage_kinds:
+            stacks = self.features.degraded_stacks(side, config.damage_kinds) if self.features is not None else None
+            pairs = DegradationPairs(side, TrainTransform(self.pre), config.seed + 3, 1, config.damage_kinds, stacks)
+            self.damage_loader = self._loader(pairs, config.rank_pairs, config.seed + 3)
         self.forward_pass = self._forward_module()
         self.epoch = 0
         self.step = 0  # optimiser steps done in the current epoch
@@ -366,7 +390,8 @@ class Trainer:
         return batches()
 
     def training_step(
-        self, images: Tensor, labels: Tensor, ids: Tensor, kd_batch=None, rank_batch: Tensor | None = None
+        self, images: Tensor, labels: Tensor, ids: Tensor, kd_batch=None, rank_batch: Tensor | None = None,
+        damage_batch: Tensor | None = None,
     ) -> StepLosses:
         """One optimiser step on this process's part of a global batch; the losses returned are the
         means over all processes (what one process training on the global batch would report)."""
@@ -386,11 +411,13 @@ class Trainer:
             ids = torch.cat([ids, kd_ids])
         else:
             targets = labels
+        pair_sets = [pairs for pairs in (rank_batch, damage_batch) if pairs is not None]
         ranked = None
-        if rank_batch is not None:  # (pairs, 2, ...) -> every milder version, then every stronger one
-            ranked = rank_batch.to(self.device, non_blocking=True).transpose(0, 1).flatten(0, 1)
+        if pair_sets:  # (pairs, 2, ...) each -> every milder version, then every stronger one
+            ranked = torch.cat([pairs.to(self.device, non_blocking=True).transpose(0, 1).flatten(0, 1)
+                                for pairs in pair_sets])
         with self._autocast():
-            clean, noisy, found, ranked_scores = self.forward_pass(images, targets, ids, count, ranked)
+            clean, noisy, found, ranked_output = self.forward_pass(images, targets, ids, count, ranked)
             loss_clean = regression_loss(clean[:count], labels, config)
             loss = loss_clean
             loss_kd = torch.zeros((), device=self.device)
@@ -402,9 +429,9 @@ class Trainer:
                 loss_noise = regression_loss(noisy, targets[found], config, reduction="sum") / targets.shape[0]
                 loss = loss + config.noise_weight * loss_noise
             loss_rank = torch.zeros((), device=self.device)
-            if ranked_scores is not None:
-                milder, stronger = ranked_scores.chunk(2)
-                loss_rank = F.relu(config.rank_margin - (milder - stronger)).mean()
+            if ranked_output is not None:
+                whole_pairs = rank_batch.shape[0] if rank_batch is not None else 0
+                loss_rank = ranking_loss(ranked_output, whole_pairs, config.rank_margin)
                 loss = loss + config.rank_weight * loss_rank
         matched = found.float().mean() if found is not None else torch.zeros((), device=self.device)
         self.optimizer.zero_grad(set_to_none=True)
@@ -434,6 +461,7 @@ class Trainer:
         self.loader.dataset.set_epoch(self.epoch)
         self.loader.batch_sampler.set_epoch(self.epoch, start=self.step)
         kd_batches, rank_batches = self._side_batches(self.kd_loader), self._side_batches(self.rank_loader)
+        damage_batches = self._side_batches(self.damage_loader)
         start = time.perf_counter()
         bar = tqdm(  # updated by hand: wrapping the loader would start its workers twice
             desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
@@ -445,7 +473,8 @@ class Trainer:
         )
         for images, labels, ids in self.loader:
             losses = self.training_step(
-                images, labels, ids, next(kd_batches) if kd_batches else None, next(rank_batches) if rank_batches else None
+                images, labels, ids, next(kd_batches) if kd_batches else None,
+                next(rank_batches) if rank_batches else None, next(damage_batches) if damage_batches else None,
             )
             self.step += 1
             for key, value in vars(losses).items():
@@ -462,7 +491,7 @@ class Trainer:
         """Record the finished epoch's summary in the history and move on to the next epoch."""
         steps = self.steps_per_epoch
         crops = steps * (self.config.batch_size + (self.config.kd_views if self.kd_loader else 0)
-                         + (2 * self.config.rank_pairs if self.rank_loader else 0))
+                         + 2 * self.config.rank_pairs * ((self.rank_loader is not None) + (self.damage_loader is not None)))
         summary = {key: value / steps for key, value in self.epoch_totals.items()}
         summary.update(epoch=self.epoch + 1, seconds=self.epoch_seconds, crops_per_second=crops / self.epoch_seconds,
                        lr=self.optimizer.param_groups[0]["lr"])
