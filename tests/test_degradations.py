@@ -238,7 +238,8 @@ def test_damage_pairs_train_the_damage_head_alone():
     assert reached and reached <= head | {n for n, _ in model.backbone.named_parameters(prefix="backbone")}
 
 
-def test_damage_kinds_need_the_damage_head_and_train_with_their_own_pairs(tmp_path, blur_records):
+@pytest.mark.parametrize("anchor", [False, True])
+def test_damage_kinds_need_the_damage_head_and_train_with_their_own_pairs(tmp_path, blur_records, anchor):
     with pytest.raises(ValueError, match="damage_head"):
         tiny_config(rank_weight=1.0, damage_kinds=["jitter"])
     with pytest.raises(ValueError, match="unknown"):
@@ -246,10 +247,26 @@ def test_damage_kinds_need_the_damage_head_and_train_with_their_own_pairs(tmp_pa
     model = {"preprocessing": {"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}, "dim": 64, "num_heads": 4,
              "damage_head": True}
     config = tiny_config(mode="deiqt", rank_weight=1.0, rank_pairs=2, damage_kinds=["jitter", "pixelation"], epochs=1,
-                         model=model)
+                         model=model, damage_anchor=anchor)
     assert config.ranked_kinds == (*TRAINED_KINDS, "jitter", "pixelation")
     trainer = Trainer(config, blur_records[:8], tmp_path, progress=False)
     assert trainer.damage_loader.dataset.kinds == ("jitter", "pixelation")
     before = {n: p.detach().clone() for n, p in trainer.model.damage_head.named_parameters()}
     assert trainer.fit().epochs[-1]["rank"] > 0
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.damage_head.named_parameters())
+
+
+@pytest.mark.parametrize("anchor", [False, True])
+def test_with_the_anchor_the_labels_fit_the_panel_alone(anchor):
+    from qfm_iqm.models.qfm import create_model
+    from qfm_iqm.training.trainer import label_scores
+
+    torch.manual_seed(0)
+    model = create_model("qfm_iqm_lite0", pretrained_backbone=False, dim=64, num_heads=4, damage_head=True)
+    output = model(torch.rand(2, 3, 64, 64))
+    scores = label_scores(output, anchor)
+    torch.testing.assert_close(scores, output.score)  # the value is the score users get either way
+    grads = torch.autograd.grad(scores.sum(), list(model.damage_head.parameters()))
+    assert all(g.abs().sum() == 0 for g in grads) == anchor
+    with pytest.raises(ValueError, match="damage_kinds"):
+        tiny_config(rank_weight=1.0, damage_anchor=True, model={"damage_head": True})

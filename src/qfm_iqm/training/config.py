@@ -97,6 +97,9 @@ class TrainConfig:
     # kinds whose pairs train the damage head alone (the panel's share of their scores held fixed; needs
     # model.damage_head): as many pairs per step as rank_pairs, at the same margin and weight
     damage_kinds: list[str] = field(default_factory=list)
+    # the damage head is pulled to 0 on the clean labelled crops (added to the ranking loss) and not fitted to
+    # the labels, which the panel alone then fits; off: the label losses train the head too
+    damage_anchor: bool = False
     # data and evaluation
     eval_grid: int = 4  # test crops per side; 4 beat 3 on 25 of 25 LIVEC split models (docs/method.md)
     degradation_photos: int = 20  # test photos per split in the degradation check (0: no check)
@@ -139,6 +142,9 @@ class TrainConfig:
         if self.damage_kinds and not (self.model.damage_head and self.rank_weight > 0):
             raise ValueError("damage_kinds train the damage head: set model.damage_head: true and rank_weight > 0, "
                              "or leave damage_kinds empty")
+        if self.damage_anchor and not self.damage_kinds:
+            raise ValueError("damage_anchor holds the damage head at 0 on clean crops while damage_kinds rank it: "
+                             "name damage_kinds, or set damage_anchor: false")
         if not isinstance(self.teacher_backbones, (list, tuple)) or not self.teacher_backbones:
             raise ValueError(f"teacher_backbones must be a non-empty list of backbone names, got {self.teacher_backbones!r}")
         self.teacher_backbones = list(self.teacher_backbones)

@@ -133,6 +133,7 @@ class TrainingForward(nn.Module):
         last_stage = config.semantic_descriptor == "last_stage" and backbone.stage_grid is not None
         self.descriptor_channels = backbone.stage_channels[-1] if last_stage else None
         self.token_dropout = config.token_dropout
+        self.damage_anchor = config.damage_anchor
 
     def _encode(self, inputs: Tensor) -> Encoded:
         """Decoder inputs; in training, of a random ``1 - token_dropout`` share of the tokens (one draw per call)."""
@@ -149,10 +150,10 @@ class TrainingForward(nn.Module):
 
     def forward(
         self, inputs: Tensor, targets: Tensor, ids: Tensor, labelled: int, ranked: Tensor | None = None
-    ) -> tuple[Tensor, Tensor | None, Tensor | None, PanelOutput | None]:
+    ) -> tuple[PanelOutput, Tensor | None, Tensor | None, PanelOutput | None]:
         model, memory = self.model, self.memory
         encoded = self._encode(inputs)
-        clean = model.decode(encoded).score.float()
+        clean = model.decode(encoded)
         ranked_output = model.decode(self._encode(ranked)) if ranked is not None else None
         if memory is None:
             return clean, None, None, ranked_output
@@ -166,8 +167,18 @@ class TrainingForward(nn.Module):
         if self.noise_target in ("global", "both"):
             c = c + norm_matched_noise(c, memory.globals[partners], self.noise_strength)
         damage = encoded.damage[found] if encoded.damage is not None else None
-        noisy = model.decode(replace(encoded, c=c, tokens=tokens, damage=damage)).score.float()
-        return clean, noisy, found, ranked_output
+        noisy = model.decode(replace(encoded, c=c, tokens=tokens, damage=damage))
+        return clean, label_scores(noisy, self.damage_anchor), found, ranked_output
+
+
+def label_scores(output: PanelOutput, damage_anchor: bool) -> Tensor:
+    """The scores the label losses (MOS, semantic noise, distillation) see. With ``damage_anchor`` the
+    damage head's share is held fixed: the panel alone is fitted to the labels."""
+    score = output.score.float()
+    if damage_anchor and output.damage is not None:
+        damage = output.damage.float()
+        score = score + damage - damage.detach()
+    return score
 
 
 def ranking_hinge(scores: Tensor, margin: float) -> Tensor:
@@ -417,7 +428,8 @@ class Trainer:
             ranked = torch.cat([pairs.to(self.device, non_blocking=True).transpose(0, 1).flatten(0, 1)
                                 for pairs in pair_sets])
         with self._autocast():
-            clean, noisy, found, ranked_output = self.forward_pass(images, targets, ids, count, ranked)
+            clean_output, noisy, found, ranked_output = self.forward_pass(images, targets, ids, count, ranked)
+            clean = label_scores(clean_output, config.damage_anchor)
             loss_clean = regression_loss(clean[:count], labels, config)
             loss = loss_clean
             loss_kd = torch.zeros((), device=self.device)
@@ -432,6 +444,8 @@ class Trainer:
             if ranked_output is not None:
                 whole_pairs = rank_batch.shape[0] if rank_batch is not None else 0
                 loss_rank = ranking_loss(ranked_output, whole_pairs, config.rank_margin)
+                if config.damage_anchor:  # the head's penalty on the clean labelled crops is pulled to 0
+                    loss_rank = loss_rank + clean_output.damage[:count].float().mean()
                 loss = loss + config.rank_weight * loss_rank
         matched = found.float().mean() if found is not None else torch.zeros((), device=self.device)
         self.optimizer.zero_grad(set_to_none=True)
