@@ -52,10 +52,10 @@ def released(cache: Path) -> tuple[Scorer, Scorer]:
     return load_model(CACHED_MODEL, runtime="torch"), load_model(CACHED_MODEL, runtime="onnx")
 
 
-def _tiny_model(seed: int) -> QFMIQM:
+def _tiny_model(seed: int, damage_head: bool = False) -> QFMIQM:
     """A randomly initialised multi-stage model on 64-px crops (stages pooled up and down to 7x7)."""
     torch.manual_seed(seed)
-    config = ModelConfig(dim=64, num_heads=4, multi_stage=True,
+    config = ModelConfig(dim=64, num_heads=4, multi_stage=True, damage_head=damage_head,
                          preprocessing={"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3})
     return build_model(config, pretrained_backbone=False).eval()
 
@@ -98,6 +98,15 @@ def test_a_tiny_multi_stage_model_scores_as_in_pytorch(tiny: tuple[Scorer, Score
             assert score_crops(exported.network, batch) == pytest.approx(score_crops(eager.network, batch), abs=1e-5)
     image = _images()[0]
     assert np.array_equal(exported.quality_map(image), eager.quality_map(image))  # maps come from the eager model
+
+
+def test_a_model_with_a_damage_head_scores_as_in_pytorch(cache: Path) -> None:
+    model = _tiny_model(1, damage_head=True)
+    eager, exported = Scorer(model), Scorer(model, runtime="onnx")
+    crops = eager.crops(to_rgb_image(_images()[2])[0])
+    with torch.no_grad():
+        assert (model(torch.as_tensor(crops)).damage > 0).all()  # the penalty is in the graph's scores
+    assert score_crops(exported.network, crops) == pytest.approx(score_crops(eager.network, crops), abs=1e-5)
 
 
 def test_crops_run_in_chunks_score_as_in_one_call(tiny: tuple[Scorer, Scorer]) -> None:
