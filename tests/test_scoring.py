@@ -97,9 +97,9 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_default_release_is_registered_and_missing_file_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
-    assert DEFAULT_MODEL == "qfm-iqm-lite0-livec-v2-1"
-    assert {DEFAULT_MODEL, "qfm-iqm-lite0-livec-v2", "qfm-iqm-lite0-livec"} <= set(list_pretrained())
-    assert pretrained.get_pretrained(DEFAULT_MODEL).filename_stem == "qfm_iqm_lite0_livec_v2_1"
+    assert DEFAULT_MODEL == "qfm-iqm-lite0-livec-v2-2"
+    assert {DEFAULT_MODEL, "qfm-iqm-lite0-livec-v2-1", "qfm-iqm-lite0-livec-v2", "qfm-iqm-lite0-livec"} <= set(list_pretrained())
+    assert pretrained.get_pretrained(DEFAULT_MODEL).filename_stem == "qfm_iqm_lite0_livec_v2_2"
     monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="is not installed"):
         load_model()
@@ -127,7 +127,7 @@ def test_export_release_writes_fp16_copy_that_loads_by_name(
     monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
     released = load_model(DEFAULT_MODEL)
     assert all(p.dtype == torch.float32 for p in released.model.parameters())
-    assert released.scale.name == "MOS" and released.info["release"]["name"] == "qfm_iqm_lite0_livec_v2_1"
+    assert released.scale.name == "MOS" and released.info["release"]["name"] == "qfm_iqm_lite0_livec_v2_2"
     image = _pixels(90, 120)
     assert released.score(image).score == pytest.approx(scorer.score(image).score, abs=0.5)
     assert load_trained_model(path).config.dim == 64

@@ -12,7 +12,9 @@ resampling, exposure, contrast, haze, quantisation, colour fringes and spatial j
 * :data:`TRAINED_KINDS`, the default of the ranking loss (``rank_kinds``): additive Gaussian noise, Gaussian
   blur, JPEG, under- and overexposure. Training on nine kinds lowered validation SRCC both times it was
   tried (+ speckle, motion blur, contrast, quantisation: results/validation/livec-damage-kinds; + impulse,
-  motion blur, pixelation, jitter on 5 splits: results/benchmark/livec-broad-damage), so the five stay;
+  motion blur, pixelation, jitter on 5 splits: results/benchmark/livec-broad-damage), so the five stay.
+  A damage head ranked alone on the nine (``damage_kinds``, results/benchmark/livec-damage-head) kept
+  validation SRCC and is the release recipe's;
 * :data:`HELD_OUT_KINDS`, every other kind, at least one per family, that the loss never sees, so
   that the degradation check on them measures whether the sense of damage generalises, not whether
   the loss was fitted. WebP, median filtering, chromatic aberration and haze were added with their

@@ -85,12 +85,19 @@ def get_pretrained(name: str) -> PretrainedModel:
     return _PRETRAINED[known]
 
 
-DEFAULT_MODEL = "qfm-iqm-lite0-livec-v2-1"
+DEFAULT_MODEL = "qfm-iqm-lite0-livec-v2-2"
 register_pretrained(
     DEFAULT_MODEL,
+    "qfm_iqm_lite0_livec_v2_2",
+    "QFM-IQM v2.2: v2.1 + a damage head ranked on nine kinds of damage, fitted on 744 LIVE Challenge photos, "
+    "its 90% range calibrated on the other 186 (split conformal); scores photos at 500 px; MOS 0-100 "
+    "(default; model card: qfm_iqm/weights/README.md)",
+)
+register_pretrained(
+    "qfm-iqm-lite0-livec-v2-1",
     "qfm_iqm_lite0_livec_v2_1",
     "QFM-IQM v2.1: v2's recipe fitted on 744 LIVE Challenge photos, its 90% range calibrated on the other 186 "
-    "(split conformal); scores photos at 500 px; MOS 0-100 (default; model card: qfm_iqm/weights/README.md)",
+    "(split conformal); scores photos at 500 px; MOS 0-100",
 )
 register_pretrained(
     "qfm-iqm-lite0-livec-v2",
