@@ -1,7 +1,7 @@
 """pyiqa-style metric: ``create_metric(name)`` gives an ``nn.Module`` mapping image batches to scores.
 
 >>> import qfm_iqm
->>> metric = qfm_iqm.create_metric("qfm-iqm-lite0-livec-v2-1")
+>>> metric = qfm_iqm.create_metric("qfm-iqm-lite0-livec-v2-2")
 >>> metric(images)                       # images: Bx3xHxW float in [0, 1] -> B scores (MOS 0-100)
 >>> loss_fn = qfm_iqm.create_metric(as_loss=True)
 >>> loss = -loss_fn(restored).mean()     # higher is better (``lower_better`` is False): minimise -score
