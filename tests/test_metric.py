@@ -35,7 +35,8 @@ def _batch(images: np.ndarray) -> torch.Tensor:
 def test_batch_scores_equal_scorer_scores(images: np.ndarray) -> None:
     """At their own size (``native``: no resize) the metric and ``score`` give the same numbers. By default
     both first enlarge these 240x264 photos to the 500-px viewing scale, and ``score`` rounds the enlarged
-    photo to 8 bits as a stored photo is, which the model notices: up to 2 MOS apart."""
+    photo to 8 bits as a stored photo is, which the model notices: v2.2 (its damage head reads the early
+    stages) puts the two up to 3.7 MOS apart, on the blurred photo; v2.1 up to 2."""
     metric = qfm_iqm.create_metric(device="cpu", native=True)
     assert isinstance(metric, torch.nn.Module) and DEFAULT_MODEL in qfm_iqm.list_models()
     assert metric.lower_better is False and metric.score_range == (0.0, 100.0)
@@ -47,8 +48,8 @@ def test_batch_scores_equal_scorer_scores(images: np.ndarray) -> None:
     assert len(set(np.round(expected, 2))) == 4  # the images are told apart
     viewed = qfm_iqm.create_metric(device="cpu")(x).detach().numpy()
     expected = [r.score for r in qfm_iqm.load_model(runtime="torch").score(list(images))]
-    np.testing.assert_allclose(viewed, expected, atol=2.0)
-    assert np.abs(viewed - scores.detach().numpy()).max() > 2.0  # the viewing scale was applied
+    np.testing.assert_allclose(viewed, expected, atol=4.0)
+    assert np.abs(viewed - scores.detach().numpy()).max() > 4.0  # the viewing scale was applied
 
 
 def test_underscore_name_and_eval_mode_kept(images: np.ndarray) -> None:
