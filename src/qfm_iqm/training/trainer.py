@@ -112,7 +112,7 @@ class History:
 class TrainingForward(nn.Module):
     """The training forward pass as one module, so that DistributedDataParallel can wrap it.
 
-    Returns the clean scores of a batch and, with a feature memory, the scores of the semantically
+    Returns the output for the clean batch and, with a feature memory, the scores of the semantically
     perturbed decoder inputs of the samples that found a noise partner (``None`` if none did) and the
     mask of those samples; then the output for ``ranked`` (degradation pairs; ``None`` without them). The noise perturbs the tokens, the global vector ``c`` (which every panel
     query carries) or both (``config.noise_target``). The memory is fed the global batch (every
@@ -258,16 +258,10 @@ class Trainer:
             self._loader(self._views(self._kd_records(records), config.seed + 1), config.kd_views, config.seed + 1)
             if config.distill else None
         )
-        self.rank_loader = None
-        if config.rank_weight > 0:
-            stacks = self.features.degraded_stacks(side, config.rank_kinds) if self.features is not None else None
-            pairs = DegradationPairs(side, TrainTransform(self.pre), config.seed + 2, 1, config.rank_kinds, stacks)
-            self.rank_loader = self._loader(pairs, config.rank_pairs, config.seed + 2)
-        self.damage_loader = None
-        if config.rank_weight > 0 and config.damage_kinds:
-            stacks = self.features.degraded_stacks(side, config.damage_kinds) if self.features is not None else None
-            pairs = DegradationPairs(side, TrainTransform(self.pre), config.seed + 3, 1, config.damage_kinds, stacks)
-            self.damage_loader = self._loader(pairs, config.rank_pairs, config.seed + 3)
+        ranking = config.rank_weight > 0
+        self.rank_loader = self._pairs_loader(side, config.rank_kinds, config.seed + 2) if ranking else None
+        self.damage_loader = (self._pairs_loader(side, config.damage_kinds, config.seed + 3)
+                              if ranking and config.damage_kinds else None)
         self.forward_pass = self._forward_module()
         self.epoch = 0
         self.step = 0  # optimiser steps done in the current epoch
@@ -382,6 +376,12 @@ class Trainer:
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None)
+
+    def _pairs_loader(self, records: list[ImageRecord], kinds: list[str], seed: int) -> DataLoader:
+        """``rank_pairs`` degradation pairs of ``kinds`` per step, from the cached stacks with a frozen backbone."""
+        stacks = self.features.degraded_stacks(records, kinds) if self.features is not None else None
+        pairs = DegradationPairs(records, TrainTransform(self.pre), seed, 1, kinds, stacks)
+        return self._loader(pairs, self.config.rank_pairs, seed)
 
     def _side_batches(self, loader: DataLoader | None) -> Iterator | None:
         """Batches of a side loader (teacher-labelled views, degradation pairs), one per step from step
