@@ -110,6 +110,12 @@ def test_the_kinds_added_for_the_held_out_check_do_what_their_names_say(photo):
     assert np.asarray(smeared)[100, 60, 0] == int(np.median(window))
     encoded = degrade(photo, "webp", 3)
     assert encoded.size == photo.size and encoded.mode == "RGB"
+    bled = degrade(photo, "colour_diffusion", 3)  # the chroma blurred, the luma kept
+    luma = [np.asarray(image.convert("YCbCr"), dtype=np.int16)[..., 0] for image in (photo, bled)]
+    assert np.abs(luma[1] - luma[0]).max() <= 3
+    assert np.abs(np.asarray(bled, dtype=np.int16) - original).max() > 40  # the red square's colour spread
+    palette = np.asarray(degrade(photo, "colour_quantisation", 3)).reshape(-1, 3)
+    assert len(np.unique(palette, axis=0)) <= 6
 
 
 def test_ordered_fraction_counts_pairs_with_the_milder_higher():

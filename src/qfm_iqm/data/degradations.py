@@ -56,6 +56,10 @@ STRENGTHS: dict[str, tuple[float, ...]] = {
     "median": (3.0, 5.0, 9.0),  # median filter (a denoiser's smearing): window size in pixels
     "chromatic_aberration": (2.0, 4.0, 8.0),  # red and blue shifted apart: pixels each way, horizontally
     "haze": (0.25, 0.45, 0.65),  # blend towards a light grey (220): its weight
+    # added when chromatic aberration and quantisation went into the damage head's training (v2.3), so that the
+    # colour and quantisation families keep a held-out kind; strengths fixed before any model was checked on them:
+    "colour_diffusion": (4.0, 8.0, 16.0),  # colour bleeding: Gaussian blur of the chroma (Cb, Cr), radius in pixels
+    "colour_quantisation": (48.0, 16.0, 6.0),  # a palette of this many colours (median cut, no dithering)
 }
 KINDS = tuple(STRENGTHS)
 TRAINED_KINDS = ("gaussian_noise", "blur", "jpeg", "underexposure", "overexposure")
@@ -157,6 +161,17 @@ def _haze(image: Image.Image, weight: float, seed: int) -> Image.Image:
     return _image(_pixels(image) * (1.0 - weight) + 220.0 * weight)
 
 
+def _colour_diffusion(image: Image.Image, radius: float, seed: int) -> Image.Image:
+    luma, blue, red = image.convert("YCbCr").split()
+    chroma = [channel.filter(ImageFilter.GaussianBlur(radius)) for channel in (blue, red)]
+    return Image.merge("YCbCr", (luma, *chroma)).convert("RGB")
+
+
+def _colour_quantisation(image: Image.Image, colours: float, seed: int) -> Image.Image:
+    palette = image.quantize(int(colours), method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    return palette.convert("RGB")
+
+
 def _jitter(image: Image.Image, reach: float, seed: int) -> Image.Image:
     pixels = np.asarray(image)
     height, width = pixels.shape[:2]
@@ -185,6 +200,8 @@ _APPLY: dict[str, Callable[[Image.Image, float, int], Image.Image]] = {
     "median": _median,
     "chromatic_aberration": _chromatic_aberration,
     "haze": _haze,
+    "colour_diffusion": _colour_diffusion,
+    "colour_quantisation": _colour_quantisation,
 }
 
 
