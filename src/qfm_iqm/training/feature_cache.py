@@ -38,7 +38,13 @@ if TYPE_CHECKING:
     from qfm_iqm.training.config import TrainConfig
 
 BANK_SEED = 20240721  # the bank's crops depend on the image alone, so every run and split shares them
-LAYOUT = "c+tokens"  # what a stored array holds (part of every key: files of another layout are not read)
+# Part of every key, so that a run never reads outputs computed another way. Change it (e.g. to "c+tokens/2")
+# whenever the stored arrays would differ: their layout (``c`` then the tokens), or how the crops, resizing,
+# degradations or backbone arithmetic compute them. The keys hold only settings (backbone, preprocessing,
+# crop counts, strengths), not code: before this rule, which code had computed a run's features depended on
+# the cache's history, and last-bit differences moved one recipe's validation SRCC on a split between 0.747
+# and 0.766 (results/benchmark/livec-broad-damage/README.md).
+CACHE_FORMAT = "c+tokens"
 _STORE: dict[tuple, Tensor] = {}  # process-wide: a sweep or a protocol reuses what an earlier run computed
 
 
@@ -80,7 +86,7 @@ class FrozenBackboneFeatures:
         self.backbone = backbone
         self.pre = pre
         self.bank_size = bank
-        self.identity = (identity, pre, BANK_SEED, LAYOUT)
+        self.identity = (identity, pre, BANK_SEED, CACHE_FORMAT)
         self.device = device
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.transform = TrainTransform(pre)
