@@ -7,18 +7,20 @@ scale the model sees it at (the resize rules of its preprocessing) and damaged t
 strength in pixels means the same on every dataset. Every kind is deterministic given ``seed``.
 
 The kinds cover the common families of real damage (after KADID-10k's): blurs, noises, compression,
-resampling, exposure, contrast, haze, quantisation, colour fringes and spatial jitter. They come in two sets:
+resampling, exposure, contrast, haze, quantisation, colour (fringes, bleeding, palettes) and spatial
+jitter. They come in two sets:
 
 * :data:`TRAINED_KINDS`, the default of the ranking loss (``rank_kinds``): additive Gaussian noise, Gaussian
   blur, JPEG, under- and overexposure. Training on nine kinds lowered validation SRCC both times it was
   tried (+ speckle, motion blur, contrast, quantisation: results/validation/livec-damage-kinds; + impulse,
   motion blur, pixelation, jitter on 5 splits: results/benchmark/livec-broad-damage), so the five stay.
   A damage head ranked alone on the nine (``damage_kinds``, results/benchmark/livec-damage-head) kept
-  validation SRCC and is the release recipe's;
+  validation SRCC and is the release recipe's; on eleven (+ chromatic aberration, quantisation) it lost
+  validation SRCC and still did not order chromatic aberration (results/benchmark/livec-damage-head-colour);
 * :data:`HELD_OUT_KINDS`, every other kind, at least one per family, that the loss never sees, so
   that the degradation check on them measures whether the sense of damage generalises, not whether
-  the loss was fitted. WebP, median filtering, chromatic aberration and haze were added with their
-  strengths fixed before any model was checked on them: kinds no choice of this project has looked at.
+  the loss was fitted. WebP, median filtering, chromatic aberration and haze, and later colour diffusion and
+  colour quantisation, were added with their strengths fixed before any model was checked on them.
 
 Additive Gaussian noise is ``gaussian_noise`` (``noise`` before: a name it shared with the method's semantic
 noise; records that use it still read, see :data:`LEGACY_KIND_NAMES`).
@@ -56,8 +58,8 @@ STRENGTHS: dict[str, tuple[float, ...]] = {
     "median": (3.0, 5.0, 9.0),  # median filter (a denoiser's smearing): window size in pixels
     "chromatic_aberration": (2.0, 4.0, 8.0),  # red and blue shifted apart: pixels each way, horizontally
     "haze": (0.25, 0.45, 0.65),  # blend towards a light grey (220): its weight
-    # added when chromatic aberration and quantisation went into the damage head's training (v2.3), so that the
-    # colour and quantisation families keep a held-out kind; strengths fixed before any model was checked on them:
+    # added when chromatic aberration and quantisation were tried in the damage head's ranking, so that the colour
+    # and quantisation families keep a held-out kind; strengths fixed before any model was checked on them:
     "colour_diffusion": (4.0, 8.0, 16.0),  # colour bleeding: Gaussian blur of the chroma (Cb, Cr), radius in pixels
     "colour_quantisation": (48.0, 16.0, 6.0),  # a palette of this many colours (median cut, no dithering)
 }
