@@ -276,3 +276,21 @@ def test_with_the_anchor_the_labels_fit_the_panel_alone(anchor):
     assert all(g.abs().sum() == 0 for g in grads) == anchor
     with pytest.raises(ValueError, match="damage_kinds"):
         tiny_config(rank_weight=1.0, damage_anchor=True, model={"damage_head": True})
+
+
+def test_the_anchor_weight_scales_the_pull_on_the_clean_crops(tmp_path, blur_records):
+    model = {"preprocessing": {"input_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}, "dim": 64, "num_heads": 4,
+             "damage_head": True}
+    options = dict(mode="deiqt", rank_weight=1.0, rank_pairs=2, damage_kinds=["jitter"], epochs=1, batch_size=4,
+                   model=model, damage_anchor=True)
+    rank = []  # one step each, from the same start: the rank loss is hinge + weight * mean penalty
+    for weight in (1.0, 2.0, 3.0):
+        trainer = Trainer(tiny_config(**options, damage_anchor_weight=weight), blur_records[:4], tmp_path / str(weight),
+                          progress=False)
+        rank.append(trainer.fit().epochs[-1]["rank"])
+    assert rank[2] > rank[0]
+    assert rank[2] - rank[1] == pytest.approx(rank[1] - rank[0], rel=1e-4)
+    with pytest.raises(ValueError, match="damage_anchor_weight must be > 0"):
+        tiny_config(**options, damage_anchor_weight=0.0)
+    with pytest.raises(ValueError, match="set damage_anchor: true"):
+        tiny_config(**{**options, "damage_anchor": False}, damage_anchor_weight=0.5)

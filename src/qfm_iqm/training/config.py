@@ -100,6 +100,7 @@ class TrainConfig:
     # the damage head is pulled to 0 on the clean labelled crops (added to the ranking loss) and not fitted to
     # the labels, which the panel alone then fits; off: the label losses train the head too
     damage_anchor: bool = False
+    damage_anchor_weight: float = 1.0  # the pull's weight against the damage pairs' hinge
     # data and evaluation
     eval_grid: int = 4  # test crops per side; 4 beat 3 on 25 of 25 LIVEC split models (docs/method.md)
     degradation_photos: int = 20  # test photos per split in the degradation check (0: no check)
@@ -145,6 +146,11 @@ class TrainConfig:
         if self.damage_anchor and not self.damage_kinds:
             raise ValueError("damage_anchor holds the damage head at 0 on clean crops while damage_kinds rank it: "
                              "name damage_kinds, or set damage_anchor: false")
+        if not self.damage_anchor_weight > 0:
+            raise ValueError(f"damage_anchor_weight must be > 0, got {self.damage_anchor_weight}")
+        if self.damage_anchor_weight != 1.0 and not self.damage_anchor:
+            raise ValueError("damage_anchor_weight weighs the pull of damage_anchor: set damage_anchor: true, "
+                             "or leave damage_anchor_weight at 1")
         if not isinstance(self.teacher_backbones, (list, tuple)) or not self.teacher_backbones:
             raise ValueError(f"teacher_backbones must be a non-empty list of backbone names, got {self.teacher_backbones!r}")
         self.teacher_backbones = list(self.teacher_backbones)

@@ -445,7 +445,7 @@ class Trainer:
                 whole_pairs = rank_batch.shape[0] if rank_batch is not None else 0
                 loss_rank = ranking_loss(ranked_output, whole_pairs, config.rank_margin)
                 if config.damage_anchor:  # the head's penalty on the clean labelled crops is pulled to 0
-                    loss_rank = loss_rank + clean_output.damage[:count].float().mean()
+                    loss_rank = loss_rank + config.damage_anchor_weight * clean_output.damage[:count].float().mean()
                 loss = loss + config.rank_weight * loss_rank
         matched = found.float().mean() if found is not None else torch.zeros((), device=self.device)
         self.optimizer.zero_grad(set_to_none=True)
