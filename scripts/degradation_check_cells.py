@@ -1,11 +1,12 @@
-"""Add the degradation check to finished protocol cells that were run before it existed.
+"""Add the degradation check, or the kinds it lacks, to finished protocol cells run before they existed.
 
     python scripts/degradation_check_cells.py --data-root ../shared/datasets/livec \\
         results/benchmark/livec-multistage/livec/deiqt results/benchmark/livec-multistage/livec/noise
 
-For each ``split_<seed>/`` whose ``result.json`` has no ``degradation_check``, the split's saved model
-is checked on the same test photos the protocol would choose (``check_photos`` with the split seed and
-the cell's ``degradation_photos``), and the result is added to ``result.json``. Labels are not read.
+For each ``split_<seed>/`` whose ``result.json`` has no ``degradation_check``, or one without some of
+today's kinds, the split's saved model is checked on the same test photos the protocol would choose
+(``check_photos`` with the split seed and the cell's ``degradation_photos``) for the kinds missing, and
+they are added to ``result.json`` (the kinds already there are kept as they are). Labels are not read.
 Run the benchmark command again afterwards to refresh its report.
 """
 
@@ -16,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from qfm_iqm.data.degradations import KINDS
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.splits import load_splits
 from qfm_iqm.evaluation.degradation_check import check_photos, degradation_check
@@ -44,15 +46,18 @@ def main(argv: list[str] | None = None) -> int:
         for split in load_splits(cell / "splits.json", dataset):
             run_dir = cell / f"split_{split.seed}"
             result = json.loads((run_dir / "result.json").read_text())
-            if result.get("degradation_check"):
+            done = result.get("degradation_check") or {}
+            missing = [kind for kind in KINDS if kind not in done]
+            if not missing:
                 continue
             model, _ = load_checkpoint_model(run_dir, device)
             photos = [dataset.records[i] for i in check_photos(split.test, config.degradation_photos, split.seed)]
             features = frozen_backbone_features(config, model, device)
-            result["degradation_check"] = degradation_check(model, photos, config.eval_grid, device, features=features,
-                                       trained_kinds=config.ranked_kinds)
+            added = degradation_check(model, photos, config.eval_grid, device, kinds=missing, features=features,
+                                      trained_kinds=config.ranked_kinds)
+            result["degradation_check"] = {**done, **added}
             atomic_write_json(run_dir / "result.json", result)
-            print(f"{run_dir}: {result['degradation_check']}", flush=True)
+            print(f"{run_dir}: {added}", flush=True)
     return 0
 
 

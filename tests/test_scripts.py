@@ -146,3 +146,37 @@ def test_validation_sweep_runs_a_variant_on_its_own_split_seeds(tmp_path: Path, 
     summary = (tmp_path / "out" / "summary.csv").read_text().splitlines()
     assert [line.split(",")[:2] for line in summary[1:]] == [["a", "0 1"], ["b", "0"]]
     assert sweep.main(argv) == 0 and len(trained) == 3  # resumed: nothing left to run
+
+
+def test_check_cells_adds_only_the_kinds_a_check_lacks(tmp_path: Path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from qfm_iqm.data.degradations import KINDS
+    from qfm_iqm.training.config import TrainConfig
+
+    cells = _script("degradation_check_cells")
+    cell = tmp_path / "livec" / "m"
+    (cell / "split_0").mkdir(parents=True)
+    (cell / "split_1").mkdir()
+    config = TrainConfig(mode="deiqt", teacher="none", degradation_photos=2)
+    (cell / "method.json").write_text(json.dumps({"config": config.to_dict(), "dataset": "livec"}))
+    kept = {"ordered": 0.5, "pairs": 12, "steps": [0.5, 0.5, 0.5], "trained": True}
+    earlier = {kind: kept for kind in KINDS[:-2]}  # a check made before the last two kinds existed
+    (cell / "split_0" / "result.json").write_text(json.dumps({"seed": 0, "degradation_check": earlier}))
+    (cell / "split_1" / "result.json").write_text(json.dumps({"seed": 1, "degradation_check": {k: kept for k in KINDS}}))
+    records = [SimpleNamespace(path=f"{k}.jpg") for k in range(6)]
+    monkeypatch.setattr(cells, "load_dataset", lambda name, root: SimpleNamespace(name="livec", records=records))
+    monkeypatch.setattr(cells, "load_splits", lambda path, dataset: [SimpleNamespace(seed=s, test=(0, 1, 2, 3)) for s in (0, 1)])
+    monkeypatch.setattr(cells, "load_checkpoint_model", lambda run_dir, device: (run_dir, {}))
+    monkeypatch.setattr(cells, "frozen_backbone_features", lambda *args: None)
+    asked = []
+
+    def check(model, photos, grid, device, kinds, features, trained_kinds):
+        asked.append((model.name, tuple(kinds), len(photos)))
+        return {kind: {"ordered": 1.0, "pairs": 12, "steps": [1.0, 1.0, 1.0], "trained": False} for kind in kinds}
+
+    monkeypatch.setattr(cells, "degradation_check", check)
+    assert cells.main([str(cell)]) == 0
+    assert asked == [("split_0", KINDS[-2:], 2)]  # split 1's check is complete: not run
+    saved = json.loads((cell / "split_0" / "result.json").read_text())["degradation_check"]
+    assert list(saved) == list(KINDS) and saved[KINDS[0]] == kept and saved[KINDS[-1]]["ordered"] == 1.0
