@@ -6,7 +6,8 @@
 For each ``split_<seed>/`` whose ``result.json`` has no ``degradation_check``, or one without some of
 today's kinds, the split's saved model is checked on the same test photos the protocol would choose
 (``check_photos`` with the split seed and the cell's ``degradation_photos``) for the kinds missing, and
-they are added to ``result.json`` (the kinds already there are kept as they are). Labels are not read.
+they are added to ``result.json`` (the kinds already there are kept as they are, an earlier name of a
+kind read and written as today's). Labels are not read.
 Run the benchmark command again afterwards to refresh its report.
 """
 
@@ -17,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from qfm_iqm.data.degradations import KINDS
+from qfm_iqm.data.degradations import KINDS, LEGACY_KIND_NAMES
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.splits import load_splits
 from qfm_iqm.evaluation.degradation_check import check_photos, degradation_check
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         for split in load_splits(cell / "splits.json", dataset):
             run_dir = cell / f"split_{split.seed}"
             result = json.loads((run_dir / "result.json").read_text())
-            done = result.get("degradation_check") or {}
+            earlier = result.get("degradation_check") or {}
+            done = {LEGACY_KIND_NAMES.get(kind, kind): check for kind, check in earlier.items()}
             missing = [kind for kind in KINDS if kind not in done]
             if not missing:
                 continue
@@ -55,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             features = frozen_backbone_features(config, model, device)
             added = degradation_check(model, photos, config.eval_grid, device, kinds=missing, features=features,
                                       trained_kinds=config.ranked_kinds)
-            result["degradation_check"] = {**done, **added}
+            merged = {**done, **added}  # in KINDS' order (a kind no longer known last)
+            result["degradation_check"] = dict(sorted(merged.items(), key=lambda item: KINDS.index(item[0])
+                                                      if item[0] in KINDS else len(KINDS)))
             atomic_write_json(run_dir / "result.json", result)
             print(f"{run_dir}: {added}", flush=True)
     return 0

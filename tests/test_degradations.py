@@ -288,8 +288,11 @@ def test_the_anchor_weight_scales_the_pull_on_the_clean_crops(tmp_path, blur_rec
         trainer = Trainer(tiny_config(**options, damage_anchor_weight=weight), blur_records[:4], tmp_path / str(weight),
                           progress=False)
         rank.append(trainer.fit().epochs[-1]["rank"])
+    unanchored = Trainer(tiny_config(**{**options, "damage_anchor": False}), blur_records[:4], tmp_path / "off",
+                         progress=False).fit().epochs[-1]["rank"]  # the hinge alone, on the same first step
     assert rank[2] > rank[0]
-    assert rank[2] - rank[1] == pytest.approx(rank[1] - rank[0], rel=1e-4)
+    assert rank[2] - rank[1] == pytest.approx(rank[1] - rank[0], rel=1e-4)  # linear in the weight ...
+    assert rank[0] - (rank[1] - rank[0]) == pytest.approx(unanchored, rel=1e-4)  # ... and the hinge is not weighed
     with pytest.raises(ValueError, match="damage_anchor_weight must be > 0"):
         tiny_config(**options, damage_anchor_weight=0.0)
     with pytest.raises(ValueError, match="set damage_anchor: true"):

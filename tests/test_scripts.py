@@ -161,7 +161,8 @@ def test_check_cells_adds_only_the_kinds_a_check_lacks(tmp_path: Path, monkeypat
     config = TrainConfig(mode="deiqt", teacher="none", degradation_photos=2)
     (cell / "method.json").write_text(json.dumps({"config": config.to_dict(), "dataset": "livec"}))
     kept = {"ordered": 0.5, "pairs": 12, "steps": [0.5, 0.5, 0.5], "trained": True}
-    earlier = {kind: kept for kind in KINDS[:-2]}  # a check made before the last two kinds existed
+    earlier = {kind: kept for kind in KINDS[1:-2]}  # a check made before the last two kinds existed,
+    earlier = {"noise": kept, **earlier}  # Gaussian noise under its earlier name
     (cell / "split_0" / "result.json").write_text(json.dumps({"seed": 0, "degradation_check": earlier}))
     (cell / "split_1" / "result.json").write_text(json.dumps({"seed": 1, "degradation_check": {k: kept for k in KINDS}}))
     records = [SimpleNamespace(path=f"{k}.jpg") for k in range(6)]

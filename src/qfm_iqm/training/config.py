@@ -147,7 +147,7 @@ class TrainConfig:
             raise ValueError("damage_anchor holds the damage head at 0 on clean crops while damage_kinds rank it: "
                              "name damage_kinds, or set damage_anchor: false")
         if not self.damage_anchor_weight > 0:
-            raise ValueError(f"damage_anchor_weight must be > 0, got {self.damage_anchor_weight}")
+            raise ValueError(f"damage_anchor_weight must be > 0 (1 is the default pull), got {self.damage_anchor_weight}")
         if self.damage_anchor_weight != 1.0 and not self.damage_anchor:
             raise ValueError("damage_anchor_weight weighs the pull of damage_anchor: set damage_anchor: true, "
                              "or leave damage_anchor_weight at 1")
