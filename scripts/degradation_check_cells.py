@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             features = frozen_backbone_features(config, model, device)
             added = degradation_check(model, photos, config.eval_grid, device, kinds=missing, features=features,
                                       trained_kinds=config.ranked_kinds)
-            merged = {**done, **added}  # in KINDS' order (a kind no longer known last)
-            result["degradation_check"] = dict(sorted(merged.items(), key=lambda item: KINDS.index(item[0])
-                                                      if item[0] in KINDS else len(KINDS)))
+            merged = {**done, **added}
+            order = [kind for kind in KINDS if kind in merged] + [kind for kind in merged if kind not in KINDS]
+            result["degradation_check"] = {kind: merged[kind] for kind in order}  # a kind no longer known last
             atomic_write_json(run_dir / "result.json", result)
             print(f"{run_dir}: {added}", flush=True)
     return 0
