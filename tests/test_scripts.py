@@ -181,3 +181,23 @@ def test_check_cells_adds_only_the_kinds_a_check_lacks(tmp_path: Path, monkeypat
     assert asked == [("split_0", KINDS[-2:], 2)]  # split 1's check is complete: not run
     saved = json.loads((cell / "split_0" / "result.json").read_text())["degradation_check"]
     assert list(saved) == list(KINDS) and saved[KINDS[0]] == kept and saved[KINDS[-1]]["ordered"] == 1.0
+
+
+def test_colour_diffusion_noise_estimates_chroma_noise_and_adds_it_to_the_chroma_only() -> None:
+    import numpy as np
+    from PIL import Image
+
+    script = _script("colour_diffusion_noise")
+    flat = np.full((200, 200), 128.0)
+    assert script.noise_sigma(flat) == 0.0
+    noisy = flat + np.random.default_rng(0).normal(0.0, 5.0, flat.shape)
+    assert script.noise_sigma(noisy) == pytest.approx(5.0, rel=0.05)  # the estimate finds the noise it is given
+
+    ramp = np.tile(np.linspace(40, 200, 120, dtype=np.float32), (90, 1))
+    image = Image.fromarray(np.stack([ramp, ramp[::-1, ::-1], np.full_like(ramp, 90)], axis=-1).astype(np.uint8))
+    assert script.chroma_sigma(image) < 0.6  # smooth colours carry (almost) no chroma noise
+    noised = script.with_chroma_noise(image, 4.0, seed=1)
+    before, after = (np.asarray(x.convert("YCbCr"), dtype=np.float64) for x in (image, noised))
+    assert np.abs(after[..., 0] - before[..., 0]).mean() < 1.0  # luma kept up to the RGB round trip
+    assert script.chroma_sigma(noised) == pytest.approx(4.0, rel=0.25)
+    assert np.array_equal(np.asarray(noised), np.asarray(script.with_chroma_noise(image, 4.0, seed=1)))  # seeded
