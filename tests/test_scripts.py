@@ -201,3 +201,29 @@ def test_colour_diffusion_noise_estimates_chroma_noise_and_adds_it_to_the_chroma
     assert np.abs(after[..., 0] - before[..., 0]).mean() < 1.0  # luma kept up to the RGB round trip
     assert script.chroma_sigma(noised) == pytest.approx(4.0, rel=0.25)
     assert np.array_equal(np.asarray(noised), np.asarray(script.with_chroma_noise(image, 4.0, seed=1)))  # seeded
+
+
+def test_feature_probe_finds_a_step_the_features_carry_and_not_one_they_lack() -> None:
+    import numpy as np
+
+    probe = _script("feature_probe")
+    rng = np.random.default_rng(0)
+    carried = rng.normal(size=(120, 2, 60)) + np.linspace(0.2, 0.6, 60)  # two steps that move every feature a little
+    absent = rng.normal(size=(120, 60))  # differences that are noise alone
+    shares = probe.cross_validated(carried, [carried[:, 0], -carried[:, 1], absent], outer=5, inner=4, seed=0)["ordered"]
+    assert shares[0] >= 0.95 and shares[1] <= 0.05  # read on photos it did not fit, in either direction
+    assert 0.3 <= shares[2] <= 0.7
+    alone = probe.cross_validated(absent[:, None], [absent], outer=5, inner=4, seed=0)["ordered"][0]
+    assert 0.3 <= alone <= 0.7  # fitted to noise, it orders unseen photos at about chance
+    weights = probe.fit_probe(carried[:, 0], 1.0)
+    assert np.allclose(probe.fit_probe(-carried[:, 0], 1.0), -weights)  # no intercept: the listed side does not matter
+    assert [step.shape for step in probe.steps(np.zeros((4, 4, 6)))] == [(4, 6)] * 3
+
+
+def test_damage_head_share_counts_the_photos_whose_part_moves_each_way() -> None:
+    import numpy as np
+
+    share = _script("damage_head_share")
+    values = np.array([[0.0, 0.1, 0.1, 0.3], [0.0, -0.1, 0.2, 0.1]])  # two photos, a clean level and three steps
+    assert share.step_shares(values, growing=True) == [0.5, 0.5, 0.5]  # a tie (0.1 -> 0.1) is not growth
+    assert share.step_shares(values, growing=False) == [0.5, 0.0, 0.5]
