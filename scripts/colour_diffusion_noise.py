@@ -11,8 +11,9 @@ their labels are not read), at the model's viewing scale and on the scores users
 - each photo's chroma noise is estimated (Immerkaer's estimator on Cb and Cr, in 8-bit levels), and the
   mild chroma blur's score change is correlated with it;
 - the mild step is read separately on the photos with less and with more chroma noise than the median;
-- chroma-only Gaussian noise (``--added-noise`` levels, seeded per photo) is added to each photo: a model
-  that penalises colour noise scores the noisier copy lower.
+- chroma-only Gaussian noise (``--added-noise`` levels) is added to each photo: a model that penalises
+  colour noise scores the noisier copy lower. Every level uses the photo's seed, so the levels scale one
+  noise pattern (a dose-response).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         image, seed = load_image(path), path_seed(path)
         original = damaged_view(image, pre, None, 0, seed)
         rows.append({
-            "photo": name, "chroma_sigma": round(chroma_sigma(original), 3),
+            "photo": name, "chroma_sigma": chroma_sigma(original),
             "original": user_score(original),
             "colour_diffusion": [user_score(damaged_view(image, pre, "colour_diffusion", level, seed))
                                  for level in (1, 2, 3)],

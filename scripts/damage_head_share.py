@@ -52,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     model, info = load_checkpoint_model(resolve_model(args.model), "cpu")
     if model.damage_head is None:
         raise SystemExit(f"{args.model} has no damage head: its score is the panel's alone")
-    model.eval()
     grid, pre = TrainConfig.from_checkpoint(info).eval_grid, model_preprocessing(model)
     by_name = {record.path.name: record for record in load_dataset("livec", args.data_root).records}
     names = json.loads(args.check.read_text())["photos"]

@@ -21,7 +21,8 @@ folds it did not fit. Three probes:
 - **control**: fitted to a change that is no damage (each photo against its mirror image): a probe that
   orders it finds an order where none exists.
 
-The features are cached in ``--cache`` (a file per model and photos, holding every kind computed).
+The features are cached in ``--cache``: a file per backbone (weights and preprocessing), crop grid and photo
+names, holding every kind computed.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.utils.checkpoint import atomic_write_json
 from qfm_iqm.utils.seeds import path_seed
 
+FEATURES_VERSION = 1  # change whenever cached features would be computed differently (pooling, damage, crops)
 PENALTIES = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)  # times the mean squared norm of the scaled differences
 MIRROR = "mirror"  # the control's name among the cached versions
 
@@ -129,8 +131,20 @@ def features(model, pre, grid: int, records, kinds: list[str], cache: Path) -> d
             versions[name].append(np.stack([original, *others]))
     stored.update({name: np.stack(rows) for name, rows in versions.items()})
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, **stored)
+    partial = cache.with_suffix(".partial")
+    with partial.open("wb") as file:  # written whole, then renamed: an interrupted run leaves no broken cache
+        np.savez(file, **stored)
+    partial.replace(cache)
     return stored
+
+
+def cache_key(model, grid: int, photos: list[str]) -> str:
+    """A cache file name for features of ``model``'s backbone (its weights and preprocessing) on ``photos``
+    (their names), cut into a ``grid x grid`` crop grid."""
+    digest = hashlib.sha256(json.dumps([FEATURES_VERSION, model.config.preprocessing, grid, photos]).encode())
+    for tensor in model.backbone.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def steps(stack: np.ndarray) -> list[np.ndarray]:
@@ -156,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     model, info = load_checkpoint_model(resolve_model(args.model), "cpu")
-    model.eval()
     config = TrainConfig.from_checkpoint(info)
     if not (args.fit_kinds or config.damage_kinds):
         raise SystemExit(f"{args.model} has no damage head ranked on damage kinds: name the kinds to fit with --fit-kinds")
@@ -170,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     chosen = sorted(np.random.default_rng(args.seed).choice(len(records), size=min(args.photos, len(records)),
                                                             replace=False).tolist())
     kinds = fit_kinds + probed
-    key = hashlib.sha256(json.dumps([args.model, args.data_root, chosen]).encode()).hexdigest()[:16]
-    stacks = features(model, pre, grid, [records[i] for i in chosen], kinds, args.cache / f"{key}.npz")
+    photos = [records[i] for i in chosen]
+    key = cache_key(model, grid, [str(record.path.name) for record in photos])
+    stacks = features(model, pre, grid, photos, kinds, args.cache / f"{key}.npz")
 
     def probe(fit_on: np.ndarray, read_on: list[np.ndarray]) -> dict:
         return cross_validated(fit_on, read_on, args.outer, args.inner, args.seed)

@@ -215,9 +215,29 @@ def test_feature_probe_finds_a_step_the_features_carry_and_not_one_they_lack() -
     assert 0.3 <= shares[2] <= 0.7
     alone = probe.cross_validated(absent[:, None], [absent], outer=5, inner=4, seed=0)["ordered"][0]
     assert 0.3 <= alone <= 0.7  # fitted to noise, it orders unseen photos at about chance
-    weights = probe.fit_probe(carried[:, 0], 1.0)
-    assert np.allclose(probe.fit_probe(-carried[:, 0], 1.0), -weights)  # no intercept: the listed side does not matter
-    assert [step.shape for step in probe.steps(np.zeros((4, 4, 6)))] == [(4, 6)] * 3
+    stack = np.arange(2 * 4 * 3, dtype=float).reshape(2, 4, 3) ** 2  # (photos, levels, features)
+    for step, difference in enumerate(probe.steps(stack), start=1):  # each level against the one before it
+        assert np.array_equal(difference, stack[:, step - 1] - stack[:, step])
+    assert len(probe.steps(stack)) == 3
+
+
+def test_feature_probe_cache_key_follows_the_backbone_grid_and_photos() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    probe = _script("feature_probe")
+
+    def stand_in(weight: float) -> SimpleNamespace:
+        backbone = torch.nn.Linear(2, 2)
+        torch.nn.init.constant_(backbone.weight, weight)
+        torch.nn.init.zeros_(backbone.bias)
+        return SimpleNamespace(backbone=backbone, config=SimpleNamespace(preprocessing={"resize": 500}))
+
+    key = probe.cache_key(stand_in(1.0), 3, ["a.png", "b.png"])
+    assert key == probe.cache_key(stand_in(1.0), 3, ["a.png", "b.png"])
+    assert len({key, probe.cache_key(stand_in(2.0), 3, ["a.png", "b.png"]), probe.cache_key(stand_in(1.0), 4, ["a.png", "b.png"]),
+                probe.cache_key(stand_in(1.0), 3, ["a.png", "c.png"])}) == 4  # weights, grid, photos: each its own file
 
 
 def test_damage_head_share_counts_the_photos_whose_part_moves_each_way() -> None:
