@@ -32,6 +32,7 @@ from qfm_iqm.data.degradations import damaged_view
 from qfm_iqm.data.images import load_image
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.transforms import grid_crops
+from qfm_iqm.evaluation.degradation_check import records_named
 from qfm_iqm.inference.checkpoint import load_checkpoint_model
 from qfm_iqm.inference.predict import model_preprocessing, score_crops
 from qfm_iqm.inference.pretrained import resolve_model
@@ -77,22 +78,21 @@ def main(argv: list[str] | None = None) -> int:
     model, info = load_checkpoint_model(resolve_model(args.model), "cpu")
     grid = TrainConfig.from_checkpoint(info).eval_grid
     pre = model_preprocessing(model)
-    by_name = {record.path.name: record for record in load_dataset("livec", args.data_root).records}
-    names = json.loads(args.check.read_text())["photos"]
-    missing = [name for name in names if name not in by_name]
-    if missing:
-        raise SystemExit(f"{len(missing)} photos of {args.check} are not in {args.data_root} (first: {missing[0]})")
+    try:
+        photos = records_named(load_dataset("livec", args.data_root).records, json.loads(args.check.read_text())["photos"])
+    except ValueError as error:
+        raise SystemExit(f"{args.check}: {error} ({args.data_root})") from None
 
     def user_score(view: Image.Image) -> float:
         return float(bounded(score_crops(model, grid_crops(view, pre, grid))[0]))
 
     rows = []
-    for name in names:
-        path = by_name[name].path
+    for record in photos:
+        path = record.path
         image, seed = load_image(path), path_seed(path)
         original = damaged_view(image, pre, None, 0, seed)
         rows.append({
-            "photo": name, "chroma_sigma": chroma_sigma(original),
+            "photo": path.name, "chroma_sigma": chroma_sigma(original),
             "original": user_score(original),
             "colour_diffusion": [user_score(damaged_view(image, pre, "colour_diffusion", level, seed))
                                  for level in (1, 2, 3)],

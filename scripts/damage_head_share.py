@@ -24,6 +24,7 @@ from qfm_iqm.data.degradations import check_kinds, damaged_view, levels
 from qfm_iqm.data.images import load_image
 from qfm_iqm.data.registry import load_dataset
 from qfm_iqm.data.transforms import grid_crops
+from qfm_iqm.evaluation.degradation_check import records_named
 from qfm_iqm.inference.checkpoint import load_checkpoint_model
 from qfm_iqm.inference.predict import model_preprocessing
 from qfm_iqm.inference.pretrained import resolve_model
@@ -53,16 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     if model.damage_head is None:
         raise SystemExit(f"{args.model} has no damage head: its score is the panel's alone")
     grid, pre = TrainConfig.from_checkpoint(info).eval_grid, model_preprocessing(model)
-    by_name = {record.path.name: record for record in load_dataset("livec", args.data_root).records}
-    names = json.loads(args.check.read_text())["photos"]
-    missing = [name for name in names if name not in by_name]
-    if missing:
-        raise SystemExit(f"{len(missing)} photos of {args.check} are not in {args.data_root} (first: {missing[0]})")
-    penalty = {kind: np.empty((len(names), levels(kind) + 1)) for kind in kinds}
-    panel = {kind: np.empty((len(names), levels(kind) + 1)) for kind in kinds}
+    try:
+        photos = records_named(load_dataset("livec", args.data_root).records, json.loads(args.check.read_text())["photos"])
+    except ValueError as error:
+        raise SystemExit(f"{args.check}: {error} ({args.data_root})") from None
+    penalty = {kind: np.empty((len(photos), levels(kind) + 1)) for kind in kinds}
+    panel = {kind: np.empty((len(photos), levels(kind) + 1)) for kind in kinds}
     with torch.inference_mode():
-        for row, name in enumerate(names):
-            path = by_name[name].path
+        for row, record in enumerate(photos):
+            path = record.path
             image, seed = load_image(path), path_seed(path)
 
             def parts(kind: str | None, level: int) -> tuple[float, float]:
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
               for kind in kinds}
     atomic_write_json(args.output, {
         "command": "python scripts/damage_head_share.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
-        "model": args.model, "photos": len(names), "kinds": report, "seconds": round(time.perf_counter() - start, 1)})
+        "model": args.model, "photos": len(photos), "kinds": report, "seconds": round(time.perf_counter() - start, 1)})
     print(json.dumps(report, indent=1))
     return 0
 

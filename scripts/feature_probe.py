@@ -45,7 +45,7 @@ from qfm_iqm.inference.checkpoint import load_checkpoint_model
 from qfm_iqm.inference.predict import model_preprocessing
 from qfm_iqm.inference.pretrained import resolve_model
 from qfm_iqm.training.config import TrainConfig
-from qfm_iqm.utils.checkpoint import atomic_write_json
+from qfm_iqm.utils.checkpoint import atomic_write, atomic_write_json
 from qfm_iqm.utils.seeds import path_seed
 
 FEATURES_VERSION = 1  # change whenever cached features would be computed differently (pooling, damage, crops)
@@ -66,11 +66,20 @@ def fit_probe(differences: np.ndarray, penalty: float) -> np.ndarray:
     return differences.T @ np.linalg.solve(gram + scale * np.eye(len(differences)), np.ones(len(differences)))
 
 
-def ordered_share(train: np.ndarray, test: np.ndarray, penalty: float) -> float:
-    """Share of ``test`` differences the probe fitted on ``train`` puts on the milder side. Each feature is
-    scaled by its root mean square on ``train`` (not centred: a difference and its negative are both data)."""
+def fit_scaled_probe(train: np.ndarray, penalty: float) -> np.ndarray:
+    """Probe weights on raw differences: each feature is scaled by its root mean square on ``train`` (not
+    centred: a difference and its negative are both data) before the ridge fit."""
     scale = np.sqrt(np.mean(train**2, axis=0)) + 1e-9
-    return float(np.mean((test / scale) @ fit_probe(train / scale, penalty) > 0))
+    return fit_probe(train / scale, penalty) / scale
+
+
+def ordered_share(train: np.ndarray, test: np.ndarray, penalty: float) -> float:
+    """Share of ``test`` differences the probe fitted on ``train`` puts on the milder side."""
+    return share_ordered(test, fit_scaled_probe(train, penalty))
+
+
+def share_ordered(differences: np.ndarray, weights: np.ndarray) -> float:
+    return float(np.mean(differences @ weights > 0))
 
 
 def cross_validated(fit_on: np.ndarray, read_on: list[np.ndarray], outer: int, inner: int, seed: int) -> dict:
@@ -89,7 +98,8 @@ def cross_validated(fit_on: np.ndarray, read_on: list[np.ndarray], outer: int, i
                                   for part in inner_folds]))
 
         penalty = max(PENALTIES, key=inner_share)
-        shares.append([ordered_share(_rows(fit_on[train]), read[test], penalty) for read in read_on])
+        weights = fit_scaled_probe(_rows(fit_on[train]), penalty)  # fitted once, read on every array
+        shares.append([share_ordered(read[test], weights) for read in read_on])
         chosen.append(penalty)
     return {"ordered": [round(float(share), 4) for share in np.mean(shares, axis=0)], "penalties": chosen}
 
@@ -130,11 +140,12 @@ def features(model, pre, grid: int, records, kinds: list[str], cache: Path) -> d
                           for level in range(1, levels(name) + 1)]
             versions[name].append(np.stack([original, *others]))
     stored.update({name: np.stack(rows) for name, rows in versions.items()})
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(".partial")
-    with partial.open("wb") as file:  # written whole, then renamed: an interrupted run leaves no broken cache
-        np.savez(file, **stored)
-    partial.replace(cache)
+
+    def write(path: Path) -> None:
+        with path.open("wb") as file:
+            np.savez(file, **stored)
+
+    atomic_write(cache, write)  # an interrupted run leaves no broken cache
     return stored
 
 

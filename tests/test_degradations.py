@@ -16,7 +16,7 @@ from qfm_iqm.data.splits import Split
 from qfm_iqm.data.torch_datasets import DegradationPairs, degraded_stack, stack_position
 from qfm_iqm.data.transforms import Preprocessing, TrainTransform
 from qfm_iqm.experiments import protocol
-from qfm_iqm.evaluation.degradation_check import degradation_check, ordered_fraction, step_fractions
+from qfm_iqm.evaluation.degradation_check import degradation_check, ordered_fraction, records_named, step_fractions
 from qfm_iqm.training.config import TrainConfig
 from qfm_iqm.training.trainer import Trainer
 
@@ -297,3 +297,12 @@ def test_the_anchor_weight_scales_the_pull_on_the_clean_crops(tmp_path, blur_rec
         tiny_config(**options, damage_anchor_weight=0.0)
     with pytest.raises(ValueError, match="set damage_anchor: true"):
         tiny_config(**{**options, "damage_anchor": False}, damage_anchor_weight=0.5)
+
+
+def test_records_named_keeps_the_check_order_and_names_a_missing_photo(tmp_path) -> None:
+    from qfm_iqm.data.records import ImageRecord
+
+    records = [ImageRecord(path=tmp_path / name, label=0.5, raw_label=50.0) for name in ("1.png", "2.png", "3.JPG")]
+    assert [r.path.name for r in records_named(records, ["3.JPG", "1.png"])] == ["3.JPG", "1.png"]
+    with pytest.raises(ValueError, match=r"1 of the check's photos .*first: 9.png"):
+        records_named(records, ["1.png", "9.png"])

@@ -84,3 +84,16 @@ def check_photos(test: Sequence[int], count: int, seed: int) -> list[int]:
     if count >= len(test):
         return list(test)
     return sorted(np.random.default_rng(seed).choice(list(test), size=count, replace=False).tolist())
+
+
+def records_named(records: Sequence[ImageRecord], names: Sequence[str]) -> list[ImageRecord]:
+    """The records whose file names are ``names`` (a check's ``"photos"``), in that order.
+
+    Raises:
+        ValueError: a name no record has (the message counts them and names the first).
+    """
+    by_name = {record.path.name: record for record in records}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise ValueError(f"{len(missing)} of the check's photos are not in this dataset (first: {missing[0]})")
+    return [by_name[name] for name in names]
